@@ -1,0 +1,113 @@
+"""confguard.sim: a FreeSWITCH Event Socket simulator for the demo, the tests and the benchmarks.
+
+`Simulator` wires the parts: `SimClock` (scaled time), `Switch` (channels, originate, the api
+commands, the scheduler, conferences, callees), `EslServer` (the Event Socket protocol on TCP)
+and `Faults` (in-process fault injection). It listens on loopback only.
+
+Default directory (override with `SimConfig.users`, or per call with channel variables):
+
+| user | behaviour |
+|---|---|
+| 1000 | answers after 1 s, presses `1` 2 s after answer, stays |
+| 1001 | answers after 1 s, silent |
+| 1002 | busy (USER_BUSY) |
+| 1003 | rejects (CALL_REJECTED) |
+| 1004 | never answers (rings until `originate_timeout` -> NO_ANSWER) |
+| 1005 | answers after 1 s, presses `2` at 1 s then `1` at 2 s |
+| 1006 | answers after 1 s, hangs up 2 s after answer (NORMAL_CLEARING) |
+| 1007 | answers after 1 s, presses `9` (a decline key) at 1 s |
+| 1008..1019 | like 1000 (for parallel tests) |
+| other | SUBSCRIBER_ABSENT |
+
+Per-call channel variables in the originate `{}`: `sim_answer_after=<s>`,
+`sim_mode=answer|noanswer|busy|reject|unregistered`, `sim_dtmf=<digits>@<s>[;...]` (seconds
+after answer), `sim_hangup_after=<s>`; and the recorded transcripts' `callee_mode` /
+`callee_delay_ms`. Times are simulated seconds (`SimConfig.time_scale` real seconds each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from confguard.sim.config import SimConfig
+from confguard.sim.faults import Faults
+from confguard.sim.server import EslServer
+
+if TYPE_CHECKING:
+    from confguard.sim.clock import SimClock
+    from confguard.sim.events import SimEvent
+    from confguard.sim.switch import Switch
+
+SwitchFactory = Callable[[SimConfig, "SimClock", Callable[["SimEvent"], None]], Any]
+
+__all__ = ["Faults", "SimConfig", "Simulator"]
+
+
+class Simulator:
+    """A simulated FreeSWITCH on `config.host:config.port` (port 0: a free port, see `port`)."""
+
+    def __init__(
+        self, config: SimConfig | None = None, *, switch_factory: SwitchFactory | None = None
+    ) -> None:
+        from confguard.sim.clock import SimClock
+
+        self.config = config if config is not None else SimConfig()
+        self.clock = SimClock(self.config.time_scale)
+        self.server = EslServer(self.config, on_shutdown_request=self._shutdown_requested)
+        if switch_factory is None:
+            from confguard.sim.switch import Switch
+
+            switch_factory = Switch
+        self.switch: Switch = switch_factory(self.config, self.clock, self.server.publish)
+        self.server.switch = self.switch
+        self.faults = Faults(self.server, self.switch, self.config.time_scale)
+        self._started = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one once started, also when `config.port` was 0)."""
+        return self.server.port
+
+    @property
+    def host(self) -> str:
+        """The listening address."""
+        return self.config.host
+
+    async def start(self) -> None:
+        """Start the switch, then listen."""
+        await self.switch.start()
+        try:
+            await self.server.start()
+        except BaseException:
+            await self.switch.stop()
+            raise
+        self._started = True
+
+    async def stop(self) -> None:
+        """Stop listening, drop every client, stop the switch. Safe to call twice."""
+        if not self._started:
+            return
+        self._started = False
+        await self.server.stop()
+        await self.switch.stop()
+
+    async def wait_shut_down(self) -> None:
+        """Return once an `fsctl shutdown` (or `faults.shutdown()`) has completed."""
+        await self.faults.shut_down.wait()
+
+    async def _shutdown_requested(self) -> None:
+        await self.faults.shutdown()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,22 @@
+"""Configuration of the FreeSWITCH simulator (`SimConfig`), shared by the server and the switch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class SimConfig:
+    """Everything a `Simulator` needs: where to listen, who may connect, how fast time runs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8021  # 0 = pick a free port (tests)
+    password: str = "ClueCon"
+    time_scale: float = 1.0  # 0.1: every simulated second lasts 0.1 real seconds
+    heartbeat_interval: float = 20.0  # simulated seconds
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # others get text/rude-rejection
+    users: dict[str, Any] | None = None  # user -> CalleeSpec (callees.py); None = default directory
+    domain: str = "sim.local"
+    hostname: str = "confguard-sim"
+    auth_timeout: float = 25.0  # real seconds without auth before the socket is closed

@@ -1,0 +1,573 @@
+"""Events of the simulated switch: `SimEvent` and the header sets FreeSWITCH puts on each type.
+
+Owns what an event *contains*: the common block every event opens with (Event-Name, Core-UUID,
+FreeSWITCH-Hostname/-Switchname/-IPv4/-IPv6, the three Event-Date headers, where it was fired
+from, Event-Sequence), the channel block (Channel-State ... Caller-* ...), the `variable_*`
+headers on the event types that carry them, and the extra headers of each type, all in the
+order of the recorded FreeSWITCH transcripts. Values are stored decoded; the server (wire.py)
+URL-encodes and frames them. It knows nothing about sockets, filters or the scheduler's logic.
+
+Header order facts taken from the transcripts:
+- CUSTOM events open with `Event-Subclass`, *before* `Event-Name`.
+- CHANNEL_HANGUP_COMPLETE carries `Hangup-Cause` twice: once right after the common block and
+  once in the channel block (after `Answer-State`, as every event of a hung-up channel does).
+- DTMF and conference::maintenance member events carry no `variable_*` headers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confguard.sim.clock import SimClock
+
+Headers = list[tuple[str, str]]
+
+SIM_IPV4 = "127.0.0.1"
+SIM_IPV6 = "::1"
+
+# Channel-State-Number of each Channel-State (switch_types.h order).
+STATE_NUMBERS = {
+    "CS_NEW": 0,
+    "CS_INIT": 1,
+    "CS_ROUTING": 2,
+    "CS_SOFT_EXECUTE": 3,
+    "CS_EXECUTE": 4,
+    "CS_EXCHANGE_MEDIA": 5,
+    "CS_PARK": 6,
+    "CS_CONSUME_MEDIA": 7,
+    "CS_HIBERNATE": 8,
+    "CS_RESET": 9,
+    "CS_HANGUP": 10,
+    "CS_REPORTING": 11,
+    "CS_DESTROY": 12,
+}
+
+# Q.850 numbers of the hangup causes the simulator produces or accepts.
+CAUSE_CODES: dict[str, int] = {
+    "UNSPECIFIED": 0,
+    "UNALLOCATED_NUMBER": 1,
+    "NO_ROUTE_TRANSIT_NET": 2,
+    "NO_ROUTE_DESTINATION": 3,
+    "NORMAL_CLEARING": 16,
+    "USER_BUSY": 17,
+    "NO_USER_RESPONSE": 18,
+    "NO_ANSWER": 19,
+    "SUBSCRIBER_ABSENT": 20,
+    "CALL_REJECTED": 21,
+    "NUMBER_CHANGED": 22,
+    "DESTINATION_OUT_OF_ORDER": 27,
+    "INVALID_NUMBER_FORMAT": 28,
+    "FACILITY_REJECTED": 29,
+    "NORMAL_UNSPECIFIED": 31,
+    "NORMAL_CIRCUIT_CONGESTION": 34,
+    "NETWORK_OUT_OF_ORDER": 38,
+    "NORMAL_TEMPORARY_FAILURE": 41,
+    "SWITCH_CONGESTION": 42,
+    "REQUESTED_CHAN_UNAVAIL": 44,
+    "BEARERCAPABILITY_NOTAVAIL": 58,
+    "INCOMPATIBLE_DESTINATION": 88,
+    "RECOVERY_ON_TIMER_EXPIRE": 102,
+    "INTERWORKING": 127,
+    "ORIGINATOR_CANCEL": 487,
+    "CRASH": 500,
+    "SYSTEM_SHUTDOWN": 501,
+    "LOSE_RACE": 502,
+    "MANAGER_REQUEST": 503,
+    "BLIND_TRANSFER": 600,
+    "ATTENDED_TRANSFER": 601,
+    "ALLOTTED_TIMEOUT": 602,
+    "USER_CHALLENGE": 603,
+    "MEDIA_TIMEOUT": 604,
+    "PICKED_OFF": 605,
+    "USER_NOT_REGISTERED": 606,
+    "PROGRESS_TIMEOUT": 607,
+    "GATEWAY_DOWN": 609,
+}
+CAUSE_NAMES: dict[int, str] = {code: name for name, code in CAUSE_CODES.items()}
+
+
+@dataclass
+class SimEvent:
+    """One event as the switch fires it (decoded values; the server encodes and frames)."""
+
+    name: str  # Event-Name ("CHANNEL_CREATE", "CUSTOM", ...)
+    headers: Headers  # complete and ordered, no Content-Length/Content-Type
+    body: str | None = None  # BACKGROUND_JOB result etc.
+    subclass: str | None = None  # Event-Subclass for CUSTOM
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """The first value of header `key` (case-sensitive), or `default`."""
+        for name, value in self.headers:
+            if name == key:
+                return value
+        return default
+
+    def get_all(self, key: str) -> list[str]:
+        """Every value of header `key`, in order."""
+        return [value for name, value in self.headers if name == key]
+
+
+def micros(epoch_seconds: float) -> str:
+    """Epoch seconds as the integer microseconds FreeSWITCH prints."""
+    return str(int(epoch_seconds * 1_000_000))
+
+
+def stamp_local(epoch_seconds: float) -> str:
+    """`2026-11-28 08:17:55` in local time (Event-Date-Local, *_stamp variables)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_seconds))
+
+
+def stamp_gmt(epoch_seconds: float) -> str:
+    """`Sat, 28 Nov 2026 08:17:55 GMT` (Event-Date-GMT)."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(epoch_seconds))
+
+
+@dataclass
+class ChannelFacts:
+    """What the channel block of an event shows about one channel (mutated by the switch)."""
+
+    uuid: str
+    name: str
+    created: float  # simulated epoch seconds
+    direction: str = "outbound"
+    presence_id: str = ""
+    state: str = "CS_INIT"
+    state_number: int | None = None  # None: the number of `state`; FreeSWITCH sometimes lags
+    call_state: str = "DOWN"
+    answer_state: str = "ringing"
+    hit_dialplan: bool = False
+    hangup_cause: str | None = None
+    # caller profile
+    logical_direction: str = "outbound"
+    dialplan: str = "XML"
+    caller_id_name: str | None = None
+    caller_id_number: str = "0000000000"
+    orig_caller_id_number: str | None = "0000000000"
+    callee_id_name: str | None = "Outbound Call"
+    callee_id_number: str | None = "XML"
+    ani: str = "0000000000"
+    destination_number: str = ""
+    source: str = "mod_loopback"
+    transfer_source: str | None = None
+    context: str = "default"
+    rdnis: str | None = None
+    profile_index: int = 1
+    profile_created: float = 0.0
+    answered: float = 0.0
+    progress: float = 0.0
+    progress_media: float = 0.0
+    hungup: float = 0.0
+    variables: dict[str, str] = field(default_factory=dict)
+
+    def set_var(self, name: str, value: str) -> None:
+        """Set a channel variable; a variable set again moves to the end, as in FreeSWITCH."""
+        self.variables.pop(name, None)
+        self.variables[name] = value
+
+    def flip_caller_id(self) -> None:
+        """After answer FreeSWITCH shows the outbound leg's caller/callee ids swapped."""
+        self.caller_id_name = self.callee_id_name
+        callee_number = self.callee_id_number
+        self.callee_id_name = None
+        self.callee_id_number = self.caller_id_number
+        self.caller_id_number = callee_number or ""
+
+
+def channel_block(ch: ChannelFacts) -> Headers:
+    """Channel-* and Caller-* headers of `ch`, in FreeSWITCH's order."""
+    number = ch.state_number if ch.state_number is not None else STATE_NUMBERS.get(ch.state, 0)
+    headers: Headers = [
+        ("Channel-State", ch.state),
+        ("Channel-Call-State", ch.call_state),
+        ("Channel-State-Number", str(number)),
+        ("Channel-Name", ch.name),
+        ("Unique-ID", ch.uuid),
+        ("Call-Direction", ch.direction),
+        ("Presence-Call-Direction", ch.direction),
+        ("Channel-HIT-Dialplan", "true" if ch.hit_dialplan else "false"),
+    ]
+    if ch.presence_id:
+        headers.append(("Channel-Presence-ID", ch.presence_id))
+    headers += [("Channel-Call-UUID", ch.uuid), ("Answer-State", ch.answer_state)]
+    if ch.hangup_cause is not None:
+        headers.append(("Hangup-Cause", ch.hangup_cause))
+    headers += [
+        ("Channel-Read-Codec-Name", "L16"),
+        ("Channel-Read-Codec-Rate", "8000"),
+        ("Channel-Read-Codec-Bit-Rate", "128000"),
+        ("Channel-Write-Codec-Name", "L16"),
+        ("Channel-Write-Codec-Rate", "8000"),
+        ("Channel-Write-Codec-Bit-Rate", "128000"),
+        ("Caller-Direction", ch.direction),
+        ("Caller-Logical-Direction", ch.logical_direction),
+        ("Caller-Dialplan", ch.dialplan),
+    ]
+    if ch.caller_id_name is not None:
+        headers.append(("Caller-Caller-ID-Name", ch.caller_id_name))
+    headers.append(("Caller-Caller-ID-Number", ch.caller_id_number))
+    if ch.orig_caller_id_number is not None:
+        headers.append(("Caller-Orig-Caller-ID-Number", ch.orig_caller_id_number))
+    if ch.callee_id_name is not None:
+        headers.append(("Caller-Callee-ID-Name", ch.callee_id_name))
+    if ch.callee_id_number is not None:
+        headers.append(("Caller-Callee-ID-Number", ch.callee_id_number))
+    headers += [
+        ("Caller-ANI", ch.ani),
+        ("Caller-Destination-Number", ch.destination_number),
+        ("Caller-Unique-ID", ch.uuid),
+        ("Caller-Source", ch.source),
+    ]
+    if ch.transfer_source is not None:
+        headers.append(("Caller-Transfer-Source", ch.transfer_source))
+    headers.append(("Caller-Context", ch.context))
+    if ch.rdnis is not None:
+        headers.append(("Caller-RDNIS", ch.rdnis))
+
+    def t(value: float) -> str:
+        return micros(value) if value else "0"
+
+    headers += [
+        ("Caller-Channel-Name", ch.name),
+        ("Caller-Profile-Index", str(ch.profile_index)),
+        ("Caller-Profile-Created-Time", t(ch.profile_created or ch.created)),
+        ("Caller-Channel-Created-Time", t(ch.created)),
+        ("Caller-Channel-Answered-Time", t(ch.answered)),
+        ("Caller-Channel-Progress-Time", t(ch.progress)),
+        ("Caller-Channel-Progress-Media-Time", t(ch.progress_media)),
+        ("Caller-Channel-Hangup-Time", t(ch.hungup)),
+        ("Caller-Channel-Transfer-Time", "0"),
+        ("Caller-Channel-Resurrect-Time", "0"),
+        ("Caller-Channel-Bridged-Time", "0"),
+        ("Caller-Channel-Last-Hold", "0"),
+        ("Caller-Channel-Hold-Accum", "0"),
+        ("Caller-Screen-Bit", "true"),
+        ("Caller-Privacy-Hide-Name", "false"),
+        ("Caller-Privacy-Hide-Number", "false"),
+    ]
+    return headers
+
+
+def variable_headers(variables: Iterable[tuple[str, str]]) -> Headers:
+    """`variable_<name>` headers in the channel's variable order."""
+    return [(f"variable_{name}", value) for name, value in variables]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where in FreeSWITCH an event type is fired from (Event-Calling-*)."""
+
+    file: str
+    function: str
+    line: int
+
+
+ORIGINS: dict[str, Origin] = {
+    "CHANNEL_CREATE": Origin("switch_core_state_machine.c", "switch_core_session_run", 626),
+    "CHANNEL_PROGRESS": Origin(
+        "switch_channel.c", "switch_channel_perform_mark_ring_ready_value", 3567
+    ),
+    "CHANNEL_ANSWER": Origin("switch_channel.c", "switch_channel_perform_mark_answered", 3848),
+    "CHANNEL_EXECUTE": Origin("switch_core_session.c", "switch_core_session_exec", 2932),
+    "CHANNEL_EXECUTE_COMPLETE": Origin("switch_core_session.c", "switch_core_session_exec", 2972),
+    "DTMF": Origin("switch_channel.c", "switch_channel_dequeue_dtmf", 678),
+    "CHANNEL_HANGUP": Origin("switch_channel.c", "switch_channel_perform_hangup", 3447),
+    "CHANNEL_HANGUP_COMPLETE": Origin(
+        "switch_core_state_machine.c", "switch_core_session_reporting_state", 943
+    ),
+    "BACKGROUND_JOB": Origin("mod_event_socket.c", "api_exec", 1580),
+    "ADD_SCHEDULE": Origin("switch_scheduler.c", "switch_scheduler_add_task_ex", 266),
+    "DEL_SCHEDULE": Origin("switch_scheduler.c", "task_thread_loop", 151),
+    "DEL_SCHEDULE_API": Origin("switch_scheduler.c", "switch_scheduler_del_task_id", 306),
+    "DEL_SCHEDULE_GROUP": Origin("switch_scheduler.c", "switch_scheduler_del_task_group", 340),
+    "HEARTBEAT": Origin("switch_core.c", "send_heartbeat", 84),
+    "SHUTDOWN": Origin("switch_core.c", "switch_core_destroy", 3033),
+    "conference-create": Origin("mod_conference.c", "conference_new", 3848),
+    "conference-destroy": Origin("mod_conference.c", "conference_thread_run", 863),
+    "add-member": Origin("conference_member.c", "conference_member_add", 962),
+    "del-member": Origin("conference_member.c", "conference_member_del", 1355),
+    "floor-change": Origin("conference_member.c", "conference_member_set_floor_holder", 1158),
+}
+
+CONFERENCE_SUBCLASS = "conference::maintenance"
+
+
+@dataclass
+class ConferenceFacts:
+    """What conference::maintenance events show about a room."""
+
+    name: str
+    uuid: str
+    domain: str
+    size: int = 0
+    profile: str = "default"
+
+
+@dataclass
+class MemberFacts:
+    """What add-member/del-member events show about one member."""
+
+    member_id: int
+    floor: bool = False
+
+
+class EventFactory:
+    """Builds every event of one switch run: owns Core-UUID, the sequence counter and the dates."""
+
+    def __init__(self, clock: SimClock, *, core_uuid: str, hostname: str) -> None:
+        self.clock = clock
+        self.core_uuid = core_uuid
+        self.hostname = hostname
+        self._sequence = itertools.count(1)
+
+    # -- common block ------------------------------------------------------------------------
+
+    def common(self, name: str, origin: Origin, *, subclass: str | None = None) -> Headers:
+        """The block every event opens with."""
+        now = self.clock.now()
+        headers: Headers = []
+        if subclass is not None:
+            headers.append(("Event-Subclass", subclass))
+        headers += [
+            ("Event-Name", name),
+            ("Core-UUID", self.core_uuid),
+            ("FreeSWITCH-Hostname", self.hostname),
+            ("FreeSWITCH-Switchname", self.hostname),
+            ("FreeSWITCH-IPv4", SIM_IPV4),
+            ("FreeSWITCH-IPv6", SIM_IPV6),
+            ("Event-Date-Local", stamp_local(now)),
+            ("Event-Date-GMT", stamp_gmt(now)),
+            ("Event-Date-Timestamp", micros(now)),
+            ("Event-Calling-File", origin.file),
+            ("Event-Calling-Function", origin.function),
+            ("Event-Calling-Line-Number", str(origin.line)),
+            ("Event-Sequence", str(next(self._sequence))),
+        ]
+        return headers
+
+    # -- system events -----------------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        *,
+        uptime_seconds: float,
+        version: str,
+        session_count: int,
+        sessions_since_startup: int,
+        session_peak: int,
+    ) -> SimEvent:
+        """HEARTBEAT (switch_core.c send_heartbeat)."""
+        headers = self.common("HEARTBEAT", ORIGINS["HEARTBEAT"])
+        headers += [
+            ("Event-Info", "System Ready"),
+            ("Up-Time", uptime_text(uptime_seconds)),
+            ("FreeSWITCH-Version", version),
+            ("Uptime-msec", str(int(uptime_seconds * 1000))),
+            ("Session-Count", str(session_count)),
+            ("Max-Sessions", "200"),
+            ("Session-Per-Sec", "30"),
+            ("Session-Per-Sec-Last", "0"),
+            ("Session-Per-Sec-Max", "1"),
+            ("Session-Per-Sec-FiveMin", "0"),
+            ("Session-Since-Startup", str(sessions_since_startup)),
+            ("Session-Peak-Max", str(session_peak)),
+            ("Session-Peak-FiveMin", str(session_peak)),
+            ("Idle-CPU", "100.000000"),
+        ]
+        return SimEvent("HEARTBEAT", headers)
+
+    def shutdown(self) -> SimEvent:
+        """SHUTDOWN (transcript 12)."""
+        headers = self.common("SHUTDOWN", ORIGINS["SHUTDOWN"])
+        headers.append(("Event-Info", "System Shutting Down"))
+        return SimEvent("SHUTDOWN", headers)
+
+    def background_job(self, job_uuid: str, command: str, arg: str, body: str) -> SimEvent:
+        """BACKGROUND_JOB: Job-UUID, Job-Command, Job-Command-Arg (if any), the result as body."""
+        headers = self.common("BACKGROUND_JOB", ORIGINS["BACKGROUND_JOB"])
+        headers += [("Job-UUID", job_uuid), ("Job-Command", command)]
+        if arg:
+            headers.append(("Job-Command-Arg", arg))
+        return SimEvent("BACKGROUND_JOB", headers, body=body)
+
+    # -- scheduler events --------------------------------------------------------------------
+
+    def schedule(
+        self, name: str, task_id: int, desc: str, group: str, runtime: int, origin: str = ""
+    ) -> SimEvent:
+        """ADD_SCHEDULE / DEL_SCHEDULE with Task-ID, Task-Desc, Task-Group, Task-Runtime."""
+        headers = self.common(name, ORIGINS[origin or name])
+        headers += [
+            ("Task-ID", str(task_id)),
+            ("Task-Desc", desc),
+            ("Task-Group", group),
+            ("Task-Runtime", str(runtime)),
+        ]
+        return SimEvent(name, headers)
+
+    # -- channel events ----------------------------------------------------------------------
+
+    def channel_event(
+        self,
+        name: str,
+        ch: ChannelFacts,
+        *,
+        with_variables: bool = True,
+        extra: Headers | None = None,
+    ) -> SimEvent:
+        """A CHANNEL_* / DTMF event: common block, channel block, variables, then `extra`."""
+        headers = self.common(name, ORIGINS[name])
+        if name == "CHANNEL_HANGUP_COMPLETE" and ch.hangup_cause is not None:
+            headers.append(("Hangup-Cause", ch.hangup_cause))
+        headers += channel_block(ch)
+        if with_variables:
+            headers += variable_headers(ch.variables.items())
+        if extra:
+            headers += extra
+        return SimEvent(name, headers)
+
+    def channel_create(self, ch: ChannelFacts) -> SimEvent:
+        return self.channel_event("CHANNEL_CREATE", ch)
+
+    def channel_progress(self, ch: ChannelFacts) -> SimEvent:
+        return self.channel_event("CHANNEL_PROGRESS", ch)
+
+    def channel_answer(self, ch: ChannelFacts) -> SimEvent:
+        return self.channel_event("CHANNEL_ANSWER", ch)
+
+    def channel_execute(
+        self, ch: ChannelFacts, application: str, data: str | None, app_uuid: str
+    ) -> SimEvent:
+        extra: Headers = [("Application", application)]
+        if data:
+            extra.append(("Application-Data", data))
+        extra.append(("Application-UUID", app_uuid))
+        return self.channel_event("CHANNEL_EXECUTE", ch, extra=extra)
+
+    def channel_execute_complete(
+        self,
+        ch: ChannelFacts,
+        application: str,
+        data: str | None,
+        app_uuid: str,
+        response: str = "_none_",
+    ) -> SimEvent:
+        extra: Headers = [("Application", application)]
+        if data:
+            extra.append(("Application-Data", data))
+        extra += [("Application-Response", response), ("Application-UUID", app_uuid)]
+        return self.channel_event("CHANNEL_EXECUTE_COMPLETE", ch, extra=extra)
+
+    def dtmf(self, ch: ChannelFacts, digit: str, duration_samples: int = 2000) -> SimEvent:
+        """DTMF: the channel block and the digit, no `variable_*` headers."""
+        extra: Headers = [
+            ("DTMF-Digit", digit),
+            ("DTMF-Duration", str(duration_samples)),
+            ("DTMF-Source", "UNKNOWN"),
+        ]
+        return self.channel_event("DTMF", ch, with_variables=False, extra=extra)
+
+    def channel_hangup(self, ch: ChannelFacts) -> SimEvent:
+        return self.channel_event("CHANNEL_HANGUP", ch)
+
+    def channel_hangup_complete(self, ch: ChannelFacts) -> SimEvent:
+        return self.channel_event("CHANNEL_HANGUP_COMPLETE", ch)
+
+    # -- conference::maintenance -------------------------------------------------------------
+
+    def floor_change(
+        self,
+        conf: ConferenceFacts,
+        *,
+        member: MemberFacts | None = None,
+        ch: ChannelFacts | None = None,
+    ) -> SimEvent:
+        """conference::maintenance floor-change, as recorded: Old-ID is always `none`; with a
+        new holder the conference block repeats, then the member's blocks and New-ID."""
+        headers = self.common("CUSTOM", ORIGINS["floor-change"], subclass=CONFERENCE_SUBCLASS)
+        headers += _conference_block(conf)
+        headers += [("Action", "floor-change"), ("Old-ID", "none")]
+        if member is not None and ch is not None:
+            headers += _conference_block(conf)
+            headers += _member_block(member, ch)
+            headers.append(("New-ID", str(member.member_id)))
+        else:
+            headers.append(("New-ID", "none"))
+        return SimEvent("CUSTOM", headers, subclass=CONFERENCE_SUBCLASS)
+
+    def conference(
+        self,
+        action: str,
+        conf: ConferenceFacts,
+        *,
+        member: MemberFacts | None = None,
+        ch: ChannelFacts | None = None,
+    ) -> SimEvent:
+        """CUSTOM conference::maintenance: conference-create/-destroy, add-/del-member."""
+        headers = self.common("CUSTOM", ORIGINS[action], subclass=CONFERENCE_SUBCLASS)
+        headers += _conference_block(conf)
+        if member is not None and ch is not None:
+            headers += _member_block(member, ch)
+        headers.append(("Action", action))
+        return SimEvent("CUSTOM", headers, subclass=CONFERENCE_SUBCLASS)
+
+
+def _conference_block(conf: ConferenceFacts) -> Headers:
+    return [
+        ("Conference-Name", conf.name),
+        ("Conference-Domain", conf.domain),
+        ("Conference-Size", str(conf.size)),
+        ("Conference-Ghosts", "0"),
+        ("Conference-Profile-Name", conf.profile),
+        ("Conference-Unique-ID", conf.uuid),
+    ]
+
+
+def _member_block(member: MemberFacts, ch: ChannelFacts) -> Headers:
+    headers: Headers = [("Floor", "true" if member.floor else "false")]
+    headers += channel_block(ch)
+    headers += [
+        ("Video", "false"),
+        ("Hear", "true"),
+        ("See", "true"),
+        ("Speak", "true"),
+        ("Talking", "false"),
+        ("Mute-Detect", "false"),
+        ("Hold", "false"),
+        ("Member-ID", str(member.member_id)),
+        ("Member-Type", "member"),
+        ("Member-Ghost", "false"),
+        ("Energy-Level", "100"),
+        ("Current-Energy", "0"),
+    ]
+    return headers
+
+
+def uptime_text(seconds: float) -> str:
+    """`0 years, 0 days, 0 hours, 1 minute, 50 seconds, 361 milliseconds, 762 microseconds`."""
+    total_us = int(seconds * 1_000_000)
+    us = total_us % 1000
+    ms = (total_us // 1000) % 1000
+    whole = total_us // 1_000_000
+    secs = whole % 60
+    mins = (whole // 60) % 60
+    hours = (whole // 3600) % 24
+    days = (whole // 86400) % 365
+    years = whole // (86400 * 365)
+
+    def unit(value: int, name: str) -> str:
+        return f"{value} {name}" + ("" if value == 1 else "s")
+
+    return ", ".join(
+        [
+            unit(years, "year"),
+            unit(days, "day"),
+            unit(hours, "hour"),
+            unit(mins, "minute"),
+            unit(secs, "second"),
+            unit(ms, "millisecond"),
+            unit(us, "microsecond"),
+        ]
+    )

@@ -1,0 +1,270 @@
+"""FreeSWITCH's scheduler as the simulator runs it (switch_scheduler.c, as seen on the wire).
+
+Owns the tasks: ids counting up (task 3 is mod_hash's permanent `limit_hash_cleanup`, as in a
+fresh FreeSWITCH; the first task added is 4),
+whole-second epoch runtimes, one check pass every 0.5 simulated seconds (a task fires on the
+first pass at or after its runtime, so `+5` fires 4.5-5.0 s after it was added: FreeSWITCH's
+window is N-1 ... N+0.5), groups, recurring tasks (RE_SCHEDULE), and the events: ADD_SCHEDULE
+1-15 ms after a task is added, DEL_SCHEDULE when a task has run or when a deleted task is swept
+on the next pass. A delete answers at once with the number of tasks it marked (0 when nothing
+matched, never an error). `show tasks` reads a mirror that, like FreeSWITCH's database copy,
+shows a row 0.05-0.2 s after the task was added and drops it 0.05-0.2 s after DEL_SCHEDULE.
+
+It knows nothing about channels: a task is a description, a group and a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confguard.sim.clock import SimClock
+from confguard.sim.events import EventFactory, SimEvent
+
+CHECK_INTERVAL = 0.5  # simulated seconds between passes of the task loop
+LIMIT_HASH_CLEANUP_INTERVAL = 900  # seconds, mod_hash's own recurring task
+ADD_EVENT_DELAY = (0.001, 0.015)  # ADD_SCHEDULE reaches the event queue this long after adding
+MIRROR_LAG = (0.05, 0.2)  # the database copy behind `show tasks` lags this much
+# A fresh FreeSWITCH shows mod_hash's task as id 3 (ids 1-2 are core tasks already gone) and
+# gives the first task it is asked for id 4 (transcript 04).
+FIRST_TASK_ID = 3
+
+TaskCallback = Callable[["Task"], None]
+
+
+@dataclass
+class Task:
+    """One scheduled task."""
+
+    task_id: int
+    desc: str
+    group: str
+    runtime: int  # epoch seconds
+    callback: TaskCallback | None
+    interval: int | None = None  # recurring: rescheduled this many seconds after each run
+    channel_bound: bool = False  # removed when the channel named by `group` is destroyed
+    deleted: bool = False
+    done: bool = False
+
+
+@dataclass
+class _MirrorRow:
+    task_id: int
+    desc: str
+    group: str
+    runtime: int
+    visible_at: float  # simulated monotonic seconds
+    gone_at: float = math.inf
+
+
+@dataclass
+class Scheduler:
+    """The task table and its loop; publishes ADD_/DEL_/RE_SCHEDULE through `publish`."""
+
+    clock: SimClock
+    events: Callable[[], EventFactory]  # the current factory (a restart makes a new one)
+    publish: Callable[[SimEvent], None]
+    hostname: str = "confguard-sim"
+    rng: random.Random = field(default_factory=random.Random)
+    tasks: dict[int, Task] = field(default_factory=dict)
+    _next_id: int = FIRST_TASK_ID
+    _last_add_due: float = 0.0
+    _pending_adds: list[tuple[float, SimEvent]] = field(default_factory=list)
+    _mirror: dict[int, _MirrorRow] = field(default_factory=dict)
+    _loop_task: asyncio.Task[None] | None = None
+    _handles: set[asyncio.TimerHandle] = field(default_factory=set)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Add mod_hash's permanent task and start the check loop."""
+        if not self.tasks:
+            self._add_permanent()
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._run(), name="sim-scheduler")
+
+    async def stop(self) -> None:
+        """Stop the loop (tasks stay in the table)."""
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for handle in self._handles:
+            handle.cancel()
+        self._handles.clear()
+
+    def reset(self) -> None:
+        """Forget every task and row without events (a FreeSWITCH restart); ids start over."""
+        for handle in self._handles:
+            handle.cancel()
+        self._handles.clear()
+        self._pending_adds.clear()
+        self.tasks.clear()
+        self._mirror.clear()
+        self._next_id = FIRST_TASK_ID
+        self._add_permanent()
+
+    def _add_permanent(self) -> None:
+        runtime = int(self.clock.now()) + LIMIT_HASH_CLEANUP_INTERVAL
+        task = self.add(
+            "limit_hash_cleanup",
+            "mod_hash",
+            runtime,
+            None,
+            interval=LIMIT_HASH_CLEANUP_INTERVAL,
+            announce=False,
+        )
+        self._mirror[task.task_id].visible_at = 0.0
+
+    # -- adding and deleting -----------------------------------------------------------------
+
+    def add(
+        self,
+        desc: str,
+        group: str,
+        runtime: int,
+        callback: TaskCallback | None,
+        *,
+        interval: int | None = None,
+        channel_bound: bool = False,
+        announce: bool = True,
+    ) -> Task:
+        """Add a task running at epoch second `runtime`; ADD_SCHEDULE follows 1-15 ms later."""
+        task = Task(self._next_id, desc, group, int(runtime), callback, interval, channel_bound)
+        self._next_id += 1
+        self.tasks[task.task_id] = task
+        now = self.clock.monotonic()
+        self._mirror[task.task_id] = _MirrorRow(
+            task.task_id, desc, group, task.runtime, now + self.rng.uniform(*MIRROR_LAG)
+        )
+        if announce:
+            # ADD_SCHEDULE events keep the order the tasks were added in.
+            due = max(now + self.rng.uniform(*ADD_EVENT_DELAY), self._last_add_due + 1e-6)
+            self._last_add_due = due
+            delay = due - now
+            event = self.events().schedule("ADD_SCHEDULE", task.task_id, desc, group, task.runtime)
+            self._pending_adds.append((due, event))
+            self._later(delay, lambda: self._flush_adds(due))
+        return task
+
+    def delete_id(self, task_id: int) -> int:
+        """Mark task `task_id` deleted; the number marked (0 or 1). Swept on the next pass."""
+        task = self.tasks.get(task_id)
+        if task is None or task.deleted or task.done:
+            return 0
+        task.deleted = True
+        return 1
+
+    def delete_group(self, group: str, *, channel_bound_only: bool = False) -> int:
+        """Mark every live task of `group` deleted; how many were marked."""
+        count = 0
+        for task in self.tasks.values():
+            if task.group != group or task.deleted or task.done:
+                continue
+            if channel_bound_only and not task.channel_bound:
+                continue
+            task.deleted = True
+            count += 1
+        return count
+
+    def delete(self, id_or_group: str) -> int:
+        """`sched_del`: a number is a task id, anything else a group."""
+        if id_or_group.isdigit():
+            return self.delete_id(int(id_or_group))
+        return self.delete_group(id_or_group)
+
+    def live_tasks(self, group: str | None = None) -> list[Task]:
+        """Tasks not yet run nor deleted (optionally of one group), by id."""
+        return [
+            task
+            for task in sorted(self.tasks.values(), key=lambda t: t.task_id)
+            if not task.deleted and not task.done and (group is None or task.group == group)
+        ]
+
+    # -- show tasks --------------------------------------------------------------------------
+
+    def mirror_rows(self) -> list[tuple[int, str, str, int]]:
+        """Rows of the lagging database copy: (id, desc, group, runtime)."""
+        now = self.clock.monotonic()
+        for task_id in [tid for tid, row in self._mirror.items() if row.gone_at <= now]:
+            del self._mirror[task_id]
+        return [
+            (row.task_id, row.desc, row.group, row.runtime)
+            for row in sorted(self._mirror.values(), key=lambda r: r.task_id)
+            if row.visible_at <= now
+        ]
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self.clock.sleep(CHECK_INTERVAL)
+            try:
+                self.check()
+            except Exception:
+                import logging
+
+                logging.getLogger(__name__).exception("scheduler pass failed")
+
+    def check(self) -> None:
+        """One pass: sweep deleted tasks, run due ones, reschedule recurring ones."""
+        now = int(self.clock.now())
+        for task in sorted(self.tasks.values(), key=lambda t: t.task_id):
+            if task.done:
+                continue
+            if task.deleted:
+                self._finish(task)
+                continue
+            if task.runtime > now:
+                continue
+            if task.interval:
+                task.runtime = now + task.interval
+                if task.callback is not None:
+                    task.callback(task)
+                row = self._mirror.get(task.task_id)
+                if row is not None:
+                    row.runtime = task.runtime
+                self.publish(
+                    self.events().schedule(
+                        "RE_SCHEDULE",
+                        task.task_id,
+                        task.desc,
+                        task.group,
+                        task.runtime,
+                        origin="DEL_SCHEDULE",
+                    )
+                )
+                continue
+            if task.callback is not None:
+                task.callback(task)
+            self._finish(task)
+
+    def _finish(self, task: Task) -> None:
+        task.done = True
+        self.tasks.pop(task.task_id, None)
+        self.publish(
+            self.events().schedule(
+                "DEL_SCHEDULE", task.task_id, task.desc, task.group, task.runtime
+            )
+        )
+        row = self._mirror.get(task.task_id)
+        if row is not None:
+            row.gone_at = self.clock.monotonic() + self.rng.uniform(*MIRROR_LAG)
+
+    def _flush_adds(self, up_to: float) -> None:
+        """Publish the queued ADD_SCHEDULE events due by `up_to`, in the order added."""
+        while self._pending_adds and self._pending_adds[0][0] <= up_to:
+            self.publish(self._pending_adds.pop(0)[1])
+
+    def _later(self, sim_seconds: float, fn: Callable[[], None]) -> None:
+        def run() -> None:
+            self._handles.discard(handle)
+            fn()
+
+        handle = self.clock.call_later(sim_seconds, run)
+        self._handles.add(handle)

@@ -1,0 +1,1271 @@
+"""The simulated FreeSWITCH core (`Switch`): channels, originate, the api command table,
+conferences, the scheduler's commands, HEARTBEAT, shutdown and restart.
+
+Owns the telephony half of the simulator and every header value of every event it fires
+(through `events.EventFactory`). The server (server.py) owns the sockets: it calls `api()` /
+`background_job()` and fans the events given to `publish` out to its clients.
+
+Behaviour follows the recorded FreeSWITCH transcripts (../shared/freeswitch/transcripts) for
+the originated (-a) leg; the loopback -b leg of the recording set-up is not simulated. Reply
+strings are the transcripts' byte for byte. Delays between the steps of a call (about 20 ms,
+as recorded) are simulated time, scaled by the clock like everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from confguard.sim.callees import (
+    FAILURE_CAUSES,
+    CalleeError,
+    CalleeMode,
+    CalleeSpec,
+    resolve_callee,
+)
+from confguard.sim.clock import SimClock
+from confguard.sim.config import SimConfig
+from confguard.sim.events import (
+    CAUSE_CODES,
+    CAUSE_NAMES,
+    ChannelFacts,
+    ConferenceFacts,
+    EventFactory,
+    MemberFacts,
+    SimEvent,
+    stamp_local,
+)
+from confguard.sim.scheduler import Scheduler, Task
+
+log = logging.getLogger(__name__)
+
+VERSION_LINE = (
+    "FreeSWITCH Version 1.11.3-dev+git~20260821T141014Z~cc93a683ca~64bit "
+    "(git cc93a68 2026-08-21 14:10:14Z 64bit)"
+)
+VERSION_SHORT = "1.11.3-dev git cc93a68 2026-08-21 14:10:14Z 64bit"
+MODULES = (
+    "mod_commands", "mod_dptools", "mod_conference", "mod_event_socket", "mod_loopback",
+    "mod_dialplan_xml", "mod_hash", "mod_db", "mod_lua", "mod_sndfile", "mod_native_file",
+    "mod_tone_stream", "mod_expr", "mod_console", "mod_logfile", "mod_say_en",
+)  # fmt: skip
+STEP = 0.02  # simulated seconds between the steps of a call, as recorded
+NO_SUCH_CHANNEL = "-ERR No such channel!\n"
+CONFERENCE_EXTENSION = ("7001", "default", "test1")  # extension, context, room
+SCHED_API_USAGE = "-ERR Invalid syntax. USAGE: [+@]<time> <group_name> <command_string>[&]\n"
+ORIGINATE_USAGE = (
+    "-USAGE: <call url> <exten>|&<application_name>(<app_args>) [<dialplan>] [<context>] "
+    "[<cid_name>] [<cid_num>] [<timeout_sec>]\n"
+)
+
+
+def split_args(text: str, *, keep_quotes: bool = False) -> list[str]:
+    """Split on spaces; single quotes group (and are removed unless `keep_quotes`)."""
+    args: list[str] = []
+    current: list[str] = []
+    quoted = False
+    has_token = False
+    for char in text:
+        if char == "'":
+            quoted = not quoted
+            has_token = True
+            if keep_quotes:
+                current.append(char)
+        elif char == " " and not quoted:
+            if has_token:
+                args.append("".join(current))
+            current, has_token = [], False
+        else:
+            current.append(char)
+            has_token = True
+    if has_token:
+        args.append("".join(current))
+    return args
+
+
+def parse_dial_string(dial: str) -> tuple[dict[str, str], str]:
+    """`{a=b,c='x,y'}user/1000` -> ({"a": "b", "c": "x,y"}, "user/1000")."""
+    variables: dict[str, str] = {}
+    if not dial.startswith("{"):
+        return variables, dial
+    depth, quoted, end = 0, False, -1
+    for index, char in enumerate(dial):
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "{":
+            depth += 1
+        elif not quoted and char == "}":
+            depth -= 1
+            if depth == 0:
+                end = index
+                break
+    if end < 0:
+        return variables, dial
+    body, rest = dial[1:end], dial[end + 1 :]
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in body:
+        if char == "'":
+            quoted = not quoted
+            current.append(char)
+        elif char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    for part in parts:
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == "'" and value[-1] == "'":
+            value = value[1:-1]
+        variables[name.strip()] = value
+    return variables, rest
+
+
+def parse_cause(text: str | None, default: str = "ALLOTTED_TIMEOUT") -> str:
+    """A hangup cause as FreeSWITCH reads it: name (any case) or Q.850 number; else
+    NORMAL_CLEARING."""
+    if text is None or text == "":
+        return default
+    if text.isdigit():
+        return CAUSE_NAMES.get(int(text), "NORMAL_CLEARING")
+    name = text.upper()
+    return name if name in CAUSE_CODES else "NORMAL_CLEARING"
+
+
+def _atoi(text: str) -> int:
+    """C's atoi: leading digits (with an optional sign), 0 when none."""
+    sign, digits = 1, ""
+    rest = text.strip()
+    if rest[:1] in "+-" and rest:
+        sign = -1 if rest[0] == "-" else 1
+        rest = rest[1:]
+    for char in rest:
+        if not char.isdigit():
+            break
+        digits += char
+    return sign * int(digits) if digits else 0
+
+
+@dataclass
+class Conference:
+    """One conference room and its members (newest last)."""
+
+    facts: ConferenceFacts
+    created: float
+    members: list[Channel] = field(default_factory=list)
+    floor: Channel | None = None
+
+
+@dataclass
+class Channel:
+    """One simulated channel (the originated leg)."""
+
+    facts: ChannelFacts
+    extension: str
+    spec: CalleeSpec
+    session_id: int
+    answered: bool = False
+    hung_up: bool = False
+    destroyed: bool = False
+    application: str | None = None
+    application_data: str | None = None
+    application_uuid: str = ""
+    conference: Conference | None = None
+    member_id: int = 0
+    answered_event: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    digits_dialed: list[str] = field(default_factory=list)
+
+    @property
+    def uuid(self) -> str:
+        return self.facts.uuid
+
+    @property
+    def alive(self) -> bool:
+        return not self.hung_up
+
+
+class Switch:
+    """Channels, originate, api commands, scheduler, conferences, HEARTBEAT (CONTRACTS.md)."""
+
+    def __init__(
+        self, config: SimConfig, clock: SimClock, publish: Callable[[SimEvent], None]
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self._publish = publish
+        self.events = EventFactory(clock, core_uuid=str(uuidlib.uuid4()), hostname=config.hostname)
+        self.scheduler = Scheduler(
+            clock, lambda: self.events, self.publish, hostname=config.hostname
+        )
+        self.channels: dict[str, Channel] = {}
+        self.conferences: dict[str, Conference] = {}
+        self.global_vars: dict[str, str] = {"domain": config.domain}
+        self.started_at = clock.monotonic()
+        self.sessions_since_startup = 0
+        self.session_peak = 0
+        self._next_session_id = 1
+        self._next_member_id = 1
+        self._background: set[asyncio.Task[object]] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._running = False
+        self.is_shut_down = False
+        self._commands: dict[str, Callable[[str], Awaitable[str]]] = {
+            "originate": self._api_originate,
+            "status": self._api_status,
+            "version": self._api_version,
+            "hostname": self._api_hostname,
+            "module_exists": self._api_module_exists,
+            "uuid_exists": self._api_uuid_exists,
+            "uuid_kill": self._api_uuid_kill,
+            "uuid_getvar": self._api_uuid_getvar,
+            "uuid_setvar": self._api_uuid_setvar,
+            "uuid_dump": self._api_uuid_dump,
+            "uuid_transfer": self._api_uuid_transfer,
+            "uuid_broadcast": self._api_uuid_broadcast,
+            "sched_hangup": self._api_sched_hangup,
+            "sched_del": self._api_sched_del,
+            "sched_api": self._api_sched_api,
+            "unsched_api": self._api_unsched_api,
+            "sched_transfer": self._api_sched_transfer,
+            "sched_broadcast": self._api_sched_broadcast,
+            "show": self._api_show,
+            "conference": self._api_conference,
+            "global_getvar": self._api_global_getvar,
+            "global_setvar": self._api_global_setvar,
+            "fsctl": self._api_fsctl,
+            "create_uuid": self._api_create_uuid,
+            "echo": self._api_echo,
+        }
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the scheduler and the HEARTBEAT loop."""
+        self._running = True
+        await self.scheduler.start()
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="sim-heartbeat")
+
+    async def stop(self) -> None:
+        """Stop every loop and pending step; no events."""
+        self._running = False
+        task, self._heartbeat_task = self._heartbeat_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.scheduler.stop()
+        for channel in list(self.channels.values()):
+            self._cancel_timers(channel)
+        for background in list(self._background):
+            background.cancel()
+        for background in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await background
+        self._background.clear()
+
+    def publish(self, event: SimEvent) -> None:
+        """Hand an event to the server (nothing after a shutdown)."""
+        if self.is_shut_down and event.name != "SHUTDOWN":
+            return
+        try:
+            self._publish(event)
+        except Exception:
+            log.exception("publishing %s failed", event.name)
+
+    def restart(self) -> None:
+        """A FreeSWITCH restart: every call and task gone without events, a new Core-UUID."""
+        for channel in list(self.channels.values()):
+            self._cancel_timers(channel)
+            channel.hung_up = channel.destroyed = True
+            channel.ended.set()
+            channel.answered_event.set()
+        self.channels.clear()
+        self.conferences.clear()
+        for background in list(self._background):
+            background.cancel()
+        self._background.clear()
+        self.events = EventFactory(
+            self.clock, core_uuid=str(uuidlib.uuid4()), hostname=self.config.hostname
+        )
+        self.scheduler.reset()
+        self.started_at = self.clock.monotonic()
+        self.sessions_since_startup = 0
+        self.session_peak = 0
+        self._next_session_id = 1
+        self._next_member_id = 1
+        self.is_shut_down = False
+
+    async def shutdown(self) -> None:
+        """`fsctl shutdown`: SHUTDOWN, then every call hung up with SYSTEM_SHUTDOWN."""
+        if self.is_shut_down:
+            return
+        await self.clock.sleep(0.18)
+        self.publish(self.events.shutdown())
+        live = [channel for channel in self.channels.values() if channel.alive]
+        for channel in live:
+            self.hangup(channel, "SYSTEM_SHUTDOWN", fire_hangup_event=True, delay=0.0)
+        for channel in live:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(channel.ended.wait(), timeout=5.0)
+        self.is_shut_down = True
+        self._running = False
+
+    # -- api entry points --------------------------------------------------------------------
+
+    async def api(self, command: str) -> str:
+        """Run one api command; the api/response body."""
+        command = command.strip("\r\n")
+        name, _, arg = command.strip().partition(" ")
+        handler = self._commands.get(name)
+        if handler is None:
+            return f"-ERR {name} Command not found!\n"
+        try:
+            return await handler(arg.strip())
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("api %r failed", command)
+            return f"-ERR {error}\n"
+
+    def background_job(self, job_uuid: str, command: str) -> None:
+        """Run `command` in a task, then publish BACKGROUND_JOB with its result."""
+        name, _, arg = command.strip().partition(" ")
+
+        async def run() -> None:
+            body = await self.api(command)
+            self.publish(self.events.background_job(job_uuid, name, arg.strip(), body))
+
+        self._spawn(run())
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[object]) -> asyncio.Task[object]:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _later(self, channel: Channel | None, sim_seconds: float, fn: Callable[[], None]) -> None:
+        handle = self.clock.call_later(sim_seconds, fn)
+        if channel is not None:
+            channel.timers.append(handle)
+
+    @staticmethod
+    def _cancel_timers(channel: Channel) -> None:
+        for handle in channel.timers:
+            handle.cancel()
+        channel.timers.clear()
+
+    def live_channel(self, uuid: str) -> Channel | None:
+        channel = self.channels.get(uuid)
+        if channel is None or channel.hung_up:
+            return None
+        return channel
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.heartbeat_interval)
+            if self.is_shut_down:
+                continue
+            self.publish(
+                self.events.heartbeat(
+                    uptime_seconds=self.clock.monotonic() - self.started_at,
+                    version=VERSION_SHORT.split(" ")[0],
+                    session_count=len(self.channels),
+                    sessions_since_startup=self.sessions_since_startup,
+                    session_peak=self.session_peak,
+                )
+            )
+
+    # -- originate ---------------------------------------------------------------------------
+
+    async def _api_originate(self, arg: str) -> str:
+        args = split_args(arg, keep_quotes=True)
+        if len(args) < 2:
+            return ORIGINATE_USAGE
+        variables, target = parse_dial_string(args[0])
+        if not target.startswith("user/"):
+            return "-ERR CHAN_NOT_IMPLEMENTED\n"
+        extension, _, domain = target[len("user/") :].partition("@")
+        domain = domain or self.config.domain
+        try:
+            spec = resolve_callee(self.config.users, extension, variables)
+        except CalleeError:
+            return "-ERR INVALID_NUMBER_FORMAT\n"
+        if spec is None:
+            return "-ERR SUBSCRIBER_ABSENT\n"
+        if spec.mode is CalleeMode.UNREGISTERED:
+            return "-ERR USER_NOT_REGISTERED\n"
+        call_uuid = variables.get("origination_uuid") or str(uuidlib.uuid4())
+        if call_uuid in self.channels:
+            return "-ERR DESTINATION_OUT_OF_ORDER\n"
+        timeout = _atoi(variables.get("originate_timeout", "60")) or 60
+
+        channel = self._new_channel(call_uuid, extension, domain, spec, variables)
+        # api_on_originate runs on the new channel before CHANNEL_CREATE reaches the wire.
+        for name, value in list(variables.items()):
+            if name.startswith("api_on_originate") and value:
+                await self.api(value)
+        await self.clock.sleep(STEP)
+        if channel.destroyed:
+            return f"-ERR {channel.facts.hangup_cause or 'ORIGINATOR_CANCEL'}\n"
+        self.publish(self.events.channel_create(channel.facts))
+
+        failure = FAILURE_CAUSES.get(spec.mode)
+        if failure is not None:
+            await self.clock.sleep(STEP)
+            if channel.alive:
+                self.hangup(channel, failure)
+            await channel.ended.wait()
+            return f"-ERR {channel.facts.hangup_cause}\n"
+
+        if spec.mode is CalleeMode.ANSWER and spec.answer_after <= 0:
+            self._answer(channel)
+        else:
+            self._ring(channel)
+            if spec.mode is CalleeMode.ANSWER:
+                self._later(channel, spec.answer_after, lambda: self._answer(channel))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                channel.answered_event.wait(), timeout=self.clock.to_real(timeout)
+            )
+        if not channel.answered:
+            if channel.alive:
+                self.hangup(channel, "NO_ANSWER")
+            await channel.ended.wait()
+            return f"-ERR {channel.facts.hangup_cause}\n"
+        await self.clock.sleep(STEP)
+        if not channel.alive:
+            return f"-ERR {channel.facts.hangup_cause}\n"
+        self._after_answer(channel, variables, args[1:])
+        return f"+OK {call_uuid}\n"
+
+    def _new_channel(
+        self,
+        call_uuid: str,
+        extension: str,
+        domain: str,
+        spec: CalleeSpec,
+        variables: dict[str, str],
+    ) -> Channel:
+        now = self.clock.now()
+        # Named like the recorded originated leg (transcripts: every call is this name).
+        name = "loopback/sim_callee-a"
+        facts = ChannelFacts(
+            uuid=call_uuid,
+            name=name,
+            created=now,
+            presence_id=f"{extension}@{domain}",
+            destination_number=extension,
+            profile_created=now,
+        )
+        if "origination_caller_id_number" in variables:
+            facts.caller_id_number = variables["origination_caller_id_number"]
+            facts.orig_caller_id_number = facts.caller_id_number
+            facts.ani = facts.caller_id_number
+        if "origination_caller_id_name" in variables:
+            facts.caller_id_name = variables["origination_caller_id_name"]
+        channel = Channel(facts, extension, spec, self._next_session_id)
+        self._next_session_id += 1
+        for var_name, value in (
+            ("direction", "outbound"),
+            ("is_outbound", "true"),
+            ("session_id", str(channel.session_id)),
+            ("read_codec", "L16"),
+            ("read_rate", "8000"),
+            ("write_codec", "L16"),
+            ("write_rate", "8000"),
+            ("channel_name", name),
+            ("uuid", call_uuid),
+            ("call_uuid", call_uuid),
+        ):
+            facts.set_var(var_name, value)
+        if "origination_uuid" in variables:
+            facts.set_var("origination_uuid", call_uuid)
+        for var_name, value in variables.items():
+            if var_name != "origination_uuid":
+                facts.set_var(var_name, value)
+        for var_name, value in (
+            ("dialed_user", extension),
+            ("dialed_domain", domain),
+            ("presence_id", f"{extension}@{domain}"),
+            ("originate_early_media", "true"),
+            ("originate_endpoint", "loopback"),
+        ):
+            facts.set_var(var_name, value)
+        self.channels[call_uuid] = channel
+        self.sessions_since_startup += 1
+        self.session_peak = max(self.session_peak, len(self.channels))
+        return channel
+
+    def _ring(self, channel: Channel) -> None:
+        facts = channel.facts
+        facts.call_state = "RINGING"
+        facts.progress = self.clock.now()
+        self.publish(self.events.channel_progress(facts))
+
+    def _answer(self, channel: Channel) -> None:
+        if not channel.alive or channel.answered:
+            return
+        facts = channel.facts
+        channel.answered = True
+        facts.answered = self.clock.now()
+        facts.answer_state = "answered"
+        facts.state = "CS_CONSUME_MEDIA"
+        facts.call_state = "DOWN"
+        self.publish(self.events.channel_answer(facts))
+        channel.answered_event.set()
+        # execute_on_answer / api_on_answer run inside the switch at this moment.
+        for name, value in list(facts.variables.items()):
+            if name.startswith("api_on_answer") and value:
+                self._spawn(self.api(value))
+            elif name.startswith("execute_on_answer") and value:
+                self._execute_app(channel, value)
+        for digit, at in channel.spec.key_presses():
+            self._later(channel, at + STEP, functools.partial(self._press, channel, digit))
+        if channel.spec.hangup_after is not None:
+            cause = channel.spec.hangup_cause
+            self._later(channel, channel.spec.hangup_after, lambda: self.hangup(channel, cause))
+
+    def _after_answer(self, channel: Channel, variables: dict[str, str], app: list[str]) -> None:
+        """The originate succeeded: caller ids flip, variables are set again, the app runs."""
+        facts = channel.facts
+        facts.flip_caller_id()
+        facts.state = "CS_EXECUTE"
+        facts.call_state = "ACTIVE"
+        facts.hit_dialplan = True
+        for var_name, value in (
+            ("endpoint_disposition", "ANSWER"),
+            ("user_context", "default"),
+            ("effective_caller_id_name", f"Extension {channel.extension}"),
+            ("effective_caller_id_number", channel.extension),
+        ):
+            facts.set_var(var_name, value)
+        if "origination_uuid" in variables:
+            facts.set_var("origination_uuid", channel.uuid)
+        for var_name, value in variables.items():
+            if var_name != "origination_uuid":
+                facts.set_var(var_name, value)
+        facts.set_var("originate_early_media", "true")
+        facts.set_var("originate_endpoint", "user")
+        facts.set_var("pre_transfer_caller_id_number", "0000000000")
+        facts.set_var("channel_cid_flipped", "yes")
+        facts.set_var("call_uuid", channel.uuid)
+        first = app[0] if app else "&park()"
+        if first.startswith("&"):
+            name, _, rest = first[1:].partition("(")
+            self._start_app(channel, name, rest.rstrip(")") or None)
+        else:
+            dialplan = app[1] if len(app) > 1 else "XML"
+            context = app[2] if len(app) > 2 else "default"
+            self._route(channel, first, dialplan, context)
+
+    def _press(self, channel: Channel, digit: str) -> None:
+        if not channel.alive:
+            return
+        channel.digits_dialed.append(digit)
+        self.publish(self.events.dtmf(channel.facts, digit))
+
+    # -- applications ------------------------------------------------------------------------
+
+    def _start_app(self, channel: Channel, name: str, data: str | None) -> None:
+        """Run a dialplan application on the channel (park, conference, playback, ...)."""
+        channel.application = name
+        channel.application_data = data
+        channel.application_uuid = str(uuidlib.uuid4())
+        if data:
+            channel.facts.set_var("current_application_data", data)
+        channel.facts.set_var("current_application", name)
+        self.publish(
+            self.events.channel_execute(channel.facts, name, data, channel.application_uuid)
+        )
+        if name == "conference" and data:
+            self._join_conference(channel, data)
+        elif name == "hangup":
+            self.hangup(channel, parse_cause(data, "NORMAL_CLEARING"))
+
+    def _complete_app(self, channel: Channel) -> None:
+        if channel.application is None:
+            return
+        name, data = channel.application, channel.application_data
+        channel.application = None
+        self.publish(
+            self.events.channel_execute_complete(
+                channel.facts, name, data, channel.application_uuid
+            )
+        )
+
+    def _execute_app(self, channel: Channel, spec: str) -> None:
+        """`execute_on_answer=app args` (playback is the only one that does something)."""
+        name, _, data = spec.strip().partition(" ")
+        app_uuid = str(uuidlib.uuid4())
+        self.publish(self.events.channel_execute(channel.facts, name, data or None, app_uuid))
+        response = "FILE PLAYED" if name == "playback" else "_none_"
+
+        def complete() -> None:
+            if channel.alive:
+                self.publish(
+                    self.events.channel_execute_complete(
+                        channel.facts, name, data or None, app_uuid, response
+                    )
+                )
+
+        self._later(channel, STEP, complete)
+
+    def _route(self, channel: Channel, exten: str, dialplan: str, context: str) -> bool:
+        """Run the dialplan: only extension 7001 in `default` exists (conference test1)."""
+        room_exten, room_context, room = CONFERENCE_EXTENSION
+        if exten == room_exten and context == room_context and dialplan.upper() == "XML":
+            self._start_app(channel, "conference", room)
+            return True
+        self.hangup(channel, "NO_ROUTE_DESTINATION")
+        return False
+
+    # -- hangup ------------------------------------------------------------------------------
+
+    def hangup(
+        self,
+        channel: Channel,
+        cause: str,
+        *,
+        fire_hangup_event: bool = True,
+        delay: float = STEP,
+    ) -> None:
+        """Hang up now: CHANNEL_HANGUP at once, the rest (member leaves, app completes,
+        CHANNEL_HANGUP_COMPLETE, the channel's tasks removed) `delay` later."""
+        if channel.hung_up:
+            return
+        facts = channel.facts
+        channel.hung_up = True
+        self._cancel_timers(channel)
+        facts.hangup_cause = cause
+        facts.answer_state = "hangup"
+        facts.state_number = 10
+        facts.hungup = self.clock.now()
+        if fire_hangup_event:
+            self.publish(self.events.channel_hangup(facts))
+        channel.answered_event.set()
+        if delay > 0:
+            self.clock.call_later(delay, lambda: self._destroy(channel))
+        else:
+            self._destroy(channel)
+
+    def _destroy(self, channel: Channel) -> None:
+        if channel.destroyed:
+            return
+        channel.destroyed = True
+        facts = channel.facts
+        if channel.conference is not None:
+            self._leave_conference(channel)
+        self._complete_app(channel)
+        now = self.clock.now()
+        facts.state = "CS_REPORTING"
+        facts.state_number = None
+        facts.call_state = "HANGUP"
+        cause = facts.hangup_cause or "NORMAL_CLEARING"
+        created, answered = facts.created, facts.answered
+        duration = max(0.0, now - created)
+        billsec = max(0.0, now - answered) if answered else 0.0
+        digits = "".join(channel.digits_dialed) or "none"
+
+        def us(value: float) -> str:
+            return str(int(value * 1e6)) if value else "0"
+
+        def whole(value: float) -> str:
+            return str(int(value)) if value else "0"
+
+        caller_name = facts.caller_id_name or ""
+        for var_name, value in (
+            ("hangup_cause", cause),
+            ("hangup_cause_q850", str(CAUSE_CODES.get(cause, 16))),
+            ("digits_dialed", digits),
+            ("start_stamp", stamp_local(created)),
+            ("profile_start_stamp", stamp_local(facts.profile_created or created)),
+            ("answer_stamp", stamp_local(answered) if answered else ""),
+            ("end_stamp", stamp_local(now)),
+            ("start_epoch", whole(created)),
+            ("start_uepoch", us(created)),
+            ("profile_start_epoch", whole(facts.profile_created or created)),
+            ("profile_start_uepoch", us(facts.profile_created or created)),
+            ("answer_epoch", whole(answered)),
+            ("answer_uepoch", us(answered)),
+            ("bridge_epoch", "0"),
+            ("bridge_uepoch", "0"),
+            ("last_hold_epoch", "0"),
+            ("last_hold_uepoch", "0"),
+            ("hold_accum_seconds", "0"),
+            ("hold_accum_usec", "0"),
+            ("hold_accum_ms", "0"),
+            ("resurrect_epoch", "0"),
+            ("resurrect_uepoch", "0"),
+            ("progress_epoch", whole(facts.progress)),
+            ("progress_uepoch", us(facts.progress)),
+            ("progress_media_epoch", "0"),
+            ("progress_media_uepoch", "0"),
+            ("end_epoch", whole(now)),
+            ("end_uepoch", us(now)),
+            ("last_app", facts.variables.get("current_application", "")),
+            (
+                "last_arg",
+                facts.variables.get("current_application_data", "")
+                if facts.variables.get("current_application") == "conference"
+                else "",
+            ),
+            ("caller_id", f'"{caller_name}" <{facts.caller_id_number}>'),
+            ("duration", str(round(duration))),
+            ("billsec", str(round(billsec))),
+            ("progresssec", "0"),
+            ("answersec", "0"),
+            ("waitsec", "0"),
+            ("progress_mediasec", "0"),
+            ("flow_billsec", str(round(billsec))),
+            ("mduration", str(int(duration * 1000))),
+            ("billmsec", str(int(billsec * 1000))),
+            ("progressmsec", "0"),
+            ("answermsec", "0"),
+            ("waitmsec", "0"),
+            ("progress_mediamsec", "0"),
+            ("flow_billmsec", str(int(billsec * 1000))),
+            ("uduration", str(int(duration * 1e6))),
+            ("billusec", str(int(billsec * 1e6))),
+            ("progressusec", "0"),
+            ("answerusec", "0"),
+            ("waitusec", "0"),
+            ("progress_mediausec", "0"),
+            ("flow_billusec", str(int(billsec * 1e6))),
+            ("is_loopback", "1"),
+        ):
+            if value != "":
+                facts.set_var(var_name, value)
+        self.publish(self.events.channel_hangup_complete(facts))
+        self.channels.pop(channel.uuid, None)
+        self.scheduler.delete_group(channel.uuid, channel_bound_only=True)
+        channel.ended.set()
+
+    # -- conferences -------------------------------------------------------------------------
+
+    def _join_conference(self, channel: Channel, target: str) -> None:
+        room, _, profile = target.partition("@")
+        conference = self.conferences.get(room)
+        if conference is None:
+            conference = Conference(
+                ConferenceFacts(room, str(uuidlib.uuid4()), self.config.domain,
+                                profile=profile or "default"),
+                self.clock.now(),
+            )  # fmt: skip
+            self.conferences[room] = conference
+            self.publish(self.events.conference("conference-create", conference.facts))
+        channel.conference = conference
+        channel.member_id = self._next_member_id
+        self._next_member_id += 1
+        conference.members.append(channel)
+        conference.facts.size = len(conference.members)
+        conf_uuid = conference.facts.uuid
+        for var_name, value in (
+            ("conference_name", room),
+            ("app_session_uuid", conf_uuid),
+            ("read_codec", "L16"),
+            ("read_rate", "8000"),
+            ("conference_member_id", str(channel.member_id)),
+            ("conference_moderator", "false"),
+            ("conference_ghost", "false"),
+            ("conference_uuid", conf_uuid),
+            ("conference_call_key", f"conference_{room}_{conference.facts.domain}_XML"),
+        ):
+            channel.facts.set_var(var_name, value)
+        self.publish(
+            self.events.conference(
+                "add-member", conference.facts, member=MemberFacts(channel.member_id),
+                ch=channel.facts,
+            )
+        )  # fmt: skip
+        if conference.floor is None:
+            conference.floor = channel
+
+            def take_floor() -> None:
+                if conference.floor is channel and channel.alive:
+                    self.publish(
+                        self.events.floor_change(
+                            conference.facts,
+                            member=MemberFacts(channel.member_id, floor=True),
+                            ch=channel.facts,
+                        )
+                    )
+
+            self._later(channel, STEP, take_floor)
+
+    def _leave_conference(self, channel: Channel) -> None:
+        conference = channel.conference
+        if conference is None:
+            return
+        channel.conference = None
+        channel.facts.variables.pop("conference_call_key", None)
+        channel.facts.set_var("read_codec", "L16")
+        channel.facts.set_var("read_rate", "8000")
+        if conference.floor is channel:
+            conference.floor = None
+            self.publish(self.events.floor_change(conference.facts))
+        if channel in conference.members:
+            conference.members.remove(channel)
+        conference.facts.size = len(conference.members)
+        self.publish(
+            self.events.conference(
+                "del-member", conference.facts, member=MemberFacts(channel.member_id),
+                ch=channel.facts,
+            )
+        )  # fmt: skip
+        if not conference.members:
+            self.conferences.pop(conference.facts.name, None)
+
+            def destroy() -> None:
+                self.publish(self.events.conference("conference-destroy", conference.facts))
+
+            self.clock.call_later(STEP, destroy)
+
+    # -- simple commands ---------------------------------------------------------------------
+
+    async def _api_status(self, arg: str) -> str:
+        from confguard.sim.events import uptime_text
+
+        uptime = self.clock.monotonic() - self.started_at
+        live = len(self.channels)
+        return (
+            f"UP {uptime_text(uptime)}\n"
+            f"FreeSWITCH (Version {VERSION_SHORT}) is ready\n"
+            f"{self.sessions_since_startup} session(s) since startup\n"
+            f"{live} session(s) - peak {self.session_peak}, last 5min {self.session_peak} \n"
+            "0 session(s) per Sec out of max 30, peak 0, last 5min 0 \n"
+            "200 session(s) max\n"
+            "min idle cpu 0.00/100.00\n"
+            "Current Stack Size/Max 240K/8192K\n"
+        )
+
+    async def _api_version(self, arg: str) -> str:
+        return VERSION_LINE + "\n" if arg != "short" else "1.11.3-dev\n"
+
+    async def _api_hostname(self, arg: str) -> str:
+        return self.config.hostname
+
+    async def _api_module_exists(self, arg: str) -> str:
+        return "true" if arg in MODULES else "false"
+
+    async def _api_create_uuid(self, arg: str) -> str:
+        return str(uuidlib.uuid4())
+
+    async def _api_echo(self, arg: str) -> str:
+        return arg
+
+    async def _api_global_getvar(self, arg: str) -> str:
+        return self.global_vars.get(arg, "")
+
+    async def _api_global_setvar(self, arg: str) -> str:
+        name, sep, value = arg.partition("=")
+        if not sep:
+            return "-USAGE: <var>=<value>\n"
+        self.global_vars[name.strip()] = value
+        return "+OK\n"
+
+    async def _api_fsctl(self, arg: str) -> str:
+        words = arg.split()
+        if words[:1] == ["shutdown"]:
+            self._spawn(self.shutdown())
+            return "+OK\n"
+        return "-ERR INVALID COMMAND\n"
+
+    # -- uuid_* ------------------------------------------------------------------------------
+
+    async def _api_uuid_exists(self, arg: str) -> str:
+        return "true" if self.live_channel(arg.strip()) is not None else "false"
+
+    async def _api_uuid_kill(self, arg: str) -> str:
+        args = arg.split()
+        if not args:
+            return "-USAGE: <uuid> [cause]\n"
+        channel = self.live_channel(args[0])
+        if channel is None:
+            return NO_SUCH_CHANNEL
+        cause = parse_cause(args[1] if len(args) > 1 else None, "NORMAL_CLEARING")
+        self.clock.call_later(0.0002, lambda: self.hangup(channel, cause))
+        return "+OK\n"
+
+    async def _api_uuid_getvar(self, arg: str) -> str:
+        args = arg.split()
+        if len(args) < 2:
+            return "-USAGE: <uuid> <var>\n"
+        channel = self.live_channel(args[0])
+        if channel is None:
+            return NO_SUCH_CHANNEL
+        return channel.facts.variables.get(args[1], "_undef_")
+
+    async def _api_uuid_setvar(self, arg: str) -> str:
+        parts = arg.split(" ", 2)
+        if len(parts) < 2:
+            return "-USAGE: <uuid> <var> [value]\n"
+        channel = self.live_channel(parts[0])
+        if channel is None:
+            return NO_SUCH_CHANNEL
+        name = parts[1]
+        if len(parts) > 2:
+            channel.facts.set_var(name, parts[2])
+        else:
+            channel.facts.variables.pop(name, None)
+        return "+OK\n"
+
+    async def _api_uuid_dump(self, arg: str) -> str:
+        args = arg.split()
+        if not args:
+            return "-USAGE: <uuid> [format]\n"
+        channel = self.live_channel(args[0])
+        if channel is None:
+            return NO_SUCH_CHANNEL
+        event = self.events.channel_event("CHANNEL_DATA", channel.facts)
+        headers = [(k, v) for k, v in event.headers]
+        if len(args) > 1 and args[1] == "json":
+            return json.dumps(dict(headers))
+        return "".join(f"{k}: {v}\n" for k, v in headers)
+
+    async def _api_uuid_transfer(self, arg: str) -> str:
+        args = split_args(arg)
+        if len(args) < 2:
+            return "-USAGE: <uuid> [-bleg|-both] <dest-exten> [<dialplan>] [<context>]\n"
+        channel = self.live_channel(args[0])
+        if channel is None:
+            return NO_SUCH_CHANNEL
+        rest = args[1:]
+        if rest[0] in ("-bleg", "-both"):
+            rest = rest[1:]
+        if not rest:
+            return "-USAGE: <uuid> [-bleg|-both] <dest-exten> [<dialplan>] [<context>]\n"
+        self._later(channel, STEP, lambda: self._transfer(channel, rest))
+        return "+OK\n"
+
+    def _transfer(self, channel: Channel, target: list[str]) -> None:
+        if not channel.alive:
+            return
+        exten = target[0]
+        dialplan = target[1] if len(target) > 1 else "XML"
+        context = target[2] if len(target) > 2 else "default"
+        facts = channel.facts
+        now = self.clock.now()
+        source = f"{int(now)}:{uuidlib.uuid4()}:bl_xfer:{exten}/{context}/{dialplan}"
+        if channel.conference is not None:
+            self._leave_conference(channel)
+        facts.rdnis = facts.destination_number
+        facts.destination_number = exten
+        facts.dialplan = dialplan
+        facts.context = context
+        facts.logical_direction = "inbound"
+        facts.transfer_source = source
+        facts.profile_index += 1
+        facts.profile_created = now
+        facts.set_var("max_forwards", "70")
+        facts.set_var("transfer_history", source)
+        facts.set_var("transfer_source", source)
+        # The parked app completes after the new caller profile is in place (transcript 06).
+        facts.state_number = 2
+        self._complete_app(channel)
+        facts.state_number = None
+        facts.set_var("call_uuid", channel.uuid)
+        if dialplan == "inline":
+            app, _, data = exten.partition(":")
+            self._start_app(channel, app, data or None)
+        else:
+            self._route(channel, exten, dialplan, context)
+
+    async def _api_uuid_broadcast(self, arg: str) -> str:
+        args = arg.split()
+        if len(args) < 2:
+            return "-USAGE: <uuid> <path> [aleg|bleg|both]\n"
+        channel = self.live_channel(args[0])
+        if channel is None:
+            return NO_SUCH_CHANNEL
+        path = args[1]
+        app, sep, data = path.partition("::")
+        if not sep:
+            app, data = "playback", path
+        self._later(channel, STEP, lambda: self._execute_app(channel, f"{app} {data}"))
+        return "+OK Message sent\n"
+
+    # -- scheduler commands ------------------------------------------------------------------
+
+    def _runtime(self, when: str) -> int:
+        now = int(self.clock.now())
+        if when.startswith("+") or when.startswith("@"):
+            return now + _atoi(when[1:])
+        return _atoi(when)
+
+    async def _api_sched_hangup(self, arg: str) -> str:
+        args = arg.split()
+        if len(args) < 2:
+            return "-USAGE: [+]<time> <uuid> [<cause>]\n"
+        when, call_uuid = args[0], args[1]
+        channel = self.live_channel(call_uuid)
+        if channel is None:
+            return NO_SUCH_CHANNEL
+        cause = parse_cause(args[2] if len(args) > 2 else None)
+        now = int(self.clock.now())
+        interval: int | None = None
+        if when.startswith("+"):
+            runtime = now + _atoi(when[1:])
+        else:
+            # Quirk (transcripts 11-quirk-no-plus-*): a bare small number hangs up at once,
+            # a bare larger one makes a task that repeats every N seconds.
+            seconds = _atoi(when)
+            if seconds <= 30:
+                runtime = now
+            else:
+                runtime, interval = now + seconds, seconds
+        if runtime <= now:
+            self.clock.call_later(0.0002, lambda: self.hangup(channel, cause))
+            return "+OK\n"
+
+        def fire(task: Task) -> None:
+            target = self.live_channel(call_uuid)
+            if target is not None:
+                self.hangup(target, cause)
+
+        self.scheduler.add(
+            "switch_ivr_schedule_hangup", call_uuid, runtime, fire,
+            interval=interval, channel_bound=True,
+        )  # fmt: skip
+        return "+OK\n"
+
+    async def _api_sched_del(self, arg: str) -> str:
+        target = arg.strip()
+        if not target:
+            return "+OK Deleted: 0\n"
+        return f"+OK Deleted: {self.scheduler.delete(target)}\n"
+
+    async def _api_sched_api(self, arg: str) -> str:
+        parts = arg.split(" ", 2)
+        if len(parts) < 3 or not parts[2].strip():
+            return SCHED_API_USAGE
+        when, group, command = parts[0], parts[1], parts[2].strip()
+        if command.endswith("&"):
+            command = command[:-1].strip()
+        interval = _atoi(when[1:]) if when.startswith("@") else None
+        runtime = self._runtime(when)
+
+        def fire(task: Task) -> None:
+            self._spawn(self.api(command))
+
+        task = self.scheduler.add("sched_api_function", group, runtime, fire, interval=interval)
+        return f"+OK Added: {task.task_id}\n"
+
+    async def _api_unsched_api(self, arg: str) -> str:
+        target = arg.strip()
+        if target.isdigit() and self.scheduler.delete_id(int(target)):
+            return "+OK\n"
+        return "-ERR No such id\n"
+
+    async def _api_sched_transfer(self, arg: str) -> str:
+        args = arg.split()
+        if len(args) < 3:
+            return "-USAGE: [+]<time> <uuid> <extension> [<dialplan>] [<context>]\n"
+        when, call_uuid = args[0], args[1]
+        if self.live_channel(call_uuid) is None:
+            return NO_SUCH_CHANNEL
+        target = args[2:]
+
+        def fire(task: Task) -> None:
+            channel = self.live_channel(call_uuid)
+            if channel is not None:
+                self._transfer(channel, target)
+
+        self.scheduler.add(
+            "switch_ivr_schedule_transfer", call_uuid, self._runtime(when), fire,
+            channel_bound=True,
+        )  # fmt: skip
+        return "+OK\n"
+
+    async def _api_sched_broadcast(self, arg: str) -> str:
+        args = arg.split()
+        if len(args) < 3:
+            return "-USAGE: [+]<time> <uuid> <path> [aleg|bleg|both]\n"
+        when, call_uuid, path = args[0], args[1], args[2]
+
+        def fire(task: Task) -> None:
+            channel = self.live_channel(call_uuid)
+            if channel is not None:
+                self._execute_app(channel, f"playback {path}")
+
+        self.scheduler.add(
+            "switch_ivr_schedule_broadcast", call_uuid, self._runtime(when), fire,
+            channel_bound=True,
+        )  # fmt: skip
+        return "+OK Message scheduled\n"
+
+    # -- show --------------------------------------------------------------------------------
+
+    async def _api_show(self, arg: str) -> str:
+        words = arg.split()
+        if not words:
+            return "-USAGE: show <what>\n"
+        what, rest = words[0], words[1:]
+        as_json = rest[:2] == ["as", "json"]
+        if what == "tasks":
+            header = ["task_id", "task_desc", "task_group", "task_runtime", "task_sql_manager",
+                      "hostname"]  # fmt: skip
+            rows = [
+                [str(tid), desc, group, str(runtime), "0", self.config.hostname]
+                for tid, desc, group, runtime in self.scheduler.mirror_rows()
+            ]
+            return _table(header, rows, as_json)
+        if what in ("channels", "calls"):
+            header = ["uuid", "direction", "created", "created_epoch", "name", "state",
+                      "cid_name", "cid_num", "ip_addr", "dest", "application",
+                      "application_data", "dialplan", "context", "read_codec", "read_rate",
+                      "read_bit_rate", "write_codec", "write_rate", "write_bit_rate", "secure",
+                      "hostname", "presence_id", "presence_data", "accountcode", "callstate",
+                      "callee_name", "callee_num", "callee_direction", "call_uuid",
+                      "sent_callee_name",
+                      "sent_callee_num", "initial_cid_name", "initial_cid_num", "initial_ip_addr",
+                      "initial_dest", "initial_dialplan", "initial_context"]  # fmt: skip
+            rows = [self._channel_row(ch) for ch in self.channels.values() if not ch.destroyed]
+            return _table(header, rows, as_json)
+        return "-ERR Invalid show command\n" if what else "-USAGE: show <what>\n"
+
+    def _channel_row(self, channel: Channel) -> list[str]:
+        facts = channel.facts
+        return [
+            facts.uuid, facts.direction, stamp_local(facts.created), str(int(facts.created)),
+            facts.name, facts.state, facts.caller_id_name or "", facts.caller_id_number, "",
+            facts.destination_number, channel.application or "", channel.application_data or "",
+            facts.dialplan, facts.context, "L16", "8000", "128000", "L16", "8000", "128000", "",
+            self.config.hostname, facts.presence_id, "", "", facts.call_state, "", "", "",
+            facts.uuid, "", "", facts.caller_id_name or "", facts.caller_id_number, "",
+            channel.extension, "XML", "default",
+        ]  # fmt: skip
+
+    # -- conference command ------------------------------------------------------------------
+
+    async def _api_conference(self, arg: str) -> str:
+        words = arg.split()
+        if not words:
+            return "-ERR Conference command requires a conference name\n"
+        if words[0] == "list":
+            return self._conference_list_all()
+        name, sub = words[0], words[1:]
+        conference = self.conferences.get(name)
+        if conference is None:
+            return f"-ERR Conference {name} not found\n"
+        if sub == ["list"]:
+            return "".join(self._member_line(conference, m) for m in reversed(conference.members))
+        if sub == ["list", "count"]:
+            return str(len(conference.members))
+        if sub[:1] == ["json_list"]:
+            return self._conference_json(conference)
+        if sub[:1] == ["kick"] or sub[:1] == ["hup"]:
+            return self._conference_kick(conference, sub[1:])
+        return (
+            f"-ERR Unknown conference command {' '.join(sub)}\n"
+            if sub
+            else (f"-ERR Conference {name} requires a command\n")
+        )
+
+    def _member_line(self, conference: Conference, member: Channel) -> str:
+        flags = (
+            "hear|speak|floor"
+            if conference.members and member is conference.members[0]
+            else "hear|speak"
+        )
+        return (
+            f"{member.member_id};{member.facts.name};{member.uuid};"
+            f"{member.facts.caller_id_name or ''};{member.facts.caller_id_number};"
+            f"{flags};0;0;100\n"
+        )
+
+    def _conference_list_all(self) -> str:
+        out: list[str] = []
+        for conference in self.conferences.values():
+            count = len(conference.members)
+            noun = "member" if count == 1 else "members"
+            out.append(
+                f"+OK Conference {conference.facts.name} ({count} {noun} rate: 8000 flags: "
+                "running|answered|enforce_min|dynamic|exit_sound|enter_sound|json_status)\n"
+            )
+            out.extend(self._member_line(conference, m) for m in reversed(conference.members))
+        return "".join(out)
+
+    def _conference_json(self, conference: Conference) -> str:
+        members = [
+            {
+                "type": "caller",
+                "id": member.member_id,
+                "flags": {
+                    "can_hear": True,
+                    "can_see": True,
+                    "can_speak": True,
+                    "hold": False,
+                    "mute_detect": False,
+                    "talking": False,
+                    "has_video": False,
+                    "video_bridge": False,
+                    "has_floor": index == 0,
+                    "is_moderator": False,
+                    "end_conference": False,
+                    "mandatory_member_end_conference": False,
+                    "pass_digits": False,
+                },
+                "uuid": member.uuid,
+                "caller_id_name": member.facts.caller_id_name or "",
+                "caller_id_number": member.facts.caller_id_number,
+                "join_time": 0,
+                "last_talking": 0,
+                "energy": 100,
+                "volume_in": 0,
+                "volume_out": 0,
+                "output-volume": 0,
+                "input-volume": 0,
+            }
+            for index, member in reversed(list(enumerate(conference.members)))
+        ]
+        document = [{
+            "conference_name": conference.facts.name,
+            "member_count": len(conference.members),
+            "ghost_count": 0, "rate": 8000,
+            "run_time": int(self.clock.now() - conference.created),
+            "conference_uuid": conference.facts.uuid,
+            "canvas_count": 0, "max_bw_in": 0, "force_bw_in": 0, "video_floor_packets": 0,
+            "locked": False, "destruct": False, "wait_mod": False, "audio_always": False,
+            "running": True, "answered": True, "enforce_min": True, "bridge_to": False,
+            "dynamic": True, "exit_sound": True, "enter_sound": True, "recording": False,
+            "video_bridge": False, "video_floor_only": False, "video_rfc4579": False,
+            "variables": {}, "members": members,
+        }]  # fmt: skip
+        return json.dumps(document, indent="\t", separators=(",", ":\t"))
+
+    def _conference_kick(self, conference: Conference, args: list[str]) -> str:
+        if not args:
+            return "-ERR Invalid member\n"
+        for member in list(conference.members):
+            if args[0] == "all" or args[0] == str(member.member_id):
+                self.hangup(member, "NORMAL_CLEARING")
+        return "+OK kicked\n"
+
+
+def _table(header: list[str], rows: list[list[str]], as_json: bool) -> str:
+    """`show` output: csv with a header and `N total.`, or `{"row_count":N,"rows":[...]}`."""
+    if as_json:
+        if not rows:
+            return '{"row_count": 0}'
+        objects = [dict(zip(header, row, strict=True)) for row in rows]
+        return json.dumps({"row_count": len(rows), "rows": objects}, separators=(",", ":"))
+    if not rows:
+        return "\n0 total.\n"
+    lines = [",".join(header)] + [",".join(row) for row in rows]
+    return "\n".join(lines) + f"\n\n{len(rows)} total.\n"

@@ -1,0 +1,136 @@
+"""Tests of the simulated FreeSWITCH scheduler: ids, events, windows, deletes, the mirror."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from confguard.sim.clock import SimClock
+from confguard.sim.events import EventFactory, SimEvent
+from confguard.sim.scheduler import Scheduler, Task
+
+SCALE = 0.01  # one simulated second lasts 10 ms
+
+
+def make_scheduler() -> tuple[Scheduler, list[SimEvent], SimClock]:
+    clock = SimClock(SCALE)
+    factory = EventFactory(clock, core_uuid="core", hostname="confguard-sim")
+    published: list[SimEvent] = []
+    scheduler = Scheduler(clock, lambda: factory, published.append, rng=random.Random(7))
+    return scheduler, published, clock
+
+
+async def test_permanent_task_and_ids_as_recorded() -> None:
+    scheduler, published, clock = make_scheduler()
+    await scheduler.start()
+    try:
+        rows = scheduler.mirror_rows()
+        assert [(r[0], r[1], r[2]) for r in rows] == [(3, "limit_hash_cleanup", "mod_hash")]
+        first = scheduler.add("switch_ivr_schedule_hangup", "U", int(clock.now()) + 30, None)
+        second = scheduler.add("sched_api_function", "g", int(clock.now()) + 30, None)
+        assert (first.task_id, second.task_id) == (4, 5)
+        await clock.sleep(0.05)
+        adds = [e for e in published if e.name == "ADD_SCHEDULE"]
+        assert [e.get("Task-ID") for e in adds] == ["4", "5"]
+        assert [name for name, _ in adds[0].headers][-4:] == [
+            "Task-ID",
+            "Task-Desc",
+            "Task-Group",
+            "Task-Runtime",
+        ]
+        assert adds[0].get("Task-Group") == "U"
+        assert adds[0].get("Event-Calling-Function") == "switch_scheduler_add_task_ex"
+    finally:
+        await scheduler.stop()
+
+
+async def test_task_fires_within_the_freeswitch_window() -> None:
+    scheduler, published, clock = make_scheduler()
+    await scheduler.start()
+    try:
+        fired: list[float] = []
+        start = clock.monotonic()
+        scheduler.add("t", "g", int(clock.now()) + 2, lambda task: fired.append(clock.monotonic()))
+        for _ in range(100):
+            if fired and published:
+                break
+            await clock.sleep(0.1)
+        assert len(fired) == 1
+        elapsed = fired[0] - start
+        assert elapsed >= 1.0 - 0.05  # never before N-1 (the window is N-1 ... N+0.5)
+        dels = [e for e in published if e.name == "DEL_SCHEDULE"]
+        assert [e.get("Task-Desc") for e in dels] == ["t"]
+    finally:
+        await scheduler.stop()
+
+
+async def test_delete_counts_then_zero_and_sweeps_with_del_schedule() -> None:
+    scheduler, published, clock = make_scheduler()
+    await scheduler.start()
+    try:
+        ran: list[Task] = []
+        a = scheduler.add("x", "grp", int(clock.now()) + 20, ran.append)
+        scheduler.add("y", "grp", int(clock.now()) + 20, ran.append)
+        assert scheduler.delete(str(a.task_id)) == 1
+        assert scheduler.delete(str(a.task_id)) == 0  # already deleted: 0, never an error
+        assert scheduler.delete("grp") == 1  # only the one still live
+        assert scheduler.delete("grp") == 0
+        assert scheduler.delete("999999") == 0
+        await clock.sleep(1.0)
+        dels = [e.get("Task-Desc") for e in published if e.name == "DEL_SCHEDULE"]
+        assert sorted(dels) == ["x", "y"]  # type: ignore[type-var]
+        assert ran == []
+        assert scheduler.live_tasks("grp") == []
+    finally:
+        await scheduler.stop()
+
+
+async def test_show_tasks_mirror_lags_behind() -> None:
+    scheduler, _published, clock = make_scheduler()
+    await scheduler.start()
+    try:
+        task = scheduler.add("lagging", "g", int(clock.now()) + 60, None)
+        assert task.task_id not in [row[0] for row in scheduler.mirror_rows()]
+        await clock.sleep(0.3)
+        assert task.task_id in [row[0] for row in scheduler.mirror_rows()]
+        assert scheduler.delete_id(task.task_id) == 1
+        assert task.task_id in [row[0] for row in scheduler.mirror_rows()]  # still mirrored
+        await clock.sleep(1.0)
+        assert task.task_id not in [row[0] for row in scheduler.mirror_rows()]
+    finally:
+        await scheduler.stop()
+
+
+async def test_recurring_task_reschedules() -> None:
+    scheduler, published, clock = make_scheduler()
+    await scheduler.start()
+    try:
+        runs: list[int] = []
+        task = scheduler.add(
+            "sched_api_function",
+            "recur",
+            int(clock.now()) + 1,
+            lambda t: runs.append(1),
+            interval=1,
+        )
+        await clock.sleep(3.6)
+        assert len(runs) >= 2
+        assert any(e.name == "RE_SCHEDULE" for e in published)
+        assert task in scheduler.live_tasks()
+        assert scheduler.delete_group("recur") == 1
+    finally:
+        await scheduler.stop()
+
+
+async def test_reset_forgets_everything_silently() -> None:
+    scheduler, published, clock = make_scheduler()
+    await scheduler.start()
+    try:
+        scheduler.add("gone", "g", int(clock.now()) + 60, None, announce=False)
+        scheduler.reset()
+        await asyncio.sleep(0)
+        assert [t.desc for t in scheduler.live_tasks()] == ["limit_hash_cleanup"]
+        assert scheduler.add("next", "g", int(clock.now()) + 60, None).task_id == 4
+        assert not [e for e in published if e.name == "DEL_SCHEDULE"]
+    finally:
+        await scheduler.stop()

@@ -1,0 +1,501 @@
+"""Tests of the simulator's Event Socket server (confguard.sim.server) against a stub switch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from confguard.sim import Simulator, wire
+from confguard.sim.cli import main as cli_main
+from confguard.sim.config import SimConfig
+from confguard.sim.events import SimEvent
+
+REPO = Path(__file__).resolve().parent.parent
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+GOODBYE = wire.encode_disconnect_notice(wire.GOODBYE_TEXT)
+
+
+class StubSwitch:
+    """Just enough switch: scripted api answers, BACKGROUND_JOB, restart/shutdown records."""
+
+    def __init__(
+        self, config: SimConfig, clock: object, publish: Callable[[SimEvent], None]
+    ) -> None:
+        self.publish = publish
+        self.api_calls: list[str] = []
+        self.jobs: list[tuple[str, str]] = []
+        self.api_gate: asyncio.Event | None = None
+        self.restarted = 0
+        self.shutdowns = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def api(self, command: str) -> str:
+        self.api_calls.append(command)
+        if self.api_gate is not None:
+            await self.api_gate.wait()
+        if command == "silent":
+            return ""
+        return f"+OK {command}\n"
+
+    def background_job(self, job_uuid: str, command: str) -> None:
+        self.jobs.append((job_uuid, command))
+        self.publish(
+            SimEvent(
+                "BACKGROUND_JOB",
+                [("Event-Name", "BACKGROUND_JOB"), ("Job-UUID", job_uuid)],
+                body=f"+OK {command}\n",
+            )
+        )
+
+    def restart(self) -> None:
+        self.restarted += 1
+
+    async def shutdown(self) -> None:
+        self.shutdowns += 1
+        self.publish(SimEvent("SHUTDOWN", [("Event-Name", "SHUTDOWN")]))
+
+
+def event(name: str, *headers: tuple[str, str], subclass: str | None = None) -> SimEvent:
+    all_headers = [("Event-Name", name)]
+    if subclass:
+        all_headers.append(("Event-Subclass", subclass))
+    return SimEvent(name, [*all_headers, *headers], subclass=subclass)
+
+
+class Client:
+    """A minimal ESL client over a raw socket: send commands, read whole frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.parser = wire.FrameParser()
+        self.frames: list[wire.ServerFrame] = []
+
+    @classmethod
+    async def connect(cls, port: int, *, authed: bool = True) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        greeting = await client.frame()
+        assert greeting.content_type == "auth/request"
+        if authed:
+            assert await client.command("auth ClueCon") == "+OK accepted"
+        return client
+
+    async def frame(self, timeout: float = 3.0) -> wire.ServerFrame:
+        while not self.frames:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise EOFError("server closed the connection")
+            self.frames.extend(self.parser.feed(data))
+        return self.frames.pop(0)
+
+    async def eof(self, timeout: float = 3.0) -> bool:
+        """True once the server has closed (after any remaining frames were read)."""
+        data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        return data == b""
+
+    def send(self, line: str, headers: list[tuple[str, str]] | None = None) -> None:
+        self.writer.write(wire.encode_command(line, headers or []))
+
+    async def command(self, line: str, headers: list[tuple[str, str]] | None = None) -> str:
+        self.send(line, headers)
+        reply = await self.frame()
+        assert reply.content_type == "command/reply", reply
+        return reply.header("Reply-Text") or ""
+
+    async def api(self, command: str) -> str:
+        self.send(f"api {command}")
+        reply = await self.frame()
+        assert reply.content_type == "api/response"
+        return reply.body.decode()
+
+    async def event_names(self, count: int) -> list[str]:
+        names = []
+        for _ in range(count):
+            frame = await self.frame()
+            headers, _ = wire.parse_plain_event(frame.body)
+            names.append(dict(headers)["Event-Name"])
+        return names
+
+    async def nothing_pending(self, wait: float = 0.2) -> bool:
+        if self.frames:
+            return False
+        try:
+            data = await asyncio.wait_for(self.reader.read(65536), wait)
+        except TimeoutError:
+            return True
+        self.frames.extend(self.parser.feed(data))
+        return False
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+@pytest.fixture
+def config() -> SimConfig:
+    return SimConfig(host="127.0.0.1", port=0, time_scale=0.01, auth_timeout=25.0)
+
+
+@pytest.fixture
+async def stub_sim(config: SimConfig) -> AsyncIterator[Simulator]:
+    simulator = Simulator(config, switch_factory=StubSwitch)
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+def stub(simulator: Simulator) -> StubSwitch:
+    assert isinstance(simulator.switch, StubSwitch)
+    return simulator.switch
+
+
+# ----------------------------------------------------------------------------- auth
+
+
+async def test_auth_then_exit_says_bye_and_goodbye(stub_sim: Simulator) -> None:
+    client = await Client.connect(stub_sim.port)
+    assert await client.command("exit") == "+OK bye"
+    notice = await client.frame()
+    assert notice.raw == GOODBYE
+    assert await client.eof()
+
+
+async def test_wrong_password_is_refused_and_closed(stub_sim: Simulator) -> None:
+    client = await Client.connect(stub_sim.port, authed=False)
+    assert await client.command("auth WrongPassword") == "-ERR invalid"
+    assert (await client.frame()).raw == GOODBYE
+    assert await client.eof()
+
+
+async def test_commands_before_auth_are_not_found_and_the_connection_stays(
+    stub_sim: Simulator,
+) -> None:
+    client = await Client.connect(stub_sim.port, authed=False)
+    assert await client.command("api status") == "-ERR command not found"
+    assert await client.command("event plain ALL") == "-ERR command not found"
+    assert stub(stub_sim).api_calls == []
+    assert await client.command("auth ClueCon") == "+OK accepted"
+    assert await client.api("status") == "+OK status\n"
+    await client.close()
+
+
+async def test_no_auth_within_the_timeout_disconnects(config: SimConfig) -> None:
+    config.auth_timeout = 0.2
+    async with Simulator(config, switch_factory=StubSwitch) as simulator:
+        client = await Client.connect(simulator.port, authed=False)
+        assert (await client.frame()).content_type == "text/disconnect-notice"
+        assert await client.eof()
+
+
+async def test_peer_outside_the_acl_gets_a_rude_rejection(config: SimConfig) -> None:
+    config.allow = ("192.0.2.0/24",)
+    async with Simulator(config, switch_factory=StubSwitch) as simulator:
+        reader, writer = await asyncio.open_connection("127.0.0.1", simulator.port)
+        data = await asyncio.wait_for(reader.read(), 3.0)
+        assert data == wire.encode_rude_rejection()
+        writer.close()
+
+
+async def test_exact_reply_strings_of_the_recorded_errors(stub_sim: Simulator) -> None:
+    client = await Client.connect(stub_sim.port)
+    assert await client.command("nosuchcommand foo") == "-ERR command not found"
+    assert await client.command("event plain NOT_AN_EVENT") == "-ERR no keywords supplied"
+    assert await client.command("event CHANNEL_ANSWER") == "+OK event listener enabled plain"
+    assert await client.command("nixevent DTMF") == "+OK events nixed"
+    assert await client.command("noevents") == "+OK no longer listening for events"
+    assert await client.command("noevents") == "-ERR not listening for events"
+    assert await client.command("filter Unique-ID abc") == "+OK filter added. [Unique-ID]=[abc]"
+    assert (
+        await client.command("filter delete Unique-ID abc")
+        == "+OK filter deleted. [Unique-ID][abc]"
+    )
+    assert (
+        await client.command("filter delete Unique-ID abc")
+        == "+OK filter deleted. [Unique-ID][abc]"
+    )
+    assert await client.command("filter delete all") == "+OK filter deleted. [all][]"
+    assert await client.command("event json ALL") == "+OK event listener enabled json"
+    assert await client.command("event xml DTMF") == "+OK event listener enabled xml"
+    await client.close()
+
+
+# ----------------------------------------------------------------------------- api / bgapi
+
+
+async def test_api_goes_to_the_switch_and_an_empty_result_is_no_reply(
+    stub_sim: Simulator,
+) -> None:
+    client = await Client.connect(stub_sim.port)
+    assert await client.api("uuid_exists x y") == "+OK uuid_exists x y\n"
+    assert await client.api("silent") == "-ERR no reply\n"
+    assert stub(stub_sim).api_calls == ["uuid_exists x y", "silent"]
+    await client.close()
+
+
+async def test_bgapi_honours_and_cuts_the_client_job_uuid(stub_sim: Simulator) -> None:
+    client = await Client.connect(stub_sim.port)
+    assert await client.command("event plain BACKGROUND_JOB") == "+OK event listener enabled plain"
+    long_uuid = "6e2ebf06-a043-4547-96b8-e7804d8a839a-and-more"
+    client.send("bgapi status", [("Job-UUID", long_uuid)])
+    reply = await client.frame()
+    cut = long_uuid[:36]
+    assert reply.raw == wire.encode_command_reply(f"+OK Job-UUID: {cut}", [("Job-UUID", cut)])
+    job = await client.frame()
+    headers, body = wire.parse_plain_event(job.body)
+    assert dict(headers)["Job-UUID"] == cut and body == b"+OK status\n"
+    assert stub(stub_sim).jobs == [(cut, "status")]
+    await client.close()
+
+
+async def test_bgapi_without_job_uuid_generates_one(stub_sim: Simulator) -> None:
+    client = await Client.connect(stub_sim.port)
+    reply_text = await client.command("bgapi status")
+    job_uuid = reply_text.removeprefix("+OK Job-UUID: ")
+    assert UUID_RE.match(job_uuid)
+    assert stub(stub_sim).jobs == [(job_uuid, "status")]
+    await client.close()
+
+
+async def test_events_wait_while_an_api_runs_and_follow_its_reply(stub_sim: Simulator) -> None:
+    switch = stub(stub_sim)
+    client = await Client.connect(stub_sim.port)
+    await client.command("event plain HEARTBEAT")
+    switch.api_gate = asyncio.Event()
+    client.send("api slow")
+    while "slow" not in switch.api_calls:
+        await asyncio.sleep(0.01)
+    switch.publish(event("HEARTBEAT"))
+    assert await client.nothing_pending()
+    switch.api_gate.set()
+    assert (await client.frame()).content_type == "api/response"
+    assert (await client.frame()).content_type == "text/event-plain"
+    await client.close()
+
+
+# ----------------------------------------------------------------------------- events, filters
+
+
+async def test_subscription_custom_subclasses_and_formats(stub_sim: Simulator) -> None:
+    switch = stub(stub_sim)
+    client = await Client.connect(stub_sim.port)
+    assert (
+        await client.command("event plain DTMF CUSTOM conference::maintenance NOT_AN_EVENT")
+        == "+OK event listener enabled plain"
+    )
+    switch.publish(event("CHANNEL_ANSWER"))
+    switch.publish(event("CUSTOM", subclass="other::thing"))
+    switch.publish(event("CUSTOM", subclass="conference::maintenance"))
+    switch.publish(event("DTMF"))
+    assert await client.event_names(2) == ["CUSTOM", "DTMF"]
+    assert await client.nothing_pending()
+    assert await client.command("event json HEARTBEAT") == "+OK event listener enabled json"
+    switch.publish(event("HEARTBEAT", ("Up-Time", "0 years, 1 day")))
+    frame = await client.frame()
+    assert frame.content_type == "text/event-json"
+    assert frame.body == b'{"Event-Name":"HEARTBEAT","Up-Time":"0 years, 1 day"}'
+    await client.close()
+
+
+async def test_all_then_nixevent_one(stub_sim: Simulator) -> None:
+    switch = stub(stub_sim)
+    client = await Client.connect(stub_sim.port)
+    await client.command("event plain ALL")
+    switch.publish(event("CUSTOM", subclass="any::thing"))
+    assert await client.event_names(1) == ["CUSTOM"]
+    assert await client.command("nixevent DTMF") == "+OK events nixed"
+    switch.publish(event("DTMF"))
+    switch.publish(event("CHANNEL_ANSWER"))
+    assert await client.event_names(1) == ["CHANNEL_ANSWER"]
+    await client.close()
+
+
+async def test_filters_follow_freeswitch_rules(stub_sim: Simulator) -> None:
+    switch = stub(stub_sim)
+    client = await Client.connect(stub_sim.port)
+    await client.command("event plain ALL")
+    await client.command("filter Unique-ID aaa")
+    await client.command("filter Job-UUID /^job-[0-9]+$/")
+    await client.command("filter Event-Name -DTMF")
+
+    def publish(name: str, *headers: tuple[str, str]) -> None:
+        switch.publish(event(name, *headers, ("Tag", f"{name}:{len(headers)}")))
+
+    publish("CHANNEL_ANSWER", ("Unique-ID", "AAA"))  # case-insensitive match: passes
+    publish("CHANNEL_ANSWER", ("Unique-ID", "bbb"))  # no filter matches
+    publish("CHANNEL_CREATE")  # lacks every filtered header but Event-Name: no positive match
+    publish("BACKGROUND_JOB", ("Job-UUID", "job-42"))  # regex matches
+    publish("BACKGROUND_JOB", ("Job-UUID", "job-x"))
+    publish("DTMF", ("Unique-ID", "aaa"))  # the veto wins
+    received = []
+    for _ in range(2):
+        frame = await client.frame()
+        headers, _ = wire.parse_plain_event(frame.body)
+        received.append(unquote(dict(headers)["Tag"]))
+    assert received == ["CHANNEL_ANSWER:1", "BACKGROUND_JOB:1"]
+    assert await client.nothing_pending()
+    # deleting every filter lets everything subscribed through again
+    await client.command("filter delete Unique-ID")
+    await client.command("filter delete Job-UUID /^job-[0-9]+$/")
+    assert await client.command("filter delete Event-Name -DTMF") == (
+        "+OK filter deleted. [Event-Name][-DTMF]"
+    )
+    publish("CHANNEL_HANGUP", ("Unique-ID", "zzz"))
+    assert await client.event_names(1) == ["CHANNEL_HANGUP"]
+    await client.close()
+
+
+async def test_events_go_only_to_subscribed_authenticated_connections(
+    stub_sim: Simulator,
+) -> None:
+    switch = stub(stub_sim)
+    watcher = await Client.connect(stub_sim.port)
+    bare = await Client.connect(stub_sim.port)
+    unauthed = await Client.connect(stub_sim.port, authed=False)
+    await watcher.command("event plain DTMF")
+    switch.publish(event("DTMF"))
+    assert await watcher.event_names(1) == ["DTMF"]
+    assert await bare.nothing_pending()
+    assert await unauthed.nothing_pending()
+    for client in (watcher, bare, unauthed):
+        await client.close()
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+async def test_drop_connections_closes_without_notice(stub_sim: Simulator) -> None:
+    client = await Client.connect(stub_sim.port)
+    stub_sim.faults.drop_connections()
+    try:
+        data = await asyncio.wait_for(client.reader.read(65536), 3.0)
+    except ConnectionResetError:
+        data = b""
+    assert data == b""
+    again = await Client.connect(stub_sim.port)  # still listening
+    await again.close()
+
+
+async def test_stall_holds_replies_until_it_ends(stub_sim: Simulator) -> None:
+    client = await Client.connect(stub_sim.port)
+    stub_sim.faults.stall(0.6)
+    client.send("api status")
+    assert await client.nothing_pending(0.2)
+    reply = await client.frame()
+    assert reply.body == b"+OK status\n"
+    await client.close()
+
+
+async def test_malformed_and_invalid_utf8_frames(stub_sim: Simulator) -> None:
+    client = await Client.connect(stub_sim.port)
+    stub_sim.faults.send_invalid_utf8()
+    frame = await client.frame()
+    assert frame.content_type == "text/event-plain"
+    _, body = wire.parse_plain_event(frame.body)
+    assert body is not None
+    with pytest.raises(UnicodeDecodeError):
+        body.decode("utf-8")
+    stub_sim.faults.send_malformed()
+    with pytest.raises(wire.WireError):
+        await client.frame()
+    await client.close()
+
+
+async def test_restart_drops_clients_and_restarts_the_switch(stub_sim: Simulator) -> None:
+    client = await Client.connect(stub_sim.port)
+    stub_sim.faults.restart()
+    assert stub(stub_sim).restarted == 1
+    with contextlib.suppress(ConnectionResetError):
+        assert await client.eof()
+    again = await Client.connect(stub_sim.port)
+    assert await again.api("status") == "+OK status\n"
+    await again.close()
+
+
+async def test_fsctl_shutdown_sequence(stub_sim: Simulator) -> None:
+    watcher = await Client.connect(stub_sim.port)
+    await watcher.command("event plain SHUTDOWN")
+    admin = await Client.connect(stub_sim.port)
+    unauthed = await Client.connect(stub_sim.port, authed=False)
+    assert await admin.api("fsctl shutdown") == "+OK\n"
+    assert await watcher.event_names(1) == ["SHUTDOWN"]
+    shut = wire.encode_disconnect_notice(wire.SHUTDOWN_TEXT)
+    for client in (watcher, admin, unauthed):
+        assert (await client.frame()).raw == shut
+        assert await client.eof()
+    assert stub(stub_sim).shutdowns == 1
+    await stub_sim.wait_shut_down()
+    assert not stub_sim.server.listening
+
+
+# ----------------------------------------------------------------------------- cli
+
+
+def test_cli_refuses_a_non_loopback_host(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "not a loopback address" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_empty_password_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "password"
+    empty.write_text("\n")
+    assert cli_main(["--port", "0", "--password-file", str(empty)]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
+    pytest.importorskip("confguard.sim.switch", reason="needs the real switch (sim-switch)")
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "confguard.sim",
+            "--port",
+            "0",
+            "--password-file",
+            str(password),
+            "--time-scale",
+            "0.1",
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, line
+
+        async def talk(port: int) -> None:
+            client = await Client.connect(port, authed=False)
+            assert await client.command("auth s3cret") == "+OK accepted"
+            await client.close()
+
+        asyncio.run(talk(int(match.group(1))))
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

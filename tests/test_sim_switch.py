@@ -1,0 +1,288 @@
+"""Tests of the simulated switch, driven directly (no TCP): replies, event sequences and header
+sets compared with the recorded FreeSWITCH transcripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from confguard.sim.clock import SimClock
+from confguard.sim.config import SimConfig
+from confguard.sim.events import SimEvent
+from confguard.sim.switch import Switch, parse_dial_string, split_args
+
+SCALE = 0.01
+U = "11111111-2222-3333-4444-555555555555"
+
+
+def records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def recorded_reply(path: Path, command: str) -> str:
+    """The api/response body FreeSWITCH sent for the first `api <command>` in a transcript."""
+    recs = records(path)
+    for index, rec in enumerate(recs):
+        if rec["dir"] == "C->S" and rec["data"] == f"api {command}\n\n":
+            for later in recs[index + 1 :]:
+                if later["ctype"] == "api/response":
+                    return str(later["data"]).split("\n\n", 1)[1]
+    raise AssertionError(f"{command!r} not in {path.name}")
+
+
+def recorded_event(path: Path, name: str, channel_suffix: str = "-a") -> list[tuple[str, str]]:
+    """Headers of the first plain event `name` on the -a leg in a transcript."""
+    for rec in records(path):
+        if rec["ctype"] != "text/event-plain":
+            continue
+        inner = str(rec["data"]).split("\n\n", 1)[1]
+        head = inner.split("\n\n", 1)[0]
+        headers = [
+            (k, unquote(v)) for k, _, v in (line.partition(": ") for line in head.split("\n"))
+        ]
+        values = dict(headers)
+        if values.get("Event-Name") == name and values.get("Channel-Name", "").endswith(
+            channel_suffix
+        ):
+            return headers
+    raise AssertionError(f"{name} not in {path.name}")
+
+
+@pytest.fixture
+async def switch() -> AsyncIterator[tuple[Switch, list[SimEvent]]]:
+    published: list[SimEvent] = []
+    sw = Switch(SimConfig(heartbeat_interval=5.0), SimClock(SCALE), published.append)
+    await sw.start()
+    try:
+        yield sw, published
+    finally:
+        await sw.stop()
+
+
+async def until(sw: Switch, predicate: Callable[[], bool], sim_timeout: float = 20.0) -> None:
+    """Wait (in simulated time) until `predicate()` holds; fail after `sim_timeout`."""
+    waited = 0.0
+    while not predicate():
+        assert waited < sim_timeout, "condition not reached"
+        await sw.clock.sleep(0.1)
+        waited += 0.1
+
+
+async def test_simple_replies_match_transcripts(switch, transcripts_dir: Path) -> None:
+    sw, _ = switch
+    info = transcripts_dir / "00-server-info-and-callee-default.jsonl"
+    errors = transcripts_dir / "10-errors.jsonl"
+    assert await sw.api("version") == recorded_reply(info, "version")
+    assert await sw.api("module_exists mod_sofia") == recorded_reply(
+        info, "module_exists mod_sofia"
+    )
+    assert await sw.api("sofia status") == recorded_reply(info, "sofia status")
+    assert await sw.api("nosuchcommand foo") == recorded_reply(errors, "nosuchcommand foo")
+    assert await sw.api("") == "-ERR  Command not found!\n"
+    dead = "00000000-0000-0000-0000-000000000000"
+    for command in (f"uuid_exists {dead}", f"uuid_kill {dead}", f"sched_hangup +10 {dead}",
+                    f"uuid_transfer {dead} 7001 XML default", "conference test1 list",
+                    "originate user/9999 &park()"):  # fmt: skip
+        assert await sw.api(command) == recorded_reply(errors, command), command
+    status = await sw.api("status")
+    recorded = recorded_reply(info, "status")
+    assert status.splitlines()[1] == recorded.splitlines()[1]
+    assert len(status.splitlines()) == len(recorded.splitlines())
+    assert await sw.api("show channels") == recorded_reply(info, "show channels")
+    assert await sw.api("show channels as json") == '{"row_count": 0}'
+
+
+async def test_press1_call_events_follow_transcript(switch, transcripts_dir: Path) -> None:
+    sw, published = switch
+    sw.background_job(
+        "J", f"originate {{origination_uuid={U},callee_mode=press1}}user/1000 &park()"
+    )
+    await sw.clock.sleep(2.2)
+    names = [e.name for e in published if e.name in
+             ("CHANNEL_CREATE", "CHANNEL_ANSWER", "BACKGROUND_JOB", "DTMF")]  # fmt: skip
+    assert names == ["CHANNEL_CREATE", "CHANNEL_ANSWER", "BACKGROUND_JOB", "DTMF"]
+    job = next(e for e in published if e.name == "BACKGROUND_JOB")
+    assert job.body == f"+OK {U}\n"
+    assert job.get("Job-UUID") == "J" and job.get("Job-Command") == "originate"
+    assert (
+        job.get("Job-Command-Arg")
+        == f"{{origination_uuid={U},callee_mode=press1}}user/1000 &park()"
+    )
+    dtmf = next(e for e in published if e.name == "DTMF")
+    assert dtmf.get("DTMF-Digit") == "1"
+    assert not [k for k, _ in dtmf.headers if k.startswith("variable_")]
+
+    plain = transcripts_dir / "02-events-plain.jsonl"
+    for name, ours in (("CHANNEL_CREATE", published[0]), ("DTMF", dtmf)):
+        theirs = [k for k, _ in recorded_event(plain, name) if not k.startswith("variable_")]
+        mine = [k for k, _ in ours.headers if not k.startswith("variable_")]
+        assert mine == theirs, name
+    create = next(e for e in published if e.name == "CHANNEL_CREATE")
+    assert create.get("variable_callee_mode") == "press1"
+    assert create.get("variable_origination_uuid") == U
+    assert create.get("FreeSWITCH-IPv4") == "127.0.0.1"
+
+    assert await sw.api(f"uuid_kill {U}") == "+OK\n"
+    await until(sw, lambda: any(e.name == "CHANNEL_HANGUP_COMPLETE" for e in published))
+    complete = next(e for e in published if e.name == "CHANNEL_HANGUP_COMPLETE")
+    assert complete.get_all("Hangup-Cause") == ["NORMAL_CLEARING", "NORMAL_CLEARING"]
+    recorded = [k for k, _ in recorded_event(plain, "CHANNEL_HANGUP_COMPLETE")
+                if not k.startswith("variable_")]  # fmt: skip
+    assert [k for k, _ in complete.headers if not k.startswith("variable_")] == recorded
+    assert await sw.api(f"uuid_exists {U}") == "false"
+
+
+@pytest.mark.parametrize(
+    ("variables", "reply"),
+    [("callee_mode=busy", "-ERR USER_BUSY\n"), ("callee_mode=reject", "-ERR CALL_REJECTED\n"),
+     ("callee_mode=bogus", "-ERR UNALLOCATED_NUMBER\n"),
+     ("callee_mode=noanswer,originate_timeout=2", "-ERR NO_ANSWER\n")],
+)  # fmt: skip
+async def test_originate_failures(switch, variables: str, reply: str) -> None:
+    sw, published = switch
+    assert await sw.api(f"originate {{{variables}}}user/1000 &park()") == reply
+    assert any(e.name == "CHANNEL_HANGUP_COMPLETE" for e in published)
+
+
+async def test_api_on_originate_arms_timer_before_create(switch) -> None:
+    sw, published = switch
+    reply = await sw.api(
+        f"originate {{origination_uuid={U},sim_dtmf=,api_on_originate='sched_hangup +3 {U}'}}"
+        "user/1001 &park()"
+    )
+    assert reply == f"+OK {U}\n"
+    names = [e.name for e in published]
+    assert names.index("ADD_SCHEDULE") < names.index("CHANNEL_CREATE")
+    add = next(e for e in published if e.name == "ADD_SCHEDULE")
+    assert add.get("Task-Group") == U and add.get("Task-Desc") == "switch_ivr_schedule_hangup"
+    await until(sw, lambda: any(e.name == "DEL_SCHEDULE" for e in published))
+    hangup = next(e for e in published if e.name == "CHANNEL_HANGUP")
+    assert hangup.get("Hangup-Cause") == "ALLOTTED_TIMEOUT"
+    assert names.count("DEL_SCHEDULE") == 0
+    assert [e.name for e in published].count("DEL_SCHEDULE") == 1
+
+
+@pytest.mark.parametrize(
+    ("when", "cause_arg", "cause"),
+    [("+0", "", "ALLOTTED_TIMEOUT"), ("30", "", "ALLOTTED_TIMEOUT"),
+     ("+1", "NOT_A_CAUSE", "NORMAL_CLEARING"), ("+1", "17", "USER_BUSY"),
+     ("+1", "no_user_response", "NO_USER_RESPONSE")],
+)  # fmt: skip
+async def test_sched_hangup_quirks(switch, when: str, cause_arg: str, cause: str) -> None:
+    sw, published = switch
+    await sw.api(f"originate {{origination_uuid={U}}}user/1001 &park()")
+    assert await sw.api(f"sched_hangup {when} {U} {cause_arg}".strip()) == "+OK\n"
+    await until(sw, lambda: any(e.name == "CHANNEL_HANGUP_COMPLETE" for e in published))
+    hangup = next(e for e in published if e.name == "CHANNEL_HANGUP")
+    assert hangup.get("Hangup-Cause") == cause
+    immediate = when in ("+0", "30")
+    assert any(e.name == "ADD_SCHEDULE" for e in published) is not immediate
+
+
+async def test_bare_large_number_makes_a_repeating_task(switch) -> None:
+    sw, _published = switch
+    await sw.api(f"originate {{origination_uuid={U}}}user/1001 &park()")
+    assert await sw.api(f"sched_hangup 45 {U}") == "+OK\n"
+    await sw.clock.sleep(1.0)
+    assert await sw.api(f"uuid_exists {U}") == "true"
+    task = sw.scheduler.live_tasks(U)[0]
+    assert task.interval == 45
+
+
+async def test_sched_del_group_counts_both_and_transfer_joins_conference(switch) -> None:
+    sw, published = switch
+    await sw.api(f"originate {{origination_uuid={U}}}user/1001 &park()")
+    await sw.api(f"sched_hangup +30 {U} NO_USER_RESPONSE")
+    await sw.api(f"sched_hangup +40 {U}")
+    assert await sw.api(f"sched_del {U}") == "+OK Deleted: 2\n"
+    assert await sw.api(f"sched_del {U}") == "+OK Deleted: 0\n"
+    assert await sw.api(f"uuid_transfer {U} -both 'conference:test1' inline") == "+OK\n"
+    await until(sw, lambda: len([e for e in published if e.name == "DEL_SCHEDULE"]) == 2)
+    await until(sw, lambda: any(e.get("Action") == "add-member" for e in published))
+    await until(sw, lambda: any(e.get("Action") == "floor-change" for e in published))
+    actions = [e.get("Action") for e in published if e.name == "CUSTOM"]
+    assert actions == ["conference-create", "add-member", "floor-change"]
+    floor = next(e for e in published if e.get("Action") == "floor-change")
+    assert (floor.get("Old-ID"), floor.get("New-ID"), floor.get("Floor")) == ("none", "1", "true")
+    add = next(e for e in published if e.get("Action") == "add-member")
+    assert add.headers[0] == ("Event-Subclass", "conference::maintenance")
+    assert add.get("Unique-ID") == U and add.get("Conference-Name") == "test1"
+    listing = await sw.api("conference test1 list")
+    assert listing.startswith(f"{add.get('Member-ID')};") and U in listing
+    assert await sw.api("conference test1 list count") == "1"
+    members = json.loads(await sw.api("conference test1 json_list"))[0]["members"]
+    assert [m["uuid"] for m in members] == [U]
+    assert len([e for e in published if e.name == "DEL_SCHEDULE"]) == 2
+    await sw.api(f"uuid_kill {U}")
+    await until(sw, lambda: any(e.get("Action") == "conference-destroy" for e in published))
+    actions = [e.get("Action") for e in published if e.name == "CUSTOM"]
+    assert actions[-3:] == ["floor-change", "del-member", "conference-destroy"]
+    assert await sw.api("conference test1 list") == "-ERR Conference test1 not found\n"
+
+
+async def test_pending_timer_survives_transfer_into_conference(switch) -> None:
+    sw, published = switch
+    await sw.api(f"originate {{origination_uuid={U}}}user/1001 &park()")
+    await sw.api(f"sched_hangup +2 {U} NO_USER_RESPONSE")
+    await sw.api(f"uuid_transfer {U} 7001 XML default")
+    await until(sw, lambda: any(e.get("Action") == "del-member" for e in published))
+    names = [e.get("Action") or e.name for e in published]
+    assert names.index("add-member") < names.index("CHANNEL_HANGUP") < names.index("del-member")
+    assert next(e for e in published if e.name == "CHANNEL_HANGUP").get("Hangup-Cause") == (
+        "NO_USER_RESPONSE"
+    )
+
+
+async def test_sched_api_and_unsched(switch) -> None:
+    sw, _published = switch
+    assert await sw.api("sched_api +10") == (
+        "-ERR Invalid syntax. USAGE: [+@]<time> <group_name> <command_string>[&]\n"
+    )
+    reply = await sw.api("sched_api +1 mygroup status")
+    assert reply.startswith("+OK Added: ") and reply.endswith("\n")
+    assert await sw.api("unsched_api 999999") == "-ERR No such id\n"
+    assert await sw.api("sched_del") == "+OK Deleted: 0\n"
+    assert await sw.api("sched_hangup") == "-USAGE: [+]<time> <uuid> [<cause>]\n"
+
+
+async def test_heartbeat_restart_and_shutdown(switch) -> None:
+    sw, published = switch
+    await until(sw, lambda: any(e.name == "HEARTBEAT" for e in published))
+    beat = next(e for e in published if e.name == "HEARTBEAT")
+    assert beat.get("Event-Info") == "System Ready"
+    old_core = beat.get("Core-UUID")
+    await sw.api(f"originate {{origination_uuid={U}}}user/1001 &park()")
+    count = len(published)
+    sw.restart()
+    assert await sw.api(f"uuid_exists {U}") == "false"
+    assert len(published) == count
+    await sw.api(f"originate {{origination_uuid={U}}}user/1001 &park()")
+    assert published[-1].get("Core-UUID") != old_core
+    assert await sw.api("fsctl shutdown") == "+OK\n"
+    await until(sw, lambda: published[-1].name == "CHANNEL_HANGUP_COMPLETE")
+    tail = [e.name for e in published[count:]]
+    assert tail.index("SHUTDOWN") < tail.index("CHANNEL_HANGUP")
+    assert tail[-1] == "CHANNEL_HANGUP_COMPLETE"
+    complete = [e for e in published if e.name == "CHANNEL_HANGUP_COMPLETE"][-1]
+    assert complete.get("Hangup-Cause") == "SYSTEM_SHUTDOWN"
+
+
+def test_argument_parsing() -> None:
+    assert split_args("U -both 'conference:test1' inline") == [
+        "U",
+        "-both",
+        "conference:test1",
+        "inline",
+    ]
+    variables, target = parse_dial_string(
+        "{origination_uuid=U,api_on_originate='sched_hangup +30 U',x='a,b'}user/1000"
+    )
+    assert target == "user/1000"
+    assert variables == {"origination_uuid": "U", "api_on_originate": "sched_hangup +30 U",
+                         "x": "a,b"}  # fmt: skip
+    quoted = split_args("{a='x y,z'}user/1000 &park()", keep_quotes=True)
+    assert parse_dial_string(quoted[0]) == ({"a": "x y,z"}, "user/1000")
