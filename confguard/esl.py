@@ -1,0 +1,869 @@
+"""The one ESL session confguard uses: a thin, reliable layer over ``genesis.Inbound``.
+
+Owns: connecting and authenticating with timeouts and typed errors, ``api``/``bgapi`` with our own
+``Job-UUID`` and a timeout on every command, events delivered in wire order to one consumer
+(plain and JSON), remembered subscriptions and filters (with a permanent ``Event-Name HEARTBEAT``
+filter), liveness (dead genesis reader, silent socket, disconnect/EOF), reconnect with backoff and
+jitter, and routing genesis's stdlib logging into structlog with the ``auth`` password redacted.
+
+How it sits on genesis: each connection is a new ``Inbound`` subclass whose frame processor is
+inserted first in ``event_processors`` (genesis runs them one frame at a time in its consumer task,
+in wire order); genesis's handler dispatch (one task per handler) is not used. We write ``auth``
+ourselves, so genesis never sees or logs the password. Liveness: genesis's reader task ending for
+any reason (EOF, invalid UTF-8, a malformed Content-Length), a disconnect-notice, or no frame at
+all for 2 x ``heartbeat_interval`` (HEARTBEAT is always subscribed and filtered in) marks the
+connection lost. A permanent ``Event-Name BACKGROUND_JOB`` filter is kept too, so ``bgapi``
+results pass whatever per-call filters exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+from genesis import Inbound
+from genesis.exceptions import GenesisError
+from genesis.protocol.parser import ESLEvent
+
+log = structlog.get_logger("confguard.esl")
+
+GENESIS_LOGGER_NAME = "genesis.observability.logger"
+"""The one stdlib logger every genesis module logs through (genesis/observability/logger.py)."""
+
+MAX_JOB_UUID_LENGTH = 36
+"""FreeSWITCH cuts a client ``Job-UUID`` header to 36 characters."""
+
+EVENT_FORMATS = ("plain", "json")
+PERMANENT_EVENTS = ("HEARTBEAT", "BACKGROUND_JOB")
+"""Always subscribed: HEARTBEAT feeds liveness, BACKGROUND_JOB resolves ``bgapi`` waiters."""
+PERMANENT_FILTERS: tuple[tuple[str, str], ...] = (
+    ("Event-Name", "HEARTBEAT"),
+    ("Event-Name", "BACKGROUND_JOB"),
+)
+"""Kept on every connection so deleting the last per-call filter never floods (FACTS.md)."""
+
+_ENVELOPE_TYPES = ("text/event-plain", "text/event-json")
+_TOKEN = re.compile(r"\S+")  # use fullmatch: "$" would accept a trailing newline
+
+
+# --------------------------------------------------------------------------------------- errors
+class EslError(Exception):
+    """Base of every session error. Messages name host:port, never the password."""
+
+
+class EslConnectError(EslError):
+    """TCP connect refused or the address is unreachable."""
+
+
+class EslAuthError(EslError):
+    """FreeSWITCH answered ``-ERR invalid`` to our ``auth``."""
+
+
+class EslRejectedError(EslError):
+    """FreeSWITCH sent ``text/rude-rejection`` (ACL) instead of ``auth/request``."""
+
+
+class EslTimeoutError(EslError):
+    """TCP connect, the ``auth/request`` wait, a command or a background job took too long."""
+
+
+class EslConnectionLost(EslError):
+    """The connection dropped (or was found dead) while we were waiting, or is not up."""
+
+
+class EslCommandError(EslError):
+    """A ``command/reply`` with ``-ERR ...`` for a non-api command."""
+
+
+# -------------------------------------------------------------------------------------- values
+@dataclass(frozen=True)
+class EslEvent:
+    """One parsed event; values URL-decoded; a repeated header keeps its first value."""
+
+    name: str
+    headers: Mapping[str, str]
+    body: str | None = None
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.headers.get(key, default)
+
+    @property
+    def uuid(self) -> str | None:
+        return self.headers.get("Unique-ID")
+
+    @property
+    def job_uuid(self) -> str | None:
+        return self.headers.get("Job-UUID")
+
+    @property
+    def subclass(self) -> str | None:
+        return self.headers.get("Event-Subclass")
+
+
+@dataclass(frozen=True)
+class EslSettings:
+    """Where and how to connect. ``repr`` never shows the password."""
+
+    host: str = "127.0.0.1"
+    port: int = 8021
+    password: str = field(default="ClueCon", repr=False)
+    connect_timeout: float = 5.0
+    auth_timeout: float = 5.0
+    command_timeout: float = 10.0
+    heartbeat_interval: float = 20.0
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 30.0
+    # additions to CONTRACTS.md
+    job_timeout: float = 300.0  # bgapi(): wait for BACKGROUND_JOB
+    event_format: str = "plain"  # "plain" or "json"
+
+    def __post_init__(self) -> None:
+        if not self.host or any(ch.isspace() for ch in self.host):
+            raise ValueError("host must be a non-empty name without spaces")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range 1..65535")
+        for name in (
+            "connect_timeout",
+            "auth_timeout",
+            "command_timeout",
+            "heartbeat_interval",
+            "reconnect_initial",
+            "reconnect_max",
+            "job_timeout",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.reconnect_max < self.reconnect_initial:
+            raise ValueError("reconnect_max must be >= reconnect_initial")
+        if self.event_format not in EVENT_FORMATS:
+            raise ValueError(f"event_format must be one of {EVENT_FORMATS}")
+        if "\n" in self.password or "\r" in self.password or not self.password:
+            raise ValueError("password must be non-empty and on one line")
+
+    @property
+    def host_port(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+# ------------------------------------------------------------------------------------ logging
+REDACTED = "<redacted>"
+# FreeSWITCH takes the whole rest of an `auth` / `userauth` line as the password: all of it goes.
+_AUTH_LINE = re.compile(r"(?i)\b(auth|userauth)([ \t]+)[^\r\n]*")
+_secrets: set[str] = set()
+
+
+def register_secret(secret: str) -> None:
+    """Make the genesis log filter redact ``secret`` wherever it appears."""
+    if secret:
+        _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    """Replace the rest of an ``auth`` line and every registered secret with ``<redacted>``."""
+    text = _AUTH_LINE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's message so no ``auth`` password (or registered secret) survives."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg = cleaned
+            record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = str(record.exc_info[1])
+            if redact(text) != text:
+                record.exc_info = None
+                record.exc_text = None
+                record.msg = f"{record.msg} (exception withheld: it contained a secret)"
+        return True
+
+
+class StructlogForwardHandler(logging.Handler):
+    """Sends each (already redacted) stdlib record to a structlog logger."""
+
+    def __init__(self, logger_name: str = "genesis") -> None:
+        super().__init__()
+        self._logger = structlog.get_logger(logger_name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event_dict: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                event_dict["exc_info"] = record.exc_info
+            self._logger.log(record.levelno, record.getMessage(), **event_dict)
+        except Exception:
+            self.handleError(record)
+
+
+def route_genesis_logging(level: int | None = None) -> logging.Logger:
+    """Route genesis's stdlib logger into structlog, redacted; silence its own handlers.
+
+    Removes genesis's RichHandler(s), stops propagation (so nothing prints twice), adds the
+    redaction filter on the logger itself and one handler that forwards to structlog
+    (logger name ``genesis``). ``level`` sets genesis's level (None leaves it as is).
+    Idempotent. Returns the genesis logger.
+    """
+    genesis_logger = logging.getLogger(GENESIS_LOGGER_NAME)
+    for handler in list(genesis_logger.handlers):
+        genesis_logger.removeHandler(handler)
+    for old in [f for f in genesis_logger.filters if isinstance(f, RedactingFilter)]:
+        genesis_logger.removeFilter(old)
+    genesis_logger.addFilter(RedactingFilter())
+    handler = StructlogForwardHandler()
+    handler.addFilter(RedactingFilter())
+    genesis_logger.addHandler(handler)
+    genesis_logger.propagate = False
+    if level is not None:
+        genesis_logger.setLevel(level)
+    return genesis_logger
+
+
+# ---------------------------------------------------------------------------------- parsing
+def _first(value: object) -> str:
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return value if isinstance(value, str) else str(value)
+
+
+def parse_event(raw: Mapping[str, object], body: str | None) -> EslEvent | None:
+    """Turn a genesis frame (``text/event-plain`` or ``text/event-json``) into an EslEvent.
+
+    Returns None for any other content type.
+    """
+    content_type = _first(raw.get("Content-Type", ""))
+    if content_type == "text/event-json":
+        if body is None:
+            raise ValueError("text/event-json frame without a body")
+        obj = json.loads(body)
+        if not isinstance(obj, dict):
+            raise ValueError("text/event-json body is not a JSON object")
+        event_body = obj.get("_body")
+        headers = {str(k): _first(v) for k, v in obj.items() if k != "_body"}
+        return EslEvent(
+            name=headers.get("Event-Name", ""),
+            headers=MappingProxyType(headers),
+            body=None if event_body is None else _first(event_body),
+        )
+    if content_type == "text/event-plain":
+        headers = {str(k): _first(v) for k, v in raw.items()}
+        # drop the envelope; genesis merged the event's own headers over it
+        if headers.get("Content-Type") == "text/event-plain":
+            del headers["Content-Type"]
+        if body is None:
+            headers.pop("Content-Length", None)
+        return EslEvent(
+            name=headers.get("Event-Name", ""),
+            headers=MappingProxyType(headers),
+            body=body,
+        )
+    return None
+
+
+def _check_line(what: str, text: str) -> None:
+    if not text or not text.strip():
+        raise ValueError(f"{what} is empty")
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"{what} contains a line break")
+
+
+def _check_token(what: str, text: str) -> None:
+    if not isinstance(text, str) or not _TOKEN.fullmatch(text):
+        raise ValueError(f"{what} must be one non-empty word without spaces: {text!r}")
+
+
+# ------------------------------------------------------------------------------ connection
+class _Connection(Inbound):
+    """One TCP connection (a new genesis ``Inbound`` each time) with our frame processor.
+
+    Our processor runs first for every frame, inside genesis's consumer task, in wire order.
+    The password is never handed to genesis: we write ``auth`` ourselves and read its reply here.
+    """
+
+    def __init__(
+        self,
+        settings: EslSettings,
+        on_event: Callable[[_Connection, EslEvent], None],
+    ) -> None:
+        super().__init__(settings.host, settings.port, "(withheld)", int(settings.connect_timeout))
+        self.settings = settings
+        self._on_event = on_event
+        self.auth_request_seen = False
+        self.rejected = False
+        self.disconnect_notice: str | None = None
+        self.lost = asyncio.Event()
+        self.lost_reason: str | None = None
+        self.last_rx = time.monotonic()
+        self._auth_reply: asyncio.Future[str] | None = None
+        self.event_processors.insert(0, self._process_frame)
+
+    # -- genesis hooks
+    async def _connect(self) -> None:
+        where = self.settings.host_port
+        try:
+            self.reader, self.writer = await asyncio.wait_for(
+                asyncio.open_connection(self.settings.host, self.settings.port),
+                self.settings.connect_timeout,
+            )
+        except TimeoutError:
+            raise EslTimeoutError(
+                f"ESL {where}: TCP connect timed out after {self.settings.connect_timeout:g} s"
+            ) from None
+        except ConnectionRefusedError:
+            raise EslConnectError(f"ESL {where}: connection refused") from None
+        except OSError as exc:
+            raise EslConnectError(
+                f"ESL {where}: cannot connect ({exc.strerror or type(exc).__name__})"
+            ) from None
+
+    async def authenticate(self) -> None:
+        where = self.settings.host_port
+        self.watch_reader()
+        try:
+            await asyncio.wait_for(self.authentication_event.wait(), self.settings.auth_timeout)
+        except TimeoutError:
+            raise EslTimeoutError(
+                f"ESL {where}: no auth/request within {self.settings.auth_timeout:g} s"
+            ) from None
+        if self.rejected:
+            raise EslRejectedError(f"ESL {where}: connection rejected by the server ACL")
+        if not self.auth_request_seen:
+            raise EslConnectionLost(f"ESL {where}: connection closed before auth/request")
+        loop = asyncio.get_running_loop()
+        self._auth_reply = loop.create_future()
+        writer = self.writer
+        if writer is None:
+            raise EslConnectionLost(f"ESL {where}: connection closed before auth")
+        try:
+            writer.write(f"auth {self.settings.password}\n\n".encode())
+            await writer.drain()
+        except (OSError, RuntimeError):
+            raise EslConnectionLost(f"ESL {where}: connection lost while authenticating") from None
+        lost_wait: asyncio.Future[Any] = asyncio.ensure_future(self.lost.wait())
+        reply_wait: asyncio.Future[Any] = self._auth_reply
+        try:
+            done, _ = await asyncio.wait(
+                {reply_wait, lost_wait},
+                timeout=self.settings.command_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            lost_wait.cancel()
+        if self._auth_reply.done():
+            reply = self._auth_reply.result()
+        elif done:
+            raise EslConnectionLost(f"ESL {where}: connection lost while authenticating")
+        else:
+            raise EslTimeoutError(
+                f"ESL {where}: no reply to auth within {self.settings.command_timeout:g} s"
+            )
+        if reply.startswith("-ERR"):
+            raise EslAuthError(f"ESL {where}: authentication failed (wrong password)")
+        if not reply.startswith("+OK"):
+            raise EslAuthError(f"ESL {where}: unexpected reply to auth: {redact(reply)!r}")
+
+    # -- our processor (runs in genesis's consumer task, one frame at a time, wire order)
+    def _process_frame(self, _protocol: object, frame: ESLEvent) -> None:
+        self.last_rx = time.monotonic()
+        content_type = _first(frame.get("Content-Type", ""))
+        if content_type == "auth/request":
+            self.auth_request_seen = True
+            return
+        auth_reply = self._auth_reply
+        if content_type == "command/reply" and auth_reply is not None and not auth_reply.done():
+            auth_reply.set_result(_first(frame.get("Reply-Text", "")))
+            return
+        if content_type == "text/rude-rejection":
+            self.rejected = True
+            self.mark_lost("rude-rejection")
+            return
+        if content_type == "text/disconnect-notice":
+            self.disconnect_notice = (frame.body or "").strip()
+            self.mark_lost("disconnect-notice")
+            return
+        if content_type in _ENVELOPE_TYPES:
+            try:
+                event = parse_event(frame.data, frame.body)
+            except (ValueError, TypeError) as exc:
+                log.warning("esl_unparsable_event", where=self.settings.host_port, error=str(exc))
+                return
+            if event is not None:
+                self._on_event(self, event)
+        elif content_type == "text/event-xml":
+            log.warning("esl_xml_event_ignored", where=self.settings.host_port)
+
+    def mark_lost(self, reason: str) -> None:
+        if self.lost_reason is None:
+            self.lost_reason = reason
+        self.lost.set()
+
+    def watch_reader(self) -> None:
+        """Mark the connection lost when genesis's reader task ends, for whatever reason."""
+        producer = self.producer
+        if producer is None:
+            self.mark_lost("no reader")
+            return
+
+        def _done(task: asyncio.Task[Any]) -> None:
+            reason = "reader ended"
+            if not task.cancelled() and task.exception() is not None:
+                reason = f"reader died: {type(task.exception()).__name__}"
+            self.mark_lost(reason)
+
+        producer.add_done_callback(_done)
+
+
+# ---------------------------------------------------------------------------------- session
+_CLOSED = object()
+
+
+class EslSession:
+    """One ESL session that survives reconnects. See CONTRACTS.md "ESL session"."""
+
+    def __init__(
+        self,
+        settings: EslSettings,
+        *,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
+        on_state: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        register_secret(settings.password)
+        self._on_reconnect = on_reconnect
+        self._on_state = on_state
+        self._conn: _Connection | None = None
+        self._events: asyncio.Queue[object] = asyncio.Queue()
+        self._events_taken = False
+        self._jobs: dict[str, asyncio.Future[str]] = {}
+        self._event_names: dict[str, None] = dict.fromkeys(PERMANENT_EVENTS)
+        self._subclasses: dict[str, None] = {}
+        self._filters: dict[tuple[str, str], int] = {}
+        self._sub_lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
+        self._closed = False
+        self.connected = False
+        self.connected_since: float | None = None
+        self.reconnects = 0
+        self.last_disconnect_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"EslSession({self.host_port}, connected={self.connected})"
+
+    @property
+    def host_port(self) -> str:
+        return self.settings.host_port
+
+    # ----------------------------------------------------------------------- lifecycle
+    async def connect(self) -> None:
+        """First connect: raises EslConnectError/EslAuthError/EslRejectedError/EslTimeoutError."""
+        if self._closed:
+            raise EslConnectionLost(f"ESL {self.host_port}: session is closed")
+        if self._conn is not None or self._supervisor is not None:
+            raise RuntimeError("connect() called twice")
+        conn = await self._open(reconnect=False)
+        self._supervisor = asyncio.create_task(self._supervise(conn), name="esl-supervisor")
+
+    async def close(self) -> None:
+        """Stop everything: no reconnect afterwards, waiters failed, events() ends."""
+        if self._closed:
+            return
+        self._closed = True
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and supervisor is not asyncio.current_task():
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await supervisor
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._stop_conn(conn)
+        self._set_disconnected("closed")
+        self._fail_jobs(EslConnectionLost(f"ESL {self.host_port}: session closed"))
+        self._events.put_nowait(_CLOSED)
+        self._state("closed")
+
+    async def __aenter__(self) -> EslSession:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------------ commands
+    async def api(self, command: str) -> str:
+        """``api <command>``; returns the api/response body (may be ``-ERR ...``)."""
+        _check_line("command", command)
+        reply = await self._send(f"api {command}")
+        if _first(reply.get("Content-Type", "")) == "command/reply":
+            # not an api/response at all (e.g. "-ERR command not found" before auth)
+            text = _first(reply.get("Reply-Text", ""))
+            raise EslCommandError(f"ESL {self.host_port}: api refused: {text}")
+        return reply.body or ""
+
+    async def bgapi(
+        self, command: str, job_uuid: str | None = None, timeout: float | None = None
+    ) -> str:
+        """``bgapi`` with our Job-UUID; waits for the matching BACKGROUND_JOB, returns its body."""
+        job = job_uuid or str(uuid.uuid4())
+        self._check_job(command, job)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[str] = loop.create_future()
+        self._jobs[job] = waiter  # registered BEFORE the command is written
+        try:
+            await self._bgapi_send(command, job)
+            wait_for = self.settings.job_timeout if timeout is None else timeout
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), wait_for)
+            except TimeoutError:
+                raise EslTimeoutError(
+                    f"ESL {self.host_port}: no BACKGROUND_JOB for {job} within {wait_for:g} s"
+                ) from None
+        finally:
+            if self._jobs.get(job) is waiter:
+                del self._jobs[job]
+            if not waiter.done():
+                waiter.cancel()
+
+    async def bgapi_start(self, command: str, job_uuid: str) -> None:
+        """``bgapi`` with our Job-UUID; returns once ``+OK Job-UUID`` came back.
+
+        The BACKGROUND_JOB arrives later through ``events()``.
+        """
+        self._check_job(command, job_uuid)
+        await self._bgapi_send(command, job_uuid)
+
+    async def subscribe(self, events: Sequence[str]) -> None:
+        """``event <format> ...`` (CUSTOM subclasses last); additive and remembered.
+
+        Names with ``::`` are CUSTOM subclasses (a ``CUSTOM`` token is optional and ignored).
+        HEARTBEAT and BACKGROUND_JOB are always included. Raises EslCommandError on ``-ERR``;
+        while reconnecting it is only remembered (sent with the new connection).
+        """
+        if isinstance(events, str):
+            raise TypeError("subscribe() takes a sequence of names, not one string")
+        names: list[str] = []
+        subclasses: list[str] = []
+        for token in events:
+            _check_token("event name", token)
+            if token == "CUSTOM":
+                continue  # a marker only: FreeSWITCH delivers CUSTOM events by subclass
+            (subclasses if "::" in token else names).append(token)
+        async with self._sub_lock:
+            self._event_names.update(dict.fromkeys(names))
+            self._subclasses.update(dict.fromkeys(subclasses))
+            conn = self._live_or_pending()
+            if conn is not None:
+                await self._command(conn, self._subscription_command())
+
+    async def add_filter(self, header: str, value: str) -> None:
+        """``filter <header> <value>``; remembered (reference-counted) and re-added on reconnect."""
+        _check_token("filter header", header)
+        _check_token("filter value", value)
+        key = (header, value)
+        if key in PERMANENT_FILTERS:
+            return
+        async with self._sub_lock:
+            count = self._filters.get(key, 0)
+            self._filters[key] = count + 1
+            if count:
+                return
+            conn = self._live_or_pending()
+            if conn is None:
+                return  # applied when the connection is back
+            try:
+                await self._command(conn, f"filter {header} {value}")
+            except EslCommandError:
+                self._filters.pop(key, None)
+                raise
+
+    async def del_filter(self, header: str, value: str) -> None:
+        """``filter delete <header> <value>`` once the last add of that filter is undone."""
+        _check_token("filter header", header)
+        _check_token("filter value", value)
+        key = (header, value)
+        if key in PERMANENT_FILTERS:
+            return
+        async with self._sub_lock:
+            count = self._filters.get(key, 0)
+            if count == 0:
+                return
+            if count > 1:
+                self._filters[key] = count - 1
+                return
+            del self._filters[key]
+            conn = self._live_or_pending()
+            if conn is not None:
+                await self._command(conn, f"filter delete {header} {value}")
+
+    @property
+    def filters(self) -> list[tuple[str, str]]:
+        """Filters in force (permanent ones first)."""
+        return [*PERMANENT_FILTERS, *self._filters]
+
+    @property
+    def subscribed(self) -> list[str]:
+        return [*self._event_names, *self._subclasses]
+
+    def events(self) -> AsyncIterator[EslEvent]:
+        """The single consumer's iterator: every event in wire order, across reconnects."""
+        if self._events_taken:
+            raise RuntimeError("events() has exactly one consumer")
+        self._events_taken = True
+        return self._iterate_events()
+
+    async def _iterate_events(self) -> AsyncIterator[EslEvent]:
+        while True:
+            item = await self._events.get()
+            if item is _CLOSED:
+                return
+            assert isinstance(item, EslEvent)
+            yield item
+
+    # ------------------------------------------------------------------------ internals
+    def _state(self, state: str) -> None:
+        if self._on_state is not None:
+            try:
+                self._on_state(state)
+            except Exception:
+                log.exception("esl_on_state_failed", state=state)
+
+    def _set_disconnected(self, reason: str) -> None:
+        was = self.connected
+        self.connected = False
+        self.connected_since = None
+        if was:
+            self.last_disconnect_reason = reason
+
+    def _live_or_pending(self) -> _Connection | None:
+        """The live connection; None while (re)connecting or before connect(); raises if closed."""
+        if self._closed:
+            raise EslConnectionLost(f"ESL {self.host_port}: session is closed")
+        return self._conn
+
+    def _require_conn(self) -> _Connection:
+        conn = self._live_or_pending()
+        if conn is None or conn.lost.is_set():
+            state = "reconnecting" if self._supervisor is not None else "connect() not done"
+            raise EslConnectionLost(f"ESL {self.host_port}: not connected ({state})")
+        return conn
+
+    def _check_job(self, command: str, job_uuid: str) -> None:
+        _check_line("command", command)
+        _check_token("job_uuid", job_uuid)
+        if len(job_uuid) > MAX_JOB_UUID_LENGTH:
+            raise ValueError(f"job_uuid longer than {MAX_JOB_UUID_LENGTH} characters")
+        if job_uuid in self._jobs:
+            raise ValueError(f"job_uuid {job_uuid} is already waited for")
+
+    async def _bgapi_send(self, command: str, job_uuid: str) -> None:
+        reply = await self._send(f"bgapi {command}\nJob-UUID: {job_uuid}")
+        text = _first(reply.get("Reply-Text", ""))
+        if not text.startswith("+OK"):
+            raise EslCommandError(f"ESL {self.host_port}: bgapi refused: {text}")
+        echoed = _first(reply.get("Job-UUID", job_uuid))
+        if echoed != job_uuid:
+            raise EslCommandError(
+                f"ESL {self.host_port}: bgapi answered Job-UUID {echoed}, expected {job_uuid}"
+            )
+
+    async def _send(self, wire: str) -> ESLEvent:
+        return await self._exchange(self._require_conn(), wire)
+
+    async def _command(self, conn: _Connection, wire: str) -> ESLEvent:
+        """A non-api command: ``-ERR`` in Reply-Text raises EslCommandError."""
+        reply = await self._exchange(conn, wire)
+        text = _first(reply.get("Reply-Text", ""))
+        if text.startswith("-ERR"):
+            verb = wire.split(" ", 1)[0]
+            raise EslCommandError(f"ESL {self.host_port}: {verb} failed: {text}")
+        return reply
+
+    async def _exchange(self, conn: _Connection, wire: str) -> ESLEvent:
+        """Write one command on ``conn``; its reply, or a typed error. Always bounded in time."""
+        where = self.host_port
+        verb = wire.split(" ", 1)[0]
+        timeout = self.settings.command_timeout
+        send = asyncio.ensure_future(conn.send(wire))
+        lost = asyncio.ensure_future(conn.lost.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {send, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            send.cancel()
+            raise
+        finally:
+            lost.cancel()
+        if send in done:
+            try:
+                return send.result()
+            except (GenesisError, OSError, RuntimeError) as exc:
+                raise EslConnectionLost(
+                    f"ESL {where}: connection lost during {verb} ({type(exc).__name__})"
+                ) from None
+        send.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await send
+        if done:
+            raise EslConnectionLost(
+                f"ESL {where}: connection lost during {verb} ({conn.lost_reason})"
+            )
+        raise EslTimeoutError(f"ESL {where}: no reply to {verb} within {timeout:g} s")
+
+    def _subscription_command(self) -> str:
+        words = [*self._event_names]
+        if self._subclasses:
+            words.append("CUSTOM")
+            words.extend(self._subclasses)
+        return f"event {self.settings.event_format} {' '.join(words)}"
+
+    async def _open(self, *, reconnect: bool) -> _Connection:
+        """A new connection: TCP, auth, subscription, permanent and remembered filters."""
+        conn = _Connection(self.settings, self._deliver)
+        try:
+            await conn.start()
+        except EslError:
+            await self._stop_conn(conn)
+            raise
+        except GenesisError as exc:
+            await self._stop_conn(conn)
+            raise EslConnectionLost(
+                f"ESL {self.host_port}: connection failed ({type(exc).__name__})"
+            ) from None
+        except BaseException:
+            await self._stop_conn(conn)
+            raise
+        try:
+            async with self._sub_lock:
+                await self._command(conn, self._subscription_command())
+                for header, value in [*PERMANENT_FILTERS, *self._filters]:
+                    await self._command(conn, f"filter {header} {value}")
+                conn.last_rx = time.monotonic()
+                self._conn = conn
+        except BaseException:
+            await self._stop_conn(conn)
+            raise
+        self.connected = True
+        self.connected_since = time.time()
+        if reconnect:
+            self.reconnects += 1
+        log.info("esl_connected", where=self.host_port, reconnects=self.reconnects)
+        self._state("connected")
+        return conn
+
+    async def _stop_conn(self, conn: _Connection) -> None:
+        conn.mark_lost(conn.lost_reason or "stopped")
+        if conn.producer is None and conn.writer is not None:
+            conn.writer.close()  # never started: genesis stop() would not run
+        with contextlib.suppress(Exception):
+            await conn.stop()
+
+    def _deliver(self, conn: _Connection, event: EslEvent) -> None:
+        if conn is not self._conn and self._conn is not None:
+            return  # a late frame of an old connection
+        if event.name == "BACKGROUND_JOB" and event.job_uuid:
+            waiter = self._jobs.pop(event.job_uuid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event.body or "")
+        if not self._closed:
+            self._events.put_nowait(event)
+
+    def _fail_jobs(self, error: EslError) -> None:
+        jobs, self._jobs = self._jobs, {}
+        for waiter in jobs.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()  # mark retrieved: a cancelled caller must not warn
+
+    async def _watch(self, conn: _Connection) -> str:
+        """Return why ``conn`` is no longer usable."""
+        limit = 2 * self.settings.heartbeat_interval
+        tick = min(1.0, max(0.05, self.settings.heartbeat_interval / 4))
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.lost.wait(), tick)
+            if conn.lost.is_set():
+                return conn.lost_reason or "lost"
+            silent = time.monotonic() - conn.last_rx
+            if silent > limit:
+                conn.mark_lost(f"no traffic for {silent:.1f} s (heartbeat lost)")
+                return conn.lost_reason or "heartbeat lost"
+
+    async def _supervise(self, conn: _Connection) -> None:
+        """Watch the live connection; on loss fail waiters, reconnect with backoff, resync."""
+        try:
+            while not self._closed:
+                reason = await self._watch(conn)
+                if self._closed:
+                    return
+                log.warning("esl_connection_lost", where=self.host_port, reason=reason)
+                self._conn = None
+                self._set_disconnected(reason)
+                self._state("disconnected")
+                self._fail_jobs(EslConnectionLost(f"ESL {self.host_port}: connection lost"))
+                await self._stop_conn(conn)
+                conn = await self._reconnect()
+                if self._on_reconnect is not None:
+                    # its own task: a slow resync must not stop us watching the new connection
+                    previous = self._resync
+                    if previous is not None and not previous.done():
+                        previous.cancel()  # superseded by this newer resync
+                    self._resync = asyncio.create_task(self._call_on_reconnect(), name="esl-resync")
+        except Exception:
+            # a bug, not a network fault: say so loudly; the session is down for good
+            log.exception("esl_supervisor_failed", where=self.host_port)
+            self._conn = None
+            self._set_disconnected("supervisor failed")
+            self._fail_jobs(EslConnectionLost(f"ESL {self.host_port}: session failed"))
+            self._state("disconnected")
+        finally:
+            resync, self._resync = self._resync, None
+            if resync is not None and not resync.done() and self._closed:
+                resync.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await resync
+
+    async def _call_on_reconnect(self) -> None:
+        assert self._on_reconnect is not None
+        try:
+            await self._on_reconnect()
+        except Exception:
+            log.exception("esl_on_reconnect_failed", where=self.host_port)
+
+    async def _reconnect(self) -> _Connection:
+        delay = self.settings.reconnect_initial
+        attempt = 0
+        while True:
+            attempt += 1
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            try:
+                return await self._open(reconnect=True)
+            except EslError as exc:
+                log.warning(
+                    "esl_reconnect_failed",
+                    where=self.host_port,
+                    attempt=attempt,
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                )
+            delay = min(self.settings.reconnect_max, delay * 2)
