@@ -1,0 +1,792 @@
+"""Scripted scenarios for the invite machine, replayed partly from the recorded transcripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from confguard.invite import (
+    AddFilter,
+    BadInput,
+    Command,
+    DelFilter,
+    Finished,
+    Invite,
+    InviteSpec,
+    JoinTarget,
+    Outcome,
+    ProtocolViolation,
+    SendApi,
+    SendBgapi,
+    State,
+    StateChanged,
+    UsageError,
+    WakeAt,
+    build_originate,
+    parse_deleted,
+)
+
+U = "edc1452f-ddd4-43d2-b9a5-0b8cf6703a0e"
+J = "c304d7d7-a906-4499-b925-6d75d3d6d878"
+T0 = 1000.0
+WALL = 1795853883.4
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def load_events(path: Path) -> list[tuple[dict[str, str], str | None]]:
+    """Every plain event of a transcript as (decoded headers, body)."""
+    events = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if not record["dir"].startswith("S->C") or record["ctype"] != "text/event-plain":
+            continue
+        outer = record["data"].split("\n\n", 1)[1]
+        head, _, body = outer.partition("\n\n")
+        headers: dict[str, str] = {}
+        for header_line in head.split("\n"):
+            name, sep, value = header_line.partition(": ")
+            if sep and name not in headers:
+                headers[name] = unquote(value)
+        events.append((headers, body or None))
+    return events
+
+
+def routed(
+    events: Iterable[tuple[dict[str, str], str | None]], call_uuid: str, job_uuid: str
+) -> list[tuple[dict[str, str], str | None]]:
+    """What the engine routes to one invite: Unique-ID or Task-Group = U, or Job-UUID = J."""
+    return [
+        (h, b)
+        for h, b in events
+        if h.get("Unique-ID") == call_uuid
+        or h.get("Task-Group") == call_uuid
+        or h.get("Job-UUID") == job_uuid
+    ]
+
+
+def ev(name: str, uuid: str = U, **headers: str) -> dict[str, str]:
+    return {
+        "Event-Name": name,
+        "Unique-ID": uuid,
+        **{k.replace("_", "-"): v for k, v in headers.items()},
+    }
+
+
+def sched(name: str, task_id: str, uuid: str = U) -> dict[str, str]:
+    return {
+        "Event-Name": name,
+        "Task-ID": task_id,
+        "Task-Desc": "switch_ivr_schedule_hangup",
+        "Task-Group": uuid,
+        "Task-Runtime": "1795853913",
+    }
+
+
+def hangup(cause: str, name: str = "CHANNEL_HANGUP_COMPLETE") -> dict[str, str]:
+    return {"Event-Name": name, "Unique-ID": U, "Hangup-Cause": cause}
+
+
+def job(body: str) -> tuple[dict[str, str], str]:
+    return {"Event-Name": "BACKGROUND_JOB", "Job-UUID": J, "Job-Command": "originate"}, body
+
+
+def add_member(room: str = "test1") -> dict[str, str]:
+    return {
+        "Event-Name": "CUSTOM",
+        "Event-Subclass": "conference::maintenance",
+        "Action": "add-member",
+        "Conference-Name": room,
+        "Member-ID": "1",
+        "Unique-ID": U,
+    }
+
+
+def apis(commands: Iterable[Command]) -> list[SendApi]:
+    return [c for c in commands if isinstance(c, SendApi)]
+
+
+def api(commands: Iterable[Command], prefix: str) -> SendApi:
+    found = [c for c in apis(commands) if c.command.startswith(prefix)]
+    assert len(found) == 1, (prefix, list(commands))
+    return found[0]
+
+
+def finished(commands: Iterable[Command]) -> Finished:
+    found = [c for c in commands if isinstance(c, Finished)]
+    assert len(found) == 1, list(commands)
+    return found[0]
+
+
+def spec(**overrides: object) -> InviteSpec:
+    values: dict[str, object] = {"extension": "1000", "room": "test1", "timeout": 30}
+    values.update(overrides)
+    return InviteSpec(**values)  # type: ignore[arg-type]
+
+
+def make(now: float = T0, **overrides: object) -> tuple[Invite, list[Command]]:
+    invite = Invite(
+        spec(**overrides), call_uuid=U, job_uuid=J, invite_id="inv-1", now=now, wall=WALL
+    )
+    return invite, invite.start()
+
+
+def answered(**overrides: object) -> Invite:
+    invite, _ = make(**overrides)
+    invite.event(sched("ADD_SCHEDULE", "4"), None, T0 + 0.01)
+    invite.event(ev("CHANNEL_CREATE"), None, T0 + 0.02)
+    invite.event(ev("CHANNEL_ANSWER"), None, T0 + 1.0)
+    assert invite.state is State.WAITING_KEY
+    return invite
+
+
+def assert_ended_cleanly(invite: Invite, commands: list[Command]) -> None:
+    dels = [c for c in commands if isinstance(c, DelFilter)]
+    call, job_uuid = invite.call_uuid, invite.job_uuid
+    assert dels == [
+        DelFilter("Unique-ID", call),
+        DelFilter("Job-UUID", job_uuid),
+        DelFilter("Task-Group", call),
+    ]
+    assert isinstance(commands[-1], StateChanged) and commands[-1].state is State.ENDED
+    assert invite.state is State.ENDED
+
+
+# ------------------------------------------------------------------------------ start
+
+
+def test_start_adds_filters_before_the_originate_and_arms_the_timer_inside_freeswitch() -> None:
+    invite, commands = make(
+        caller_id_name="Conf Guard",
+        caller_id_number="+4930",
+        variables={"sim_answer_after": "1"},
+        ring_timeout=20,
+    )
+    assert commands[:3] == [
+        AddFilter("Unique-ID", U),
+        AddFilter("Job-UUID", J),
+        AddFilter("Task-Group", U),
+    ]
+    bgapi = commands[3]
+    assert isinstance(bgapi, SendBgapi) and bgapi.job_uuid == J
+    assert bgapi.command == (
+        "originate {"
+        f"origination_uuid={U},originate_timeout=20,ignore_early_media=true,"
+        f"confguard_invite=inv-1,confguard_room=test1,confguard_deadline={int(WALL) + 30},"
+        "origination_caller_id_name='Conf Guard',origination_caller_id_number=+4930,"
+        "sim_answer_after=1,"
+        f"api_on_originate='sched_hangup +30 {U} ALLOTTED_TIMEOUT'"
+        "}user/1000 &park()"
+    )
+    assert commands[4] == StateChanged(State.PLACING, State.PLACING, commands[4].detail)  # type: ignore[union-attr]
+    assert commands[5] == WakeAt(T0 + 30 + 3.0, commands[5].reason)  # type: ignore[union-attr]
+    assert invite.deadline == T0 + 30
+
+
+def test_originate_has_the_shape_of_the_recorded_one(transcripts_dir: Path) -> None:
+    """Same framing as 02-events-plain: `originate {origination_uuid=U,...}user/1000 &park()`."""
+    recorded = next(
+        json.loads(line)["data"]
+        for line in (transcripts_dir / "02-events-plain.jsonl").read_text().splitlines()
+        if json.loads(line)["dir"] == "C->S" and "originate" in json.loads(line)["data"]
+    )
+    recorded_line = recorded.split("\n", 1)[0]
+    assert recorded_line.startswith("bgapi originate {origination_uuid=")
+    ours = build_originate(spec(), call_uuid=U, invite_id="x", wall_deadline=1)
+    assert ("bgapi " + ours).split("{", 1)[0] == recorded_line.split("{", 1)[0]
+    assert ours.rsplit("}", 1)[1] == recorded_line.rsplit("}", 1)[1] == "user/1000 &park()"
+    assert ours.count("{") == ours.count("}") == 1
+
+
+def test_ring_timeout_defaults_to_timeout() -> None:
+    _, commands = make(timeout=45)
+    assert "originate_timeout=45," in commands[3].command  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------ joined
+
+
+def test_press1_join_replayed_from_transcript_06(transcripts_dir: Path) -> None:
+    """The -a leg's real events of transcript 06, with our sched_del answered as in 04."""
+    events = load_events(transcripts_dir / "06-run3-press1-transfer-inline.jsonl")
+    call = "fd9f34ee-33ef-4611-8bca-a6d163524ac9"
+    job_uuid = "eff21ce5-c544-463c-9951-c2c4ff43d0c3"
+    invite = Invite(spec(), call_uuid=call, job_uuid=job_uuid, invite_id="r3", now=T0, wall=WALL)
+    invite.start()
+    sent: list[Command] = []
+    now = T0
+    for headers, body in routed(events, call, job_uuid):
+        now += 0.1
+        out = invite.event(headers, body, now)
+        sent += out
+        for command in apis(out):
+            if command.command.startswith("sched_del"):
+                assert command.command == f"sched_del {call}"
+                sent += invite.reply(command.tag, "+OK Deleted: 1\n", now)
+            elif command.command.startswith("uuid_transfer"):
+                assert command.command == f"uuid_transfer {call} conference:test1 inline"
+                sent += invite.reply(command.tag, "+OK\n", now)
+        if invite.state is State.ENDED:
+            break
+    assert invite.outcome is Outcome.JOINED
+    assert [c.command.split()[0] for c in apis(sent)] == [
+        "sched_hangup",
+        "sched_del",
+        "uuid_transfer",
+    ]
+    states = [c.state for c in sent if isinstance(c, StateChanged)]
+    assert states == [
+        State.RINGING,
+        State.WAITING_KEY,
+        State.CANCELLING,
+        State.JOINING,
+        State.JOINED,
+        State.ENDED,
+    ]
+    assert_ended_cleanly(invite, sent[sent.index(finished(sent)) :])
+
+
+def test_join_with_timer_seen_sends_no_arm_and_exact_commands() -> None:
+    invite = answered()
+    out = invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 3)
+    assert [c.state for c in out if isinstance(c, StateChanged)] == [State.CANCELLING]
+    sched_del = api(out, "sched_del")
+    assert sched_del.command == f"sched_del {U}"
+    out = invite.reply(sched_del.tag, "+OK Deleted: 2\n", T0 + 3.01)
+    transfer = api(out, "uuid_transfer")
+    assert transfer.command == f"uuid_transfer {U} conference:test1 inline"
+    assert invite.state is State.JOINING
+    assert invite.reply(transfer.tag, "+OK\n", T0 + 3.02)[0] == WakeAt(
+        T0 + 6.02, "add-member overdue: probe the channel"
+    )
+    out = invite.event(add_member(), None, T0 + 3.05)
+    result = finished(out)
+    assert result.outcome is Outcome.JOINED and result.cause is None
+    assert result.detail["elapsed_s"] == 3.05
+    assert_ended_cleanly(invite, out)
+    # after ended: everything is ignored
+    assert invite.event(hangup("NORMAL_CLEARING"), None, T0 + 9) == []
+    assert invite.tick(T0 + 100) == []
+
+
+def test_dialplan_join_target_and_profile_room() -> None:
+    invite = answered(join=JoinTarget.dialplan("7001", "default"))
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2), "sched_del")
+    transfer = api(invite.reply(sched_del.tag, "+OK Deleted: 1", T0 + 2), "uuid_transfer")
+    assert transfer.command == f"uuid_transfer {U} 7001 XML default"
+    # any conference's add-member counts for a dialplan target
+    invite.reply(transfer.tag, "+OK", T0 + 2)
+    assert finished(invite.event(add_member("whatever"), None, T0 + 3)).outcome is Outcome.JOINED
+
+    invite = answered(room="sales@wideband")
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2), "sched_del")
+    transfer = api(invite.reply(sched_del.tag, "+OK Deleted: 1", T0 + 2), "uuid_transfer")
+    assert transfer.command == f"uuid_transfer {U} conference:sales@wideband inline"
+    invite.reply(transfer.tag, "+OK", T0 + 2)
+    assert invite.event(add_member("other"), None, T0 + 3) == []  # another room: not ours
+    assert finished(invite.event(add_member("sales"), None, T0 + 3)).outcome is Outcome.JOINED
+
+
+# ------------------------------------------------------------------------------ timer
+
+
+def test_answer_without_add_schedule_arms_the_timer_ourselves() -> None:
+    invite, _ = make(timeout=30)
+    invite.event(ev("CHANNEL_CREATE"), None, T0 + 0.1)
+    out = invite.event(ev("CHANNEL_ANSWER"), None, T0 + 10.2)
+    assert api(out, "sched_hangup").command == f"sched_hangup +20 {U} ALLOTTED_TIMEOUT"
+    assert invite.timer_armed
+
+
+def test_seconds_left_is_at_least_one() -> None:
+    invite, _ = make(timeout=5)
+    out = invite.event(ev("CHANNEL_ANSWER"), None, T0 + 7)
+    assert api(out, "sched_hangup").command == f"sched_hangup +1 {U} ALLOTTED_TIMEOUT"
+
+
+def test_silent_callee_timer_fires_replayed_from_transcript_07(transcripts_dir: Path) -> None:
+    events = load_events(transcripts_dir / "07-silent-sched-hangup-5s-run1.jsonl")
+    call = "61512b57-8d42-475d-855f-592269e1e559"
+    job_uuid = "dce99f6a-fd0d-41e2-a83b-a69d85192b0d"
+    invite = Invite(
+        spec(timeout=5, hangup_cause="ALLOTTED_TIMEOUT"),
+        call_uuid=call,
+        job_uuid=job_uuid,
+        invite_id="s1",
+        now=T0,
+        wall=WALL,
+    )
+    invite.start()
+    out: list[Command] = []
+    for headers, body in routed(events, call, job_uuid):
+        out += invite.event(headers, body, T0 + 1)
+    result = finished(out)
+    assert result.outcome is Outcome.TIMEOUT and result.cause == "ALLOTTED_TIMEOUT"
+    assert result.detail["event"] == "CHANNEL_HANGUP"
+
+
+def test_timer_fired_before_key_deleted_zero_means_no_transfer() -> None:
+    invite = answered(hangup_cause="NO_USER_RESPONSE")
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 29.9), "sched_del")
+    out = invite.reply(sched_del.tag, "+OK Deleted: 0\n", T0 + 30)
+    assert apis(out) == [] and invite.state is State.CANCELLING
+    out = invite.event(hangup("NO_USER_RESPONSE", "CHANNEL_HANGUP"), None, T0 + 30.1)
+    assert finished(out).outcome is Outcome.TIMEOUT
+    assert_ended_cleanly(invite, out)
+
+
+def test_hangup_in_cancelling_after_deleted_zero_is_timeout_whatever_the_cause() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 5), "sched_del")
+    invite.reply(sched_del.tag, "+OK Deleted: 0", T0 + 5)
+    assert (
+        finished(invite.event(hangup("NORMAL_CLEARING"), None, T0 + 6)).outcome is Outcome.TIMEOUT
+    )
+
+
+def test_sched_del_error_kills_and_fails_with_the_reply() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 5), "sched_del")
+    out = invite.reply(sched_del.tag, "-ERR something odd\n", T0 + 5)
+    assert api(out, "uuid_kill").command == f"uuid_kill {U}"
+    assert not [c for c in apis(out) if "transfer" in c.command]
+    result = finished(invite.event(hangup("NORMAL_CLEARING"), None, T0 + 5.1))
+    assert (result.outcome, result.cause) == (Outcome.FAILED, "-ERR something odd")
+
+
+def test_transfer_error_fails() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 5), "sched_del")
+    transfer = api(invite.reply(sched_del.tag, "+OK Deleted: 1", T0 + 5), "uuid_transfer")
+    out = invite.reply(transfer.tag, "-ERR No such channel!\n", T0 + 5)
+    kill = api(out, "uuid_kill")
+    result = finished(invite.reply(kill.tag, "-ERR No such channel!\n", T0 + 5.1))
+    assert (result.outcome, result.cause) == (Outcome.FAILED, "-ERR No such channel!")
+
+
+def test_callee_hangs_up_while_joining_is_hung_up() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 5), "sched_del")
+    invite.reply(sched_del.tag, "+OK Deleted: 1", T0 + 5)
+    assert (
+        finished(invite.event(hangup("NORMAL_CLEARING"), None, T0 + 5.5)).outcome is Outcome.HUNG_UP
+    )
+
+
+def test_dtmf_other_digits_and_other_states_are_ignored() -> None:
+    invite, _ = make(decline_key="9")
+    invite.event(ev("CHANNEL_CREATE"), None, T0)
+    assert invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 0.5) == []  # ringing
+    invite.event(ev("CHANNEL_ANSWER"), None, T0 + 1)
+    assert invite.event(ev("DTMF", DTMF_Digit="2"), None, T0 + 2) == []
+    assert invite.state is State.WAITING_KEY
+    invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 3)
+    assert invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 3.1) == []  # cancelling
+    assert invite.event(ev("DTMF", DTMF_Digit="9"), None, T0 + 3.2) == []
+
+
+def test_decline_key_kills_with_call_rejected_and_ignores_later_keys() -> None:
+    invite = answered(decline_key="9")
+    out = invite.event(ev("DTMF", DTMF_Digit="9"), None, T0 + 2)
+    assert api(out, "uuid_kill").command == f"uuid_kill {U} CALL_REJECTED"
+    assert invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2.1) == []
+    result = finished(invite.event(hangup("CALL_REJECTED"), None, T0 + 2.2))
+    assert result.outcome is Outcome.DECLINED
+
+
+# ------------------------------------------------------------------------------ prompt
+
+
+def test_prompt_is_broadcast_on_answer_and_repeated_while_waiting() -> None:
+    invite, _ = make(prompt="tone_stream://%(200,100,440)", reprompt_interval=5.0)
+    invite.event(sched("ADD_SCHEDULE", "7"), None, T0)
+    out = invite.event(ev("CHANNEL_ANSWER"), None, T0 + 1)
+    assert (
+        api(out, "uuid_broadcast").command
+        == f"uuid_broadcast {U} tone_stream://%(200,100,440) aleg"
+    )
+    assert WakeAt(T0 + 6, "re-prompt") in out
+    assert invite.tick(T0 + 5.9) == []
+    out = invite.tick(T0 + 6)
+    assert api(out, "uuid_broadcast") and WakeAt(T0 + 11, "re-prompt") in out
+    invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 7)
+    assert invite.tick(T0 + 12) == []  # no re-prompt once the key was accepted
+
+
+# ------------------------------------------------------------------------------ outcomes by cause
+
+
+@pytest.mark.parametrize(
+    ("answer", "cause", "outcome"),
+    [
+        (False, "USER_BUSY", Outcome.BUSY),
+        (False, "NO_ANSWER", Outcome.NO_ANSWER),
+        (False, "PROGRESS_TIMEOUT", Outcome.NO_ANSWER),
+        (False, "NO_USER_RESPONSE", Outcome.NO_ANSWER),
+        (False, "ALLOTTED_TIMEOUT", Outcome.NO_ANSWER),
+        (True, "ALLOTTED_TIMEOUT", Outcome.TIMEOUT),
+        (False, "SUBSCRIBER_ABSENT", Outcome.UNREACHABLE),
+        (False, "USER_NOT_REGISTERED", Outcome.UNREACHABLE),
+        (False, "UNALLOCATED_NUMBER", Outcome.UNREACHABLE),
+        (False, "NO_ROUTE_DESTINATION", Outcome.UNREACHABLE),
+        (False, "CALL_REJECTED", Outcome.REJECTED),
+        (True, "NORMAL_CLEARING", Outcome.HUNG_UP),
+        (True, "MEDIA_TIMEOUT", Outcome.FAILED),
+        (False, "NORMAL_TEMPORARY_FAILURE", Outcome.FAILED),
+    ],
+)
+def test_hangup_cause_mapping(answer: bool, cause: str, outcome: Outcome) -> None:
+    invite, _ = make()
+    invite.event(ev("CHANNEL_CREATE"), None, T0)
+    if answer:
+        invite.event(ev("CHANNEL_ANSWER"), None, T0 + 1)
+    out = invite.event(hangup(cause), None, T0 + 2)
+    result = finished(out)
+    assert (result.outcome, result.cause) == (outcome, cause)
+    assert_ended_cleanly(invite, out)
+    assert invite.event(hangup(cause, "CHANNEL_HANGUP"), None, T0 + 2) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "outcome"),
+    [
+        ("-ERR SUBSCRIBER_ABSENT\n", Outcome.UNREACHABLE),
+        ("-ERR USER_BUSY\n", Outcome.BUSY),
+        ("-ERR CALL_REJECTED\n", Outcome.REJECTED),
+        ("-ERR NO_ANSWER\n", Outcome.NO_ANSWER),
+        ("-ERR UNALLOCATED_NUMBER\n", Outcome.UNREACHABLE),
+        ("-ERR INVALID_GATEWAY\n", Outcome.FAILED),
+    ],
+)
+def test_originate_error_before_any_channel_finishes_at_once(body: str, outcome: Outcome) -> None:
+    invite, _ = make()
+    headers, text = job(body)
+    out = invite.event(headers, text, T0 + 0.05)
+    assert finished(out).outcome is outcome
+    assert finished(out).cause == body.strip()[5:]
+    assert_ended_cleanly(invite, out)
+
+
+def test_originate_error_from_transcript_10(transcripts_dir: Path) -> None:
+    events = load_events(transcripts_dir / "10-errors.jsonl")
+    call, job_uuid = "86464610-d3f2-4722-af01-512babb71d11", "6e2ebf06-a043-4547-96b8-e7804d8a839a"
+    invite = Invite(
+        spec(extension="9999"), call_uuid=call, job_uuid=job_uuid, invite_id="e", now=T0, wall=WALL
+    )
+    invite.start()
+    ((headers, body),) = routed(events, call, job_uuid)
+    assert finished(invite.event(headers, body, T0)).outcome is Outcome.UNREACHABLE
+
+
+def test_originate_error_after_channel_waits_for_the_hangup() -> None:
+    invite, _ = make()
+    invite.event(ev("CHANNEL_CREATE"), None, T0)
+    headers, body = job("-ERR NO_ANSWER\n")
+    assert invite.event(headers, body, T0 + 30) == []
+    out = invite.event({"Event-Name": "CHANNEL_HANGUP", "Unique-ID": U}, None, T0 + 30.1)
+    assert (finished(out).outcome, finished(out).cause) == (Outcome.NO_ANSWER, "NO_ANSWER")
+
+
+def test_background_job_ok_counts_as_answer() -> None:
+    invite, _ = make()
+    headers, body = job(f"+OK {U}\n")
+    out = invite.event(headers, body, T0 + 1)
+    assert invite.state is State.WAITING_KEY and api(out, "sched_hangup")
+
+
+# ------------------------------------------------------------------------------ cancel
+
+
+def test_cancel_before_channel_kills_when_it_appears() -> None:
+    invite, _ = make()
+    assert invite.cancel(T0 + 0.001) == []
+    out = invite.event(ev("CHANNEL_CREATE"), None, T0 + 0.02)
+    assert api(out, "uuid_kill").command == f"uuid_kill {U} ORIGINATOR_CANCEL"
+    result = finished(invite.event(hangup("ORIGINATOR_CANCEL"), None, T0 + 0.05))
+    assert result.outcome is Outcome.CANCELLED
+
+
+def test_cancel_before_channel_then_originate_error_is_cancelled() -> None:
+    invite, _ = make()
+    invite.cancel(T0)
+    headers, body = job("-ERR ORIGINATOR_CANCEL\n")
+    assert finished(invite.event(headers, body, T0 + 0.1)).outcome is Outcome.CANCELLED
+
+
+@pytest.mark.parametrize("stage", ["ringing", "waiting_key", "cancelling", "joining"])
+def test_cancel_in_each_live_state(stage: str) -> None:
+    invite, _ = make()
+    invite.event(ev("CHANNEL_CREATE"), None, T0)
+    if stage != "ringing":
+        invite.event(ev("CHANNEL_ANSWER"), None, T0 + 1)
+    if stage in ("cancelling", "joining"):
+        sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2), "sched_del")
+        if stage == "joining":
+            invite.reply(sched_del.tag, "+OK Deleted: 1", T0 + 2)
+    assert invite.state.value == stage
+    out = invite.cancel(T0 + 3)
+    assert api(out, "uuid_kill").command == f"uuid_kill {U} ORIGINATOR_CANCEL"
+    assert invite.cancel(T0 + 3) == []  # idempotent
+    if stage == "cancelling":  # the sched_del reply after a cancel must not transfer
+        assert apis(invite.reply(sched_del.tag, "+OK Deleted: 1", T0 + 3)) == []
+    assert (
+        finished(invite.event(hangup("ORIGINATOR_CANCEL"), None, T0 + 4)).outcome
+        is Outcome.CANCELLED
+    )
+
+
+def test_cancel_after_joined_is_refused_and_after_other_ends_ignored() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2), "sched_del")
+    transfer = api(invite.reply(sched_del.tag, "+OK Deleted: 1", T0 + 2), "uuid_transfer")
+    invite.reply(transfer.tag, "+OK", T0 + 2)
+    invite.event(add_member(), None, T0 + 2.1)
+    with pytest.raises(UsageError):
+        invite.cancel(T0 + 3)
+    other, _ = make()
+    other.event(hangup("USER_BUSY"), None, T0 + 1)
+    assert other.cancel(T0 + 2) == []
+
+
+# ------------------------------------------------------------------------------ safety net
+
+
+def test_safety_net_kills_then_reports_timeout_when_the_kill_worked() -> None:
+    invite = answered(timeout=10)
+    assert invite.tick(T0 + 12.9) == []
+    out = invite.tick(T0 + 13)
+    kill = api(out, "uuid_kill")
+    assert kill.command == f"uuid_kill {U} ALLOTTED_TIMEOUT"
+    assert WakeAt(T0 + 16, "safety net: give up waiting for the hangup") in out
+    assert invite.reply(kill.tag, "+OK\n", T0 + 13.01) == []
+    assert invite.tick(T0 + 15) == []
+    result = finished(invite.tick(T0 + 16))
+    assert result.outcome is Outcome.TIMEOUT
+
+
+def test_safety_net_hangup_event_decides_when_it_arrives() -> None:
+    invite = answered(timeout=10)
+    invite.tick(T0 + 13)
+    assert (
+        finished(invite.event(hangup("ALLOTTED_TIMEOUT"), None, T0 + 13.1)).outcome
+        is Outcome.TIMEOUT
+    )
+
+
+def test_safety_net_unanswered_no_reply_is_lost() -> None:
+    invite, _ = make(timeout=10)
+    kill = api(invite.tick(T0 + 13), "uuid_kill")
+    assert invite.reply(kill.tag, "-ERR connection lost", T0 + 13) == []
+    assert finished(invite.tick(T0 + 16)).outcome is Outcome.LOST
+
+
+def test_safety_net_no_such_channel_is_lost_at_once() -> None:
+    invite, _ = make(timeout=10)
+    kill = api(invite.tick(T0 + 13), "uuid_kill")
+    assert (
+        finished(invite.reply(kill.tag, "-ERR No such channel!\n", T0 + 13)).outcome is Outcome.LOST
+    )
+
+
+def test_joining_without_add_member_probes_the_channel() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2), "sched_del")
+    transfer = api(invite.reply(sched_del.tag, "+OK Deleted: 1", T0 + 2), "uuid_transfer")
+    invite.reply(transfer.tag, "+OK", T0 + 2)
+    probe = api(invite.tick(T0 + 5), "uuid_dump")
+    assert probe.command == f"uuid_dump {U} json"
+    dump = json.dumps(
+        {
+            "Answer-State": "answered",
+            "Channel-State": "CS_EXECUTE",
+            "variable_conference_name": "test1",
+        }
+    )
+    assert finished(invite.reply(probe.tag, dump, T0 + 5.1)).outcome is Outcome.JOINED
+
+
+# ------------------------------------------------------------------------------ reconnect
+
+
+def test_resync_no_such_channel_is_lost() -> None:
+    invite = answered()
+    assert invite.connection_lost(T0 + 2) == []
+    dump = api(invite.resync(T0 + 8), "uuid_dump")
+    assert dump.command == f"uuid_dump {U} json"
+    assert (
+        finished(invite.reply(dump.tag, "-ERR No such channel!\n", T0 + 8)).outcome is Outcome.LOST
+    )
+
+
+def test_resync_adopts_answer_and_rearms() -> None:
+    invite, _ = make(prompt="ivr/press-one.wav")
+    invite.event(ev("CHANNEL_CREATE"), None, T0)
+    invite.connection_lost(T0 + 0.5)
+    dump = api(invite.resync(T0 + 4), "uuid_dump")
+    out = invite.reply(
+        dump.tag, json.dumps({"Answer-State": "answered", "Channel-State": "CS_EXECUTE"}), T0 + 4
+    )
+    assert invite.state is State.WAITING_KEY
+    assert api(out, "sched_hangup").command == f"sched_hangup +26 {U} ALLOTTED_TIMEOUT"
+    assert api(out, "uuid_broadcast").command == f"uuid_broadcast {U} ivr/press-one.wav aleg"
+
+
+def test_resync_in_joining_finds_member_and_after_deleted_zero_keeps_timeout() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2), "sched_del")
+    invite.reply(sched_del.tag, "+OK Deleted: 1", T0 + 2)
+    dump = api(invite.resync(T0 + 3), "uuid_dump")
+    body = json.dumps({"Answer-State": "answered", "variable_conference_member_id": "4"})
+    assert finished(invite.reply(dump.tag, body, T0 + 3)).outcome is Outcome.JOINED
+
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2), "sched_del")
+    invite.reply(sched_del.tag, "+OK Deleted: 0", T0 + 2)
+    dump = api(invite.resync(T0 + 3), "uuid_dump")
+    assert (
+        finished(invite.reply(dump.tag, "-ERR No such channel!", T0 + 3)).outcome is Outcome.TIMEOUT
+    )
+
+
+# ------------------------------------------------------------------------------ misuse
+
+
+def test_misrouted_inputs_raise_and_change_nothing() -> None:
+    invite = answered()
+    with pytest.raises(UsageError):
+        invite.event(ev("DTMF", "00000000-0000-0000-0000-000000000000", DTMF_Digit="1"), None, T0)
+    with pytest.raises(UsageError):
+        invite.reply("sched_del#99", "+OK Deleted: 1", T0)
+    with pytest.raises(ProtocolViolation):
+        invite.event({"Unique-ID": U}, None, T0)
+    assert invite.state is State.WAITING_KEY
+    headers, body = job(f"+OK {U}")
+    invite.event(headers, body, T0)
+    with pytest.raises(ProtocolViolation):
+        invite.event(headers, body, T0)
+    with pytest.raises(UsageError):
+        invite.start()
+
+
+def test_parse_deleted() -> None:
+    assert parse_deleted("+OK Deleted: 2\n") == 2
+    assert parse_deleted("+OK Deleted: 0") == 0
+    assert parse_deleted("-ERR nope") is None
+    assert parse_deleted("+OK Deleted: x") is None
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("extension", ""),
+        ("extension", "10 00"),
+        ("extension", "1000}"),
+        ("extension", "a" * 65),
+        ("room", "test 1"),
+        ("room", "a@b@c"),
+        ("room", "x,y"),
+        ("room", "room@"),
+        ("timeout", 0),
+        ("timeout", 3601),
+        ("timeout", "30"),
+        ("timeout", True),
+        ("timeout", 2.5),
+        ("ring_timeout", 31),
+        ("ring_timeout", 0),
+        ("key", "E"),
+        ("key", "11"),
+        ("key", ""),
+        ("decline_key", "1"),
+        ("decline_key", "x"),
+        ("prompt", "a b.wav"),
+        ("prompt", "a'b"),
+        ("prompt", "{x}"),
+        ("prompt", "a,b.wav"),
+        ("prompt", "http://x/y.wav"),
+        ("prompt", "a" * 257),
+        ("prompt", "-both"),
+        ("caller_id_name", "O'Brien"),
+        ("caller_id_name", "a,b"),
+        ("caller_id_name", ""),
+        ("caller_id_number", "12a"),
+        ("caller_id_number", "1" * 33),
+        ("hangup_cause", "allotted_timeout"),
+        ("hangup_cause", "BOGUS"),
+        ("hangup_cause", "NORMAL_CLEARING"),
+        ("hangup_cause", "17"),
+        ("reprompt_interval", 0),
+        ("reprompt_interval", float("nan")),
+    ],
+)
+def test_bad_input_names_the_field(field: str, value: object) -> None:
+    with pytest.raises(BadInput) as caught:
+        spec(**{field: value})
+    assert caught.value.field == field
+    assert caught.value.reason
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"api_on_answer": "x"},
+        {"execute_on_answer": "x"},
+        {"exec_after_bridge_app": "x"},
+        {"origination_uuid": "x"},
+        {"originate_timeout": "1"},
+        {"ignore_early_media": "false"},
+        {"group_confirm_key": "1"},
+        {"confguard_room": "x"},
+        {"hangup_after_bridge": "true"},
+        {"bridge_early_media": "x"},
+        {"transfer_after_bridge": "x"},
+        {"sip_h_x": "y"},
+        {"Upper": "x"},
+        {"a-b": "x"},
+        {"ok": "a,b"},
+        {"ok": "a b"},
+        {"ok": "${x}"},
+        {"ok": "'"},
+    ],
+)
+def test_bad_variables_are_refused(variables: Mapping[str, str]) -> None:
+    with pytest.raises(BadInput) as caught:
+        spec(variables=variables)
+    assert caught.value.field.startswith("variables")
+
+
+def test_bad_join_targets() -> None:
+    with pytest.raises(BadInput) as caught:
+        spec(join=JoinTarget.dialplan("70 01"))
+    assert caught.value.field == "join.extension"
+    with pytest.raises(BadInput) as caught:
+        spec(join=JoinTarget.dialplan("7001", "de fault"))
+    assert caught.value.field == "join.context"
+    with pytest.raises(BadInput):
+        spec(join=JoinTarget.inline("a b"))
+
+
+def test_good_values_are_accepted() -> None:
+    good = spec(
+        extension="user.1+x-y_z",
+        room="r-1@p_2",
+        timeout=3600,
+        ring_timeout=3600,
+        key="#",
+        decline_key="*",
+        prompt="silence_stream://1000",
+        caller_id_name="A b.c+d-e_f",
+        caller_id_number="+49*1#",
+        hangup_cause="NO_USER_RESPONSE",
+        variables={"sim_dtmf": "2@1;1@2", "sim_mode": "answer"},
+    )
+    assert dict(good.variables) == {"sim_dtmf": "2@1;1@2", "sim_mode": "answer"}
+    with pytest.raises(TypeError):
+        good.variables["x"] = "y"  # type: ignore[index]

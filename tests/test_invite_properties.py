@@ -1,0 +1,488 @@
+"""Property tests: the invite machine against a small model of FreeSWITCH, driven by hypothesis.
+
+The model executes the machine's commands (FIFO, like api replies on one connection), produces
+the events FreeSWITCH would, and hypothesis interleaves everything: answer, DTMF (right, wrong,
+decline), the timer firing, callee hangups, command execution, reply and event delivery (replies
+before or after the events a command caused), ticks, operator cancel, link loss and resync.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from confguard.invite import (
+    AddFilter,
+    BadInput,
+    Command,
+    DelFilter,
+    Finished,
+    Invite,
+    InviteSpec,
+    Outcome,
+    SendApi,
+    SendBgapi,
+    State,
+    UsageError,
+    build_originate,
+)
+
+U = "11111111-2222-3333-4444-555555555555"
+J = "99999999-8888-7777-6666-555555555555"
+TIMEOUT = 20
+CAUSE = "ALLOTTED_TIMEOUT"
+
+
+class Model:
+    """Just enough of FreeSWITCH for one call, and the invariant checks on what the machine did."""
+
+    def __init__(
+        self, invite: Invite, arm_on_originate: bool, broken_sched_del: bool = False
+    ) -> None:
+        self.invite = invite
+        self.broken_sched_del = broken_sched_del
+        self.arm_on_originate = arm_on_originate
+        self.channel: str | None = None  # None, "ringing", "answered", "gone"
+        self.tasks: set[str] = set()
+        self.task_counter = 10
+        self.events: deque[tuple[dict[str, str], str | None]] = deque()
+        self.replies: deque[tuple[str, str]] = deque()
+        self.inflight: deque[SendApi] = deque()
+        self.originated = False
+        self.job_done = False
+        self.fired = False
+        self.in_conference = False
+        self.link_up = True
+        self.now = 0.0
+        # what the machine did
+        self.commands: list[Command] = []
+        self.finished: list[Finished] = []
+        self.last_deleted: int | None = None
+        self.sched_del_replied_ok = False
+
+    # ------------------------------------------------------------------ machine side
+
+    def take(self, commands: list[Command]) -> None:
+        if self.finished and commands:
+            raise AssertionError(f"commands after Finished: {commands}")
+        for command in commands:
+            self.check_syntax(command)
+            self.commands.append(command)
+            if isinstance(command, SendBgapi):
+                assert [c for c in self.commands if isinstance(c, AddFilter)] == [
+                    AddFilter("Unique-ID", U),
+                    AddFilter("Job-UUID", J),
+                    AddFilter("Task-Group", U),
+                ], "filters must be added before the originate"
+                self.originated = True
+            elif isinstance(command, SendApi):
+                if command.command.startswith("uuid_transfer"):
+                    assert self.sched_del_replied_ok, "uuid_transfer without Deleted >= 1"
+                    assert not self.fired, "uuid_transfer after the timer fired"
+                if self.link_up:
+                    self.inflight.append(command)
+                else:
+                    self.replies.append((command.tag, "-ERR not connected"))
+            elif isinstance(command, Finished):
+                self.finished.append(command)
+                assert len(self.finished) == 1, "more than one Finished"
+                if command.outcome is Outcome.JOINED:
+                    assert not self.tasks, "joined with a hangup task still pending"
+        self.check_timer_invariant()
+
+    @staticmethod
+    def check_syntax(command: Command) -> None:
+        text = getattr(command, "command", None)
+        if text is None:
+            return
+        assert "\n" not in text and "\r" not in text
+        if isinstance(command, SendBgapi):
+            assert text.count("{") == 1 and text.count("}") == 1 and text.startswith("originate {")
+        else:
+            assert "{" not in text and "}" not in text
+
+    def check_timer_invariant(self) -> None:
+        """Invariant 1: the machine knows the call is answered and waits for the key -> the
+        switch holds a hangup task for it, or our sched_hangup is on its way."""
+        invite = self.invite
+        resyncing = any(tag.startswith("resync") for tag in invite.pending_tags)
+        if (
+            self.link_up
+            and not resyncing
+            and invite.connection_lost_at is None
+            and invite.state is State.WAITING_KEY
+            and self.channel == "answered"
+            and not invite.kill_sent
+        ):
+            arming = any(c.command.startswith("sched_hangup") for c in self.inflight)
+            assert self.tasks or arming, "answered call waiting for the key without a timer"
+
+    def feed_event(self) -> None:
+        headers, body = self.events.popleft()
+        self.take(self.invite.event(headers, body, self.now))
+
+    def feed_reply(self) -> None:
+        tag, text = self.replies.popleft()
+        if tag.startswith("sched_del"):
+            from confguard.invite import parse_deleted
+
+            deleted = parse_deleted(text)
+            self.sched_del_replied_ok = deleted is not None and deleted >= 1
+        self.take(self.invite.reply(tag, text, self.now))
+
+    # ------------------------------------------------------------------ switch side
+
+    def queue_event(self, item: tuple[dict[str, str], str | None]) -> None:
+        if self.link_up:  # while the link is down, FreeSWITCH's events for us are lost
+            self.events.append(item)
+
+    def channel_event(self, name: str, **extra: str) -> None:
+        self.queue_event(({"Event-Name": name, "Unique-ID": U, **extra}, None))
+
+    def add_task(self) -> None:
+        self.task_counter += 1
+        task = str(self.task_counter)
+        self.tasks.add(task)
+        self.queue_event(
+            (
+                {
+                    "Event-Name": "ADD_SCHEDULE",
+                    "Task-ID": task,
+                    "Task-Desc": "switch_ivr_schedule_hangup",
+                    "Task-Group": U,
+                },
+                None,
+            )
+        )
+
+    def drop_tasks(self) -> int:
+        count = len(self.tasks)
+        for task in sorted(self.tasks):
+            self.queue_event(
+                (
+                    {
+                        "Event-Name": "DEL_SCHEDULE",
+                        "Task-ID": task,
+                        "Task-Desc": "switch_ivr_schedule_hangup",
+                        "Task-Group": U,
+                    },
+                    None,
+                )
+            )
+        self.tasks.clear()
+        return count
+
+    def alive(self) -> bool:
+        return self.channel in ("ringing", "answered")
+
+    def end_call(self, cause: str, hangup_first: bool = True) -> None:
+        was_ringing = self.channel == "ringing"
+        self.channel = "gone"
+        self.in_conference = False
+        if hangup_first:
+            self.channel_event("CHANNEL_HANGUP", **{"Hangup-Cause": cause})
+        self.drop_tasks()
+        self.channel_event("CHANNEL_HANGUP_COMPLETE", **{"Hangup-Cause": cause})
+        if was_ringing and not self.job_done:
+            self.job_done = True
+            self.queue_event(({"Event-Name": "BACKGROUND_JOB", "Job-UUID": J}, f"-ERR {cause}\n"))
+
+    def create(self) -> None:
+        self.channel = "ringing"
+        if self.arm_on_originate:
+            self.add_task()
+        self.channel_event("CHANNEL_CREATE")
+
+    def answer(self) -> None:
+        self.channel = "answered"
+        self.channel_event("CHANNEL_ANSWER")
+        self.job_done = True
+        self.queue_event(({"Event-Name": "BACKGROUND_JOB", "Job-UUID": J}, f"+OK {U}\n"))
+
+    def fire(self) -> None:
+        self.fired = True
+        self.end_call(CAUSE)
+
+    def execute(self) -> None:
+        command = self.inflight.popleft()
+        words = command.command.split()
+        verb = words[0]
+        reply = "-ERR No such channel!\n"
+        if verb == "sched_hangup":
+            if self.alive():
+                self.add_task()
+                reply = "+OK\n"
+        elif verb == "sched_del":
+            reply = (
+                "-ERR broken\n" if self.broken_sched_del else f"+OK Deleted: {self.drop_tasks()}\n"
+            )
+        elif verb == "uuid_transfer":
+            if self.channel == "answered":
+                assert not self.tasks, "transfer with the timer still armed"
+                self.in_conference = True
+                self.queue_event(
+                    (
+                        {
+                            "Event-Name": "CUSTOM",
+                            "Event-Subclass": "conference::maintenance",
+                            "Action": "add-member",
+                            "Conference-Name": "test1",
+                            "Unique-ID": U,
+                        },
+                        None,
+                    )
+                )
+                reply = "+OK\n"
+        elif verb == "uuid_kill":
+            if self.alive():
+                self.end_call(words[2] if len(words) > 2 else "NORMAL_CLEARING", False)
+                reply = "+OK\n"
+        elif verb == "uuid_broadcast":
+            if self.alive():
+                reply = "+OK Message queued\n"
+        elif verb == "uuid_dump":
+            if self.alive():
+                dump = {"Answer-State": self.channel, "Channel-State": "CS_EXECUTE"}
+                if self.in_conference:
+                    dump["variable_conference_name"] = "test1"
+                reply = json.dumps(dump)
+        else:
+            raise AssertionError(f"unexpected command {command.command!r}")
+        self.replies.append((command.tag, reply))
+
+    def drop_link(self) -> None:
+        self.link_up = False
+        self.events.clear()
+        lost = [(c.tag, "-ERR connection lost") for c in self.inflight]
+        lost += [(tag, "-ERR connection lost") for tag, _ in self.replies]
+        self.inflight.clear()
+        self.replies = deque(lost)
+        self.take(self.invite.connection_lost(self.now))
+
+    def restore_link(self) -> None:
+        self.link_up = True
+        self.take(self.invite.resync(self.now))
+
+
+ACTIONS = (
+    ["create"] * 3
+    + ["answer"] * 3
+    + ["execute"] * 8
+    + ["event"] * 10
+    + ["reply"] * 8
+    + ["dtmf_key"] * 3
+    + ["dtmf_wrong", "dtmf_decline", "fire", "callee_hangup", "ring_fail"]
+    + ["originate_fail", "tick", "tick", "cancel", "drop", "restore", "restore"]
+    + ["fire_before_sched_del"] * 4
+)
+
+
+def step(model: Model, action: str, data: st.DataObject) -> None:
+    invite = model.invite
+    if action == "create" and model.originated and model.channel is None:
+        model.create()
+    elif action == "originate_fail" and model.originated and model.channel is None:
+        model.channel = "gone"
+        model.job_done = True
+        cause = data.draw(st.sampled_from(["USER_BUSY", "SUBSCRIBER_ABSENT", "CALL_REJECTED"]))
+        model.queue_event(({"Event-Name": "BACKGROUND_JOB", "Job-UUID": J}, f"-ERR {cause}\n"))
+    elif action == "answer" and model.channel == "ringing":
+        model.answer()
+    elif action == "ring_fail" and model.channel == "ringing":
+        model.end_call(data.draw(st.sampled_from(["NO_ANSWER", "USER_BUSY", "CALL_REJECTED"])))
+    elif action.startswith("dtmf") and model.channel == "answered":
+        digit = {"dtmf_key": "1", "dtmf_wrong": "2", "dtmf_decline": "9"}[action]
+        model.channel_event("DTMF", **{"DTMF-Digit": digit})
+    elif action == "fire" and model.alive() and model.tasks and not model.in_conference:
+        model.fire()
+    elif (
+        action == "fire_before_sched_del"
+        and model.alive()
+        and model.tasks
+        and any(c.command.startswith("sched_del") for c in model.inflight)
+    ):
+        # the timer wins the race against our sched_del: the reply will say Deleted: 0
+        model.fire()
+        while not model.inflight[0].command.startswith("sched_del"):
+            model.execute()
+        model.execute()
+    elif action == "callee_hangup" and model.channel == "answered":
+        model.end_call("NORMAL_CLEARING")
+    elif action == "execute" and model.inflight:
+        model.execute()
+    elif action == "event" and model.events:
+        model.feed_event()
+    elif action == "reply" and model.replies:
+        model.feed_reply()
+    elif action == "tick":
+        model.now += data.draw(st.sampled_from([0.5, 1.0, 3.0, 7.0]))
+        model.take(invite.tick(model.now))
+    elif action == "cancel":
+        try:
+            model.take(invite.cancel(model.now))
+        except UsageError:
+            assert invite.outcome is Outcome.JOINED
+    elif action == "drop" and model.link_up:
+        model.drop_link()
+    elif action == "restore" and not model.link_up:
+        model.restore_link()
+
+
+def drain(model: Model, callee: str = "ring_out") -> None:
+    """Let everything settle: the link comes back, commands run, the callee does what
+    ``callee`` says (``press``, ``decline``, ``silent``, ``ring_out``), time passes, the timer
+    fires."""
+    if not model.link_up:
+        model.restore_link()
+    pressed = False
+    for _ in range(400):
+        if model.finished:
+            break
+        if model.inflight:
+            model.execute()
+        elif model.replies:
+            model.feed_reply()
+        elif model.events:
+            model.feed_event()
+        elif model.originated and model.channel is None:
+            model.create()
+        elif model.channel == "ringing" and callee != "ring_out":
+            model.answer()
+        elif (
+            model.channel == "answered"
+            and callee in ("press", "decline")
+            and not pressed
+            and model.invite.state is State.WAITING_KEY
+        ):
+            pressed = True
+            model.channel_event("DTMF", **{"DTMF-Digit": "1" if callee == "press" else "9"})
+        elif model.alive() and model.tasks and not model.in_conference and model.now >= TIMEOUT:
+            model.fire()
+        else:
+            model.now += 1.0
+            model.take(model.invite.tick(model.now))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    arm_on_originate=st.booleans(),
+    prompt=st.booleans(),
+    broken_sched_del=st.sampled_from([False, False, False, True]),
+)
+def test_interleavings_keep_the_invariants(
+    data: st.DataObject, arm_on_originate: bool, prompt: bool, broken_sched_del: bool
+) -> None:
+    spec = InviteSpec(
+        extension="1000",
+        room="test1",
+        timeout=TIMEOUT,
+        decline_key="9",
+        prompt="ivr/press-one.wav" if prompt else None,
+        hangup_cause=CAUSE,
+    )
+    invite = Invite(spec, call_uuid=U, job_uuid=J, invite_id="p", now=0.0, wall=1.8e9)
+    model = Model(invite, arm_on_originate, broken_sched_del)
+    model.take(invite.start())
+    for action in data.draw(st.lists(st.sampled_from(ACTIONS), max_size=80)):
+        step(model, action, data)
+    drain(model, data.draw(st.sampled_from(["press", "press", "decline", "silent", "ring_out"])))
+    assert len(model.finished) == 1, "the invite never finished"
+    assert invite.state is State.ENDED
+    dels = [c for c in model.commands if isinstance(c, DelFilter)]
+    assert dels == [DelFilter("Unique-ID", U), DelFilter("Job-UUID", J), DelFilter("Task-Group", U)]
+    outcome = model.finished[0].outcome
+    if outcome is Outcome.JOINED:
+        assert model.in_conference and not model.tasks
+    if model.fired:
+        assert outcome is not Outcome.JOINED
+    # after ended, nothing the switch says produces anything
+    for headers, body in list(model.events):
+        assert invite.event(headers, body, model.now) == []
+    assert invite.tick(model.now + 1000) == []
+
+
+# ------------------------------------------------------------------ no text becomes syntax
+
+FORBIDDEN = re.compile(r"[\n\r{}]")
+
+
+def accepted(**fields: object) -> InviteSpec | None:
+    base: dict[str, object] = {"extension": "1000", "room": "test1", "timeout": 30}
+    base.update(fields)
+    try:
+        return InviteSpec(**base)  # type: ignore[arg-type]
+    except BadInput as error:
+        assert error.field and error.reason
+        return None
+
+
+TEXT_FIELDS = [
+    "extension",
+    "room",
+    "key",
+    "decline_key",
+    "prompt",
+    "caller_id_name",
+    "caller_id_number",
+    "hangup_cause",
+]
+
+
+def all_commands(spec: InviteSpec) -> list[str]:
+    invite = Invite(spec, call_uuid=U, job_uuid=J, invite_id="p", now=0.0, wall=0.0)
+    commands = invite.start()
+    commands += invite.event({"Event-Name": "CHANNEL_ANSWER", "Unique-ID": U}, None, 1.0)
+    key_event = {"Event-Name": "DTMF", "Unique-ID": U, "DTMF-Digit": spec.key}
+    commands += invite.event(key_event, None, 2.0)
+    sched_del = next(c for c in commands if isinstance(c, SendApi) and "sched_del" in c.command)
+    commands += invite.reply(sched_del.tag, "+OK Deleted: 1", 2.0)
+    return [c.command for c in commands if isinstance(c, SendApi | SendBgapi)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(TEXT_FIELDS), text=st.text(max_size=80))
+def test_arbitrary_text_in_any_field_never_becomes_syntax(field: str, text: str) -> None:
+    spec = accepted(**{field: text})
+    if spec is None:
+        return
+    for command in all_commands(spec):
+        outside = command
+        if command.startswith("originate {"):
+            inner = command[len("originate {") : command.rindex("}")]
+            assert not FORBIDDEN.search(inner)
+            assert inner.count("'") % 2 == 0  # quotes stay balanced
+            outside = command[command.rindex("}") + 1 :]
+        assert not FORBIDDEN.search(outside)
+    if field in ("extension", "room", "caller_id_name", "caller_id_number", "prompt"):
+        assert not set(text) & set("\n\r{},'\"$")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.one_of(
+        st.text(max_size=20),
+        st.sampled_from(["api_on_answer", "execute_on_ring", "origination_uuid", "sip_h_x"]),
+    ),
+    value=st.text(max_size=40),
+)
+def test_arbitrary_variables_never_become_syntax(name: str, value: str) -> None:
+    spec = accepted(variables={name: value})
+    if spec is None:
+        return
+    command = build_originate(spec, call_uuid=U, invite_id="p", wall_deadline=0)
+    inner = command[len("originate {") : command.rindex("}")]
+    assert not FORBIDDEN.search(inner) and "," not in value and "'" not in value
+    assert not name.startswith(("api_", "execute_", "origination_", "sip_"))
+
+
+@pytest.mark.parametrize("text", ["a\nb", "a}b", "a{b", "x\r", "a,b", "${x}"])
+def test_specific_nasty_values_are_refused_everywhere(text: str) -> None:
+    for field in TEXT_FIELDS:
+        assert accepted(**{field: text}) is None, field
+    assert accepted(variables={"ok": text}) is None
