@@ -1,0 +1,764 @@
+"""Every confguard setting, loaded and validated once.
+
+This module owns the settings: their defaults, the TOML file, the ``CONFGUARD_<SECTION>_<KEY>``
+environment variables and the command-line overrides (in that order, later wins), the validation
+of every value, where each value came from (``Config.sources``) and the ESL password (a `Secret`
+that never shows its value in a repr, a log line or ``confguard config``).
+
+The password is read from a file only: ``esl.password_file`` (TOML, env or flag), else the systemd
+credential ``$CREDENTIALS_DIRECTORY/esl-password``, else FreeSWITCH's own default ``ClueCon``. It
+is never accepted as a value in the TOML file, the environment or on the command line.
+
+It knows nothing about ESL, invites or sockets: the other modules receive these dataclasses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_ESL_PASSWORD",
+    "ApiConfig",
+    "Config",
+    "ConfigError",
+    "EslConfig",
+    "InviteConfig",
+    "JournalConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "Secret",
+    "default_journal_path",
+    "default_socket_path",
+    "load_config",
+    "render_config",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/confguard/confguard.toml"
+DEFAULT_ESL_PASSWORD = "ClueCon"  # FreeSWITCH's shipped event_socket.conf.xml
+CREDENTIAL_NAME = "esl-password"  # LoadCredential=esl-password:... in the unit
+ENV_PREFIX = "CONFGUARD_"
+REDACTED = "<redacted>"
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a bad value; the message names where, which key and what is
+    allowed."""
+
+    def __init__(self, origin: str, key: str, problem: str, allowed: str | None = None):
+        self.origin = origin
+        self.key = key
+        self.problem = problem
+        self.allowed = allowed
+        text = f"{origin}: {key}: {problem}"
+        if allowed:
+            text += f" (allowed: {allowed})"
+        super().__init__(text)
+
+
+class Secret:
+    """A string that never shows itself in repr/str/format; read it with `reveal()`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED!r})"
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    def __format__(self, spec: str) -> str:
+        return REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Secret:
+        return self
+
+    def __reduce__(self) -> Any:  # pickling would be a way to leak it; refuse
+        raise TypeError("Secret cannot be pickled")
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EslConfig:
+    host: str = "127.0.0.1"
+    port: int = 8021
+    password: Secret = field(default_factory=lambda: Secret(DEFAULT_ESL_PASSWORD), compare=False)
+    password_file: str | None = None
+    connect_timeout: float = 5.0
+    auth_timeout: float = 5.0
+    command_timeout: float = 10.0
+    heartbeat_interval: float = 20.0
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 30.0
+
+    def settings_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `confguard.esl.EslSettings` (password revealed)."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "password": self.password.reveal(),
+            "connect_timeout": self.connect_timeout,
+            "auth_timeout": self.auth_timeout,
+            "command_timeout": self.command_timeout,
+            "heartbeat_interval": self.heartbeat_interval,
+            "reconnect_initial": self.reconnect_initial,
+            "reconnect_max": self.reconnect_max,
+        }
+
+
+@dataclass(frozen=True)
+class InviteConfig:
+    timeout: int = 30
+    ring_timeout: int | None = None
+    key: str = "1"
+    decline_key: str | None = None
+    # mod_tone_stream is in every FreeSWITCH build: two short 440 Hz beeps; no file to install.
+    prompt: str | None = "tone_stream://%(250,250,440);loops=2"
+    reprompt_interval: float = 5.0
+    hangup_cause: str = "ALLOTTED_TIMEOUT"
+    join_mode: str = "inline"
+    join_extension: str = "7001"
+    join_context: str = "default"
+    caller_id_name: str | None = None
+    caller_id_number: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    socket: str = ""  # filled by load_config from the environment (see default_socket_path)
+    mode: int = 0o660
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "auto"
+    level: str = "info"
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str | None = None  # "127.0.0.1:9464"; None = no exporter
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        return None if self.listen is None else _split_host_port(self.listen)
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    path: str = ""  # filled by load_config from the environment (see default_journal_path)
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class Config:
+    esl: EslConfig = field(default_factory=EslConfig)
+    invite: InviteConfig = field(default_factory=InviteConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    path: str | None = None  # the TOML file read, if any
+
+
+SECTIONS: dict[str, type] = {
+    "esl": EslConfig,
+    "invite": InviteConfig,
+    "api": ApiConfig,
+    "log": LogConfig,
+    "metrics": MetricsConfig,
+    "journal": JournalConfig,
+}
+
+
+# --- path defaults ----------------------------------------------------------------------------
+
+
+def _first_dir(value: str | None) -> str | None:
+    """systemd puts several directories colon-separated when a unit asks for several."""
+    if not value:
+        return None
+    return value.split(":")[0] or None
+
+
+def default_socket_path(env: Mapping[str, str], euid: int) -> str:
+    runtime = _first_dir(env.get("RUNTIME_DIRECTORY"))
+    if runtime:
+        return str(Path(runtime) / "confguard.sock")
+    if euid == 0:
+        return "/run/confguard/confguard.sock"
+    xdg = env.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return str(Path(xdg) / "confguard" / "confguard.sock")
+    return f"/tmp/confguard-{euid}/confguard.sock"
+
+
+def default_journal_path(env: Mapping[str, str], euid: int) -> str:
+    state = _first_dir(env.get("STATE_DIRECTORY"))
+    if state:
+        return str(Path(state) / "journal.sqlite3")
+    if euid == 0:
+        return "/var/lib/confguard/journal.sqlite3"
+    xdg = env.get("XDG_STATE_HOME")
+    if xdg:
+        return str(Path(xdg) / "confguard" / "journal.sqlite3")
+    home = env.get("HOME") or str(Path.home())
+    return str(Path(home) / ".local" / "state" / "confguard" / "journal.sqlite3")
+
+
+# --- value parsers ----------------------------------------------------------------------------
+# Each parser takes the raw value (a TOML value, or a string from env / flags) and returns the
+# typed value or raises _Bad(problem, allowed).
+
+
+class _Bad(Exception):
+    def __init__(self, problem: str, allowed: str):
+        super().__init__(problem)
+        self.problem = problem
+        self.allowed = allowed
+
+
+_Parser = Callable[[object], object]
+
+DTMF_KEYS = "0123456789*#ABCD"
+LOG_FORMATS = ("auto", "console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+JOIN_MODES = ("inline", "dialplan")
+# Hangup causes FreeSWITCH knows by name (switch_channel.c CAUSE_CHART); an unknown name would
+# silently become NORMAL_CLEARING, so only these are accepted.
+HANGUP_CAUSES = frozenset(
+    (
+        "UNSPECIFIED", "UNALLOCATED_NUMBER", "NO_ROUTE_TRANSIT_NET", "NO_ROUTE_DESTINATION",
+        "CHANNEL_UNACCEPTABLE", "CALL_AWARDED_DELIVERED", "NORMAL_CLEARING", "USER_BUSY",
+        "NO_USER_RESPONSE", "NO_ANSWER", "SUBSCRIBER_ABSENT", "CALL_REJECTED", "NUMBER_CHANGED",
+        "REDIRECTION_TO_NEW_DESTINATION", "EXCHANGE_ROUTING_ERROR", "DESTINATION_OUT_OF_ORDER",
+        "INVALID_NUMBER_FORMAT", "FACILITY_REJECTED", "RESPONSE_TO_STATUS_ENQUIRY",
+        "NORMAL_UNSPECIFIED", "NORMAL_CIRCUIT_CONGESTION", "NETWORK_OUT_OF_ORDER",
+        "NORMAL_TEMPORARY_FAILURE", "SWITCH_CONGESTION", "ACCESS_INFO_DISCARDED",
+        "REQUESTED_CHAN_UNAVAIL", "PRE_EMPTED", "FACILITY_NOT_SUBSCRIBED",
+        "OUTGOING_CALL_BARRED", "INCOMING_CALL_BARRED", "BEARERCAPABILITY_NOTAUTH",
+        "BEARERCAPABILITY_NOTAVAIL", "SERVICE_UNAVAILABLE", "BEARERCAPABILITY_NOTIMPL",
+        "CHAN_NOT_IMPLEMENTED", "FACILITY_NOT_IMPLEMENTED", "SERVICE_NOT_IMPLEMENTED",
+        "INVALID_CALL_REFERENCE", "INCOMPATIBLE_DESTINATION", "INVALID_MSG_UNSPECIFIED",
+        "MANDATORY_IE_MISSING", "MESSAGE_TYPE_NONEXIST", "WRONG_MESSAGE", "IE_NONEXIST",
+        "INVALID_IE_CONTENTS", "WRONG_CALL_STATE", "RECOVERY_ON_TIMER_EXPIRE",
+        "MANDATORY_IE_LENGTH_ERROR", "PROTOCOL_ERROR", "INTERWORKING", "SUCCESS",
+        "ORIGINATOR_CANCEL", "CRASH", "SYSTEM_SHUTDOWN", "LOSE_RACE", "MANAGER_REQUEST",
+        "BLIND_TRANSFER", "ATTENDED_TRANSFER", "ALLOTTED_TIMEOUT", "USER_CHALLENGE",
+        "MEDIA_TIMEOUT", "PICKED_OFF", "USER_NOT_REGISTERED", "PROGRESS_TIMEOUT", "GATEWAY_DOWN",
+    )
+)
+_EXTENSION_RE = re.compile(r"[0-9A-Za-z_+*#.\-]{1,64}")
+_CONTEXT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_CALLER_NUMBER_RE = re.compile(r"\+?[0-9A-Za-z*#]{1,32}")
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def _string(raw: object, allowed: str) -> str:
+    if not isinstance(raw, str):
+        raise _Bad(f"expected a string, got {type(raw).__name__} {raw!r}", allowed)
+    return raw
+
+
+def _is_empty_text(raw: object) -> bool:
+    return isinstance(raw, str) and raw.strip().lower() in ("", "none", "off")
+
+
+def _optional(parser: _Parser) -> _Parser:
+    """None (TOML can't say it; env/flags: an empty string, "none" or "off") means unset."""
+
+    def parse(raw: object) -> object:
+        if raw is None or _is_empty_text(raw):
+            return None
+        return parser(raw)
+
+    return parse
+
+
+def _number(kind: type, low: float, high: float, unit: str = "") -> _Parser:
+    allowed = f"{'an integer' if kind is int else 'a number'} from {low:g} to {high:g}{unit}"
+
+    def parse(raw: object) -> object:
+        value: float | int
+        if isinstance(raw, bool):
+            raise _Bad(f"expected a number, got {raw!r}", allowed)
+        if isinstance(raw, str):
+            text = raw.strip()
+            try:
+                value = int(text) if kind is int else float(text)
+            except ValueError:
+                raise _Bad(f"not {'an integer' if kind is int else 'a number'}: {raw!r}",
+                           allowed) from None
+        elif isinstance(raw, int) or (isinstance(raw, float) and kind is float):
+            value = raw
+        else:
+            raise _Bad(f"expected {'an integer' if kind is int else 'a number'}, got {raw!r}",
+                       allowed)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Bad(f"not a finite number: {raw!r}", allowed)
+        if not low <= value <= high:
+            raise _Bad(f"{value!r} is out of range", allowed)
+        return kind(value)
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...]) -> _Parser:
+    allowed = " | ".join(choices)
+
+    def parse(raw: object) -> object:
+        text = _string(raw, allowed).strip().lower()
+        if text not in choices:
+            raise _Bad(f"{raw!r} is not one of them", allowed)
+        return text
+
+    return parse
+
+
+def _host(raw: object) -> object:
+    allowed = "an IPv4/IPv6 address or a host name"
+    text = _string(raw, allowed).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.fullmatch(text):
+        raise _Bad(f"{raw!r} is not an address or a host name", allowed)
+    return text
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    allowed = "host:port, e.g. 127.0.0.1:9464 or [::1]:9464"
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise _Bad(f"{text!r} is not host:port", allowed)
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise _Bad(f"{text!r}: put an IPv6 address in brackets", allowed)
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise _Bad(f"port {port} is out of range", allowed)
+    parsed_host = _host(host)
+    assert isinstance(parsed_host, str)
+    return parsed_host, port
+
+
+def _listen(raw: object) -> object:
+    text = _string(raw, "host:port, e.g. 127.0.0.1:9464").strip()
+    host, port = _split_host_port(text)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _dtmf_key(raw: object) -> object:
+    allowed = f"one DTMF key of {DTMF_KEYS}"
+    text = _string(raw, allowed).strip().upper()
+    if len(text) != 1 or text not in DTMF_KEYS:
+        raise _Bad(f"{raw!r} is not a single DTMF key", allowed)
+    return text
+
+
+def _pattern(regex: re.Pattern[str], allowed: str) -> _Parser:
+    def parse(raw: object) -> object:
+        text = _string(raw, allowed).strip()
+        if not regex.fullmatch(text):
+            raise _Bad(f"{raw!r} has characters or a length that is not allowed", allowed)
+        return text
+
+    return parse
+
+
+def _hangup_cause(raw: object) -> object:
+    allowed = "a FreeSWITCH hangup cause name, e.g. ALLOTTED_TIMEOUT, NORMAL_CLEARING"
+    text = _string(raw, allowed).strip().upper()
+    if text not in HANGUP_CAUSES:
+        raise _Bad(f"{raw!r} is not a hangup cause FreeSWITCH knows", allowed)
+    return text
+
+
+def _prompt(raw: object) -> object:
+    allowed = ("a sound file path or tone_stream:// string FreeSWITCH can play, no spaces, "
+               "quotes, braces or ${")
+    text = _string(raw, allowed).strip()
+    if not text or len(text) > 512:
+        raise _Bad("empty or longer than 512 characters", allowed)
+    if any(c.isspace() or ord(c) < 32 for c in text) or "${" in text or any(
+        c in text for c in "'\"{}`"
+    ):
+        raise _Bad(f"{raw!r} contains characters that would change a FreeSWITCH command", allowed)
+    return text
+
+
+def _caller_id_name(raw: object) -> object:
+    allowed = "up to 64 printable characters without quotes, braces, commas or ${"
+    text = _string(raw, allowed).strip()
+    if not text or len(text) > 64 or not text.isprintable() or "${" in text or any(
+        c in text for c in "'\"{}[],^`"
+    ):
+        raise _Bad(f"{raw!r} is not allowed", allowed)
+    return text
+
+
+def _path(raw: object) -> object:
+    allowed = "an absolute file path"
+    text = _string(raw, allowed).strip()
+    if not text.startswith("/") or "\0" in text:
+        raise _Bad(f"{raw!r} is not an absolute path", allowed)
+    return text
+
+
+def _socket_path(raw: object) -> object:
+    text = _path(raw)
+    assert isinstance(text, str)
+    if len(text.encode()) > 107:  # sun_path is 108 bytes with the terminating NUL
+        raise _Bad("longer than 107 bytes", "an absolute path of at most 107 bytes")
+    return text
+
+
+def _mode(raw: object) -> object:
+    allowed = "an octal permission mode such as 0o660 or \"0660\", at most 0o777"
+    if isinstance(raw, bool):
+        raise _Bad(f"{raw!r} is not a mode", allowed)
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str):
+        text = raw.strip().lower().removeprefix("0o")
+        try:
+            value = int(text, 8)
+        except ValueError:
+            raise _Bad(f"{raw!r} is not an octal mode", allowed) from None
+    else:
+        raise _Bad(f"{raw!r} is not a mode", allowed)
+    if not 0 <= value <= 0o777:
+        raise _Bad(f"{oct(value)} is out of range", allowed)
+    if not value & 0o600 == 0o600:
+        raise _Bad(f"{oct(value)} does not let the daemon's own user read and write", allowed)
+    return value
+
+
+@dataclass(frozen=True)
+class _Setting:
+    parse: _Parser
+    secret: bool = False  # never accepted as a value, only through password_file
+    numeric: bool = False  # in TOML it must be a number, not a quoted string
+
+
+SETTINGS: dict[str, dict[str, _Setting]] = {
+    "esl": {
+        "host": _Setting(_host),
+        "port": _Setting(_number(int, 1, 65535), numeric=True),
+        "password": _Setting(lambda raw: raw, secret=True),
+        "password_file": _Setting(_optional(_path)),
+        "connect_timeout": _Setting(_number(float, 0.1, 300, " seconds"), numeric=True),
+        "auth_timeout": _Setting(_number(float, 0.1, 300, " seconds"), numeric=True),
+        "command_timeout": _Setting(_number(float, 0.1, 600, " seconds"), numeric=True),
+        "heartbeat_interval": _Setting(_number(float, 1, 3600, " seconds"), numeric=True),
+        "reconnect_initial": _Setting(_number(float, 0.01, 60, " seconds"), numeric=True),
+        "reconnect_max": _Setting(_number(float, 0.1, 3600, " seconds"), numeric=True),
+    },
+    "invite": {
+        "timeout": _Setting(_number(int, 1, 86400, " seconds"), numeric=True),
+        "ring_timeout": _Setting(_optional(_number(int, 1, 3600, " seconds")), numeric=True),
+        "key": _Setting(_dtmf_key),
+        "decline_key": _Setting(_optional(_dtmf_key)),
+        "prompt": _Setting(_optional(_prompt)),
+        "reprompt_interval": _Setting(_number(float, 0.5, 600, " seconds"), numeric=True),
+        "hangup_cause": _Setting(_hangup_cause),
+        "join_mode": _Setting(_choice(JOIN_MODES)),
+        "join_extension": _Setting(_pattern(_EXTENSION_RE, "1-64 of 0-9 A-Z a-z _ + * # . -")),
+        "join_context": _Setting(_pattern(_CONTEXT_RE, "1-64 of A-Z a-z 0-9 _ . -")),
+        "caller_id_name": _Setting(_optional(_caller_id_name)),
+        "caller_id_number": _Setting(
+            _optional(_pattern(_CALLER_NUMBER_RE, "an optional + then 1-32 of 0-9 A-Z a-z * #"))
+        ),
+    },
+    "api": {"socket": _Setting(_socket_path), "mode": _Setting(_mode)},
+    "log": {
+        "format": _Setting(_choice(LOG_FORMATS)),
+        "level": _Setting(_choice(LOG_LEVELS)),
+        "file": _Setting(_optional(_path)),
+    },
+    "metrics": {"listen": _Setting(_optional(_listen))},
+    "journal": {
+        "path": _Setting(_path),
+        "retention_days": _Setting(_number(int, 1, 36500, " days"), numeric=True),
+    },
+}
+
+
+def flag_name(dotted: str) -> str:
+    """The command-line flag of a dotted key: "esl.host" -> "--esl-host"."""
+    return "--" + dotted.replace(".", "-").replace("_", "-")
+
+
+def env_name(dotted: str) -> str:
+    """The environment variable of a dotted key: "esl.host" -> "CONFGUARD_ESL_HOST"."""
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _allowed_keys(section: str) -> str:
+    return ", ".join(k for k, s in SETTINGS[section].items() if not s.secret)
+
+
+def _apply(
+    values: dict[str, dict[str, object]],
+    sources: dict[str, str],
+    section: str,
+    key: str,
+    raw: object,
+    origin: str,
+    source: str,
+) -> None:
+    """Validate one raw value and record it with its source."""
+    dotted = f"{section}.{key}"
+    if section not in SETTINGS:
+        raise ConfigError(origin, dotted, "unknown section", ", ".join(SETTINGS))
+    setting = SETTINGS[section].get(key)
+    if setting is None:
+        raise ConfigError(origin, dotted, "unknown key", _allowed_keys(section))
+    if setting.secret:
+        raise ConfigError(
+            origin,
+            dotted,
+            "the password is not accepted here (it would be visible in files, the process "
+            "environment or the process list)",
+            "esl.password_file, or the systemd credential 'esl-password' "
+            "(LoadCredential=esl-password:/etc/confguard/esl-password)",
+        )
+    if setting.numeric and source.startswith("file:") and isinstance(raw, str):
+        raise ConfigError(origin, dotted, f"expected a number, got the string {raw!r}",
+                          "a TOML number without quotes")
+    try:
+        values[section][key] = setting.parse(raw)
+    except _Bad as bad:
+        raise ConfigError(origin, dotted, bad.problem, bad.allowed) from None
+    sources[dotted] = source
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "no such file",
+                          "an existing TOML file, see deploy/confguard.toml") from None
+    except OSError as error:
+        raise ConfigError(path, "(file)", f"cannot read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, "(file)", f"not valid TOML: {error}") from None
+
+
+def _read_password(path: str, origin: str) -> Secret:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(origin, "esl.password_file", f"cannot read {path}: {error.strerror}",
+                          "a file readable by the confguard user holding the ESL password"
+                          ) from None
+    try:
+        text = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(origin, "esl.password_file", f"{path} is not UTF-8") from None
+    if not text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ConfigError(
+            origin,
+            "esl.password_file",
+            f"{path} is empty or holds a control character or more than one line",
+            "one line: the password of event_socket.conf.xml",
+        )
+    return Secret(text)
+
+
+def load_config(
+    path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    euid: int | None = None,
+    flag_names: Mapping[str, str] | None = None,
+) -> Config:
+    """Defaults < TOML file < CONFGUARD_* environment < overrides (dotted keys from flags).
+
+    ``path`` None: ``$CONFGUARD_CONFIG`` if set, else /etc/confguard/confguard.toml if it exists,
+    else no file. An explicitly named file must exist. Raises ConfigError.
+    ``flag_names`` maps a dotted key to the flag that set it when that flag is not the derived
+    one (e.g. {"api.socket": "--socket"}), for sources and error messages.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    uid = os.geteuid() if euid is None else euid
+    values: dict[str, dict[str, object]] = {name: {} for name in SETTINGS}
+    sources: dict[str, str] = {}
+
+    # 1. the file
+    file_path: str | None = path
+    if file_path is None:
+        named = environ.get(f"{ENV_PREFIX}CONFIG")
+        if named:
+            file_path = named
+        elif os.path.exists(DEFAULT_CONFIG_PATH):
+            file_path = DEFAULT_CONFIG_PATH
+    if file_path is not None:
+        document = _read_toml(file_path)
+        for section, table in document.items():
+            if section not in SETTINGS:
+                raise ConfigError(file_path, section, "unknown section", ", ".join(SETTINGS))
+            if not isinstance(table, dict):
+                raise ConfigError(file_path, section, "expected a [section] table",
+                                  f"[{section}] with keys {_allowed_keys(section)}")
+            for key, raw in table.items():
+                _apply(values, sources, section, key, raw, file_path, f"file:{file_path}")
+
+    # 2. the environment
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, sep, key = rest.partition("_")
+        if not sep or section not in SETTINGS:
+            continue  # CONFGUARD_CONFIG, CONFGUARD_TRANSCRIPTS, ... are not settings
+        origin = f"environment variable {name}"
+        _apply(values, sources, section, key, environ[name], origin, f"env:{name}")
+
+    # 3. command-line overrides
+    for dotted, raw in (overrides or {}).items():
+        section, sep, key = dotted.partition(".")
+        flag = (flag_names or {}).get(dotted) or flag_name(dotted)
+        if not sep:
+            raise ConfigError(f"flag {flag}", dotted, "not a section.key name")
+        _apply(values, sources, section, key, raw, f"flag {flag}", f"flag:{flag}")
+
+    # 4. environment-derived defaults, then the password
+    if "socket" not in values["api"]:
+        values["api"]["socket"] = default_socket_path(environ, uid)
+    if "path" not in values["journal"]:
+        values["journal"]["path"] = default_journal_path(environ, uid)
+
+    password_file = values["esl"].get("password_file")
+    if isinstance(password_file, str):
+        origin = _origin(sources["esl.password_file"])
+        values["esl"]["password"] = _read_password(password_file, origin)
+        sources["esl.password"] = f"password_file:{password_file}"
+    else:
+        credentials = _first_dir(environ.get("CREDENTIALS_DIRECTORY"))
+        credential = Path(credentials, CREDENTIAL_NAME) if credentials else None
+        if credential is not None and credential.exists():
+            values["esl"]["password"] = _read_password(
+                str(credential), f"systemd credential {credential}"
+            )
+            sources["esl.password"] = f"credential:{credential}"
+
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        sections[name] = cls(**values[name])
+        for item in fields(cls):
+            sources.setdefault(f"{name}.{item.name}", "default")
+
+    config = Config(**sections, sources=dict(sources), path=file_path)
+    _check_together(config)
+    return config
+
+
+def _origin(source: str) -> str:
+    """A `sources` value as an error-message origin."""
+    kind, _, rest = source.partition(":")
+    if kind == "file":
+        return rest
+    if kind == "env":
+        return f"environment variable {rest}"
+    if kind == "flag":
+        return f"flag {rest}"
+    return source
+
+
+def _check_together(config: Config) -> None:
+    """Rules between keys, reported against the later of the two sources."""
+    invite = config.invite
+    if invite.decline_key is not None and invite.decline_key == invite.key:
+        where = _origin(config.sources["invite.decline_key"])
+        raise ConfigError(where, "invite.decline_key", f"same as invite.key ({invite.key!r})",
+                          "a different DTMF key, or none")
+    esl = config.esl
+    if esl.reconnect_initial > esl.reconnect_max:
+        raise ConfigError(_origin(config.sources["esl.reconnect_initial"]), "esl.reconnect_initial",
+                          f"{esl.reconnect_initial} is above esl.reconnect_max "
+                          f"{esl.reconnect_max}", "at most esl.reconnect_max")
+
+
+def with_overrides(config: Config, section: str, **changes: object) -> Config:
+    """A copy of `config` with one section's fields replaced (no validation; for tests)."""
+    current = getattr(config, section)
+    return replace(config, **{section: replace(current, **changes)})
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _render_value(section: str, key: str, value: object) -> str | None:
+    if isinstance(value, Secret):
+        return f'"{REDACTED}"'
+    if value is None:
+        return None
+    if section == "api" and key == "mode" and isinstance(value, int):
+        return f"0o{value:03o}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML-like text, each value's source as a trailing comment,
+    the password shown as "<redacted>"; unset optional values are commented out."""
+    lines = ["# confguard effective configuration; '# <source>' says where each value came from"]
+    if config.path:
+        lines.append(f"# file: {config.path}")
+    for name, cls in SECTIONS.items():
+        section = getattr(config, name)
+        lines.append("")
+        lines.append(f"[{name}]")
+        rows: list[tuple[str, str]] = []
+        for item in fields(cls):
+            rendered = _render_value(name, item.name, getattr(section, item.name))
+            text = (f"{item.name} = {rendered}" if rendered is not None
+                    else f"# {item.name} = (not set)")
+            rows.append((text, config.sources.get(f"{name}.{item.name}", "default")))
+        width = max(len(text) for text, _ in rows)
+        lines.extend(f"{text.ljust(width)}  # {source}" for text, source in rows)
+    return "\n".join(lines) + "\n"
