@@ -1,0 +1,422 @@
+"""The control API: HTTP/1.1 + JSON on a Unix socket, server and client.
+
+It owns the request schema of an invite and the socket; the engine owns what happens to an invite.
+HTTP is parsed by h11 (sans-I/O) on both sides, so neither hand-parses a request line.
+
+    POST   /invites              {"extensions": [...], "room": ..., ...}  -> 201 {"invites": [...]}
+    GET    /invites              active invites                            -> 200 {"invites": [...]}
+    GET    /invites/<id>         one invite (live or recently ended)       -> 200 {...}
+    GET    /invites/<id>/events  its updates from the start, then live     -> 200 NDJSON stream
+    DELETE /invites/<id>         operator cancel                           -> 202 {...}
+    GET    /status               the ESL connection and the invite count   -> 200 {...}
+
+Errors are JSON `{"error": {"kind": ..., "message": ..., "field": ...}}` with 400 (bad input:
+nothing was sent to FreeSWITCH), 404, 405, 409, 503 (FreeSWITCH not connected / shutting down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import structlog
+
+from confguard.engine import Engine, EngineError, NotConnected, UnknownInvite
+from confguard.invite import BadInput, InviteSpec, JoinTarget
+
+log = structlog.get_logger("confguard.api")
+
+MAX_BODY = 64 * 1024
+MAX_EXTENSIONS = 100
+REQUEST_FIELDS = {
+    "extensions",
+    "room",
+    "timeout",
+    "ring_timeout",
+    "key",
+    "decline_key",
+    "prompt",
+    "caller_id_name",
+    "caller_id_number",
+    "variables",
+    "join",
+}
+
+
+@dataclass(frozen=True)
+class InviteDefaults:
+    """What an invite request may leave out (from `[invite]` in the configuration)."""
+
+    timeout: int = 30
+    ring_timeout: int | None = None
+    key: str = "1"
+    decline_key: str | None = None
+    prompt: str | None = None
+    reprompt_interval: float = 5.0
+    hangup_cause: str = "ALLOTTED_TIMEOUT"
+    join_mode: str = "inline"
+    join_extension: str = "7001"
+    join_context: str = "default"
+    caller_id_name: str | None = None
+    caller_id_number: str | None = None
+
+
+def specs_from_request(body: Mapping[str, Any], defaults: InviteDefaults) -> list[InviteSpec]:
+    """Validated invite specs for a request body; raises BadInput naming the field."""
+    unknown = set(body) - REQUEST_FIELDS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise BadInput(name, str(body[name])[:80], "unknown field")
+    extensions = body.get("extensions")
+    if not isinstance(extensions, list) or not extensions:
+        raise BadInput("extensions", str(extensions)[:80], "a non-empty list of extensions")
+    if len(extensions) > MAX_EXTENSIONS:
+        raise BadInput("extensions", str(len(extensions)), f"at most {MAX_EXTENSIONS} at once")
+    if len(set(map(str, extensions))) != len(extensions):
+        raise BadInput("extensions", ",".join(map(str, extensions))[:80], "listed twice")
+    room = body.get("room")
+    if not isinstance(room, str):
+        raise BadInput("room", str(room), "required: the conference room, e.g. test1")
+
+    def pick(name: str, default: Any) -> Any:
+        value = body.get(name)
+        return default if value is None else value
+
+    for name in ("timeout", "ring_timeout"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise BadInput(name, str(value), "a whole number of seconds")
+    variables = body.get("variables") or {}
+    if not isinstance(variables, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in variables.items()
+    ):
+        raise BadInput("variables", str(variables)[:80], "an object of string values")
+    join = body.get("join")
+    if join is None:
+        if defaults.join_mode == "dialplan":
+            target = JoinTarget.dialplan(defaults.join_extension, defaults.join_context)
+        else:
+            target = JoinTarget.inline(room)
+    elif isinstance(join, str) and join == "inline":
+        target = JoinTarget.inline(room)
+    elif isinstance(join, str) and " " in join:
+        extension, _, context = join.partition(" ")
+        target = JoinTarget.dialplan(extension, context)
+    else:
+        raise BadInput("join", str(join)[:80], "'inline' or '<extension> <context>'")
+    timeout = pick("timeout", defaults.timeout)
+    ring_timeout = body.get("ring_timeout", defaults.ring_timeout)
+    if ring_timeout is not None and ring_timeout > timeout:
+        ring_timeout = timeout if body.get("ring_timeout") is None else ring_timeout
+    return [
+        InviteSpec(
+            extension=str(extension),
+            room=room,
+            timeout=timeout,
+            ring_timeout=ring_timeout,
+            key=pick("key", defaults.key),
+            decline_key=pick("decline_key", defaults.decline_key),
+            prompt=pick("prompt", defaults.prompt),
+            caller_id_name=pick("caller_id_name", defaults.caller_id_name),
+            caller_id_number=pick("caller_id_number", defaults.caller_id_number),
+            hangup_cause=defaults.hangup_cause,
+            join=target,
+            reprompt_interval=defaults.reprompt_interval,
+            variables=dict(variables),
+        )
+        for extension in extensions
+    ]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"kind": kind, "message": message, **extra}}
+
+
+class ControlServer:
+    """Serves the control API for one engine on a Unix socket (mode 0660 by default)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        path: str,
+        *,
+        mode: int = 0o660,
+        defaults: InviteDefaults | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.path = path
+        self.mode = mode
+        self.defaults = defaults or InviteDefaults()
+        self._status = status or (lambda: {})
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if _socket_in_use(self.path):
+                raise OSError(f"another confguard is already listening on {self.path}")
+            os.unlink(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o777 & ~self.mode)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, self.mode)
+        self._server = await asyncio.start_unix_server(self._serve_client, sock=sock)
+        log.info("api.listening", socket=self.path, mode=oct(self.mode))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._clients):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
+        try:
+            request, body = await _read_message(conn, reader)
+            if request is None:
+                return
+            await self._dispatch(conn, writer, request, body)
+        except HttpError as exc:
+            await _send_json(conn, writer, exc.status, exc.body)
+        except (h11.RemoteProtocolError, ValueError) as exc:
+            with contextlib.suppress(Exception):
+                await _send_json(conn, writer, 400, {"error": {"kind": "http", "message": str(exc)}})
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("api.error")
+            with contextlib.suppress(Exception):
+                await _send_json(
+                    conn, writer, 500, {"error": {"kind": "internal", "message": "see the log"}}
+                )
+        finally:
+            if task is not None:
+                self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _dispatch(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, body: bytes
+    ) -> None:
+        method = request.method.decode()
+        parts = [p for p in request.target.decode().split("?", 1)[0].split("/") if p]
+        if parts == ["status"] and method == "GET":
+            status = dict(self._status())
+            status["invites"] = self.engine.active()
+            return await _send_json(conn, writer, 200, status)
+        if parts == ["invites"] and method == "GET":
+            return await _send_json(conn, writer, 200, {"invites": self.engine.active()})
+        if parts == ["invites"] and method == "POST":
+            return await _send_json(conn, writer, 201, await self._create(body))
+        if len(parts) >= 2 and parts[0] == "invites":
+            try:
+                run = self.engine.get(parts[1])
+            except UnknownInvite as exc:
+                raise HttpError(404, "unknown_invite", str(exc)) from None
+            if len(parts) == 2 and method == "GET":
+                now = asyncio.get_running_loop().time()
+                return await _send_json(
+                    conn, writer, 200, {**run.summary(now), "history": run.history}
+                )
+            if len(parts) == 2 and method == "DELETE":
+                try:
+                    self.engine.cancel(run.invite_id)
+                except EngineError as exc:
+                    raise HttpError(409, "already_ended", str(exc)) from None
+                return await _send_json(conn, writer, 202, {"cancelling": run.invite_id})
+            if parts[2:] == ["events"] and method == "GET":
+                return await self._stream(conn, writer, run.invite_id)
+        raise HttpError(404 if method in ("GET", "POST", "DELETE") else 405, "not_found", "no such endpoint")
+
+    async def _create(self, body: bytes) -> dict[str, Any]:
+        try:
+            fields = json.loads(body or b"{}")
+        except ValueError:
+            raise HttpError(400, "bad_json", "the request body is not JSON") from None
+        if not isinstance(fields, dict):
+            raise HttpError(400, "bad_json", "the request body must be a JSON object")
+        try:
+            specs = specs_from_request(fields, self.defaults)
+        except BadInput as exc:
+            raise HttpError(
+                400, "bad_input", str(exc), field=exc.field, value=exc.value, reason=exc.reason
+            ) from None
+        created = []
+        for spec in specs:
+            try:
+                run = await self.engine.invite(spec)
+            except NotConnected as exc:
+                raise HttpError(503, "not_connected", str(exc), created=created) from None
+            except EngineError as exc:
+                raise HttpError(503, "unavailable", str(exc), created=created) from None
+            created.append(
+                {"invite_id": run.invite_id, "uuid": run.call_uuid, "ext": spec.extension,
+                 "room": spec.room}
+            )
+        return {"invites": created}
+
+    async def _stream(self, conn: h11.Connection, writer: asyncio.StreamWriter, key: str) -> None:
+        headers = [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]
+        writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
+        async for update in self.engine.follow(key):
+            writer.write(conn.send(h11.Data(data=json.dumps(update).encode() + b"\n")))
+            await writer.drain()
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+
+
+def _socket_in_use(path: str) -> bool:
+    """True when something accepts connections on `path` (a stale socket file is not in use)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+async def _read_message(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> tuple[Any, bytes]:
+    """One whole HTTP message (request or response head) and its body, through h11."""
+    head: Any = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(65536)
+            conn.receive_data(data)
+            if not data and head is None:
+                return None, b""
+            continue
+        if isinstance(event, (h11.Request, h11.Response)):
+            head = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_BODY:
+                raise HttpError(413, "too_large", f"the body is over {MAX_BODY} bytes")
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            return head, bytes(body)
+
+
+async def _send_json(
+    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, payload: Any
+) -> None:
+    data = json.dumps(payload).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
+    writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+    writer.write(conn.send(h11.Data(data=data)))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+class DaemonUnreachable(Exception):
+    """No daemon answers on the control socket."""
+
+
+class ApiError(Exception):
+    """The daemon answered with an error."""
+
+    def __init__(self, status: int, body: Mapping[str, Any]) -> None:
+        error = body.get("error", {}) if isinstance(body, Mapping) else {}
+        super().__init__(error.get("message", f"HTTP {status}"))
+        self.status = status
+        self.kind = error.get("kind", "error")
+        self.error = error
+
+
+class ControlClient:
+    """The CLI's side of the control API."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.open_unix_connection(self.path)
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+            raise DaemonUnreachable(f"{self.path}: {exc.strerror or exc}") from None
+
+    async def request(self, method: str, target: str, body: Any = None) -> Any:
+        reader, writer = await self._open()
+        conn = h11.Connection(h11.CLIENT)
+        try:
+            data = b"" if body is None else json.dumps(body).encode()
+            headers = [("host", "confguard"), ("content-length", str(len(data)))]
+            if body is not None:
+                headers.append(("content-type", "application/json"))
+            writer.write(conn.send(h11.Request(method=method, target=target, headers=headers)))
+            writer.write(conn.send(h11.Data(data=data)) or b"")
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+            response, payload = await _read_message(conn, reader)
+            if response is None:
+                raise DaemonUnreachable(f"{self.path}: the daemon closed the connection")
+            result = json.loads(payload) if payload else {}
+            if response.status_code >= 400:
+                raise ApiError(response.status_code, result)
+            return result
+        finally:
+            writer.close()
+
+    async def follow(self, invite_id: str) -> AsyncIterator[dict[str, Any]]:
+        reader, writer = await self._open()
+        conn = h11.Connection(h11.CLIENT)
+        try:
+            target = f"/invites/{invite_id}/events"
+            writer.write(conn.send(h11.Request(method="GET", target=target,
+                                               headers=[("host", "confguard")])))
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+            pending = b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await reader.read(65536))
+                    continue
+                if isinstance(event, h11.Response) and event.status_code >= 400:
+                    _, payload = await _read_message(conn, reader)
+                    raise ApiError(event.status_code, json.loads(payload or b"{}"))
+                if isinstance(event, h11.Data):
+                    pending += event.data
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    return
+        finally:
+            writer.close()

@@ -1,0 +1,485 @@
+"""The `confguard` command: argument parsing and the subcommands' front ends.
+
+It maps flags onto the configuration (`confguard.config`), talks to the daemon through the control
+API client (`confguard.api`), or embeds an engine for `--direct`; the work itself lives elsewhere.
+Exit codes are part of the interface (README, "Exit codes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TextIO
+
+from confguard.invite import BadInput, Outcome
+
+# Exit codes: 0 joined; one code per other outcome; then the errors of the command itself.
+OUTCOME_EXIT: dict[str, int] = {
+    Outcome.JOINED: 0,
+    Outcome.TIMEOUT: 10,
+    Outcome.DECLINED: 11,
+    Outcome.HUNG_UP: 12,
+    Outcome.BUSY: 13,
+    Outcome.NO_ANSWER: 14,
+    Outcome.REJECTED: 15,
+    Outcome.UNREACHABLE: 16,
+    Outcome.FAILED: 17,
+    Outcome.CANCELLED: 18,
+    Outcome.LOST: 19,
+}
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a check failed, or an unexpected error
+EXIT_BAD_INPUT = 2
+EXIT_DAEMON_UNREACHABLE = 3
+EXIT_SWITCH_UNAVAILABLE = 4  # FreeSWITCH not connected (daemon) / cannot connect (--direct)
+EXIT_INTERRUPTED = 130
+
+USAGE_HINT_NO_DAEMON = (
+    "start it with `systemctl start confguard` (or `confguard serve`), "
+    "or run this invite without it: add --direct"
+)
+
+
+def _invite_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The control-API request body for `confguard invite` (absent flags are left to the daemon)."""
+    fields: dict[str, Any] = {"extensions": args.extensions, "room": args.room}
+    for name in (
+        "timeout",
+        "ring_timeout",
+        "key",
+        "decline_key",
+        "prompt",
+        "caller_id_name",
+        "caller_id_number",
+        "join",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if args.var:
+        variables: dict[str, str] = {}
+        for item in args.var:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise BadInput("var", item, "expected NAME=VALUE")
+            variables[name] = value
+        fields["variables"] = variables
+    return fields
+
+
+# --- progress output ---------------------------------------------------------------------------
+
+OUTCOME_TEXT = {
+    "joined": "joined {room}",
+    "timeout": "timed out: no key within {timeout} s",
+    "declined": "declined (pressed the decline key)",
+    "hung_up": "hung up before joining",
+    "busy": "busy",
+    "no_answer": "no answer",
+    "rejected": "rejected the call",
+    "unreachable": "unreachable (not registered / no such user)",
+    "failed": "failed",
+    "cancelled": "cancelled by an operator",
+    "lost": "lost: the call vanished while confguard could not see it",
+}
+
+
+def describe(update: dict[str, Any], timeout: int | None = None) -> str:
+    """One human line for one update."""
+    state = update.get("state")
+    if update.get("outcome"):
+        text = OUTCOME_TEXT.get(update["outcome"], update["outcome"]).format(
+            room=update.get("room"), timeout=timeout if timeout is not None else "?"
+        )
+        cause = update.get("cause")
+        if cause and update["outcome"] != "joined":
+            text += f" [{cause}]"
+        return f"{text} after {update.get('elapsed_ms', 0) / 1000:.1f} s"
+    if state == "placing":
+        return f"placing the call (uuid {update.get('uuid')})"
+    if state == "ringing":
+        return "ringing"
+    if state == "waiting_key":
+        return f"answered, waiting for the key ({update.get('seconds_left', 0):.0f} s left)"
+    if state == "cancelling":
+        return "key pressed, cancelling the hangup timer"
+    if state == "joining":
+        return f"timer cancelled, moving into {update.get('room')}"
+    if state == "joined":
+        return f"joined {update.get('room')}"
+    return str(state)
+
+
+async def _print_progress(
+    streams: Sequence[tuple[str, AsyncIterator[dict[str, Any]]]],
+    *,
+    as_json: bool,
+    timeout: int | None,
+    out: TextIO,
+) -> dict[str, str]:
+    """Follow every invite concurrently, one line per update; returns ext -> outcome."""
+    width = max(len(ext) for ext, _ in streams)
+    outcomes: dict[str, str] = {}
+
+    async def one(ext: str, stream: AsyncIterator[dict[str, Any]]) -> None:
+        async for update in stream:
+            if as_json:
+                print(json.dumps(update), file=out, flush=True)
+            else:
+                print(f"{ext:<{width}}  {describe(update, timeout)}", file=out, flush=True)
+            if update.get("outcome"):
+                outcomes[ext] = update["outcome"]
+
+    await asyncio.gather(*(one(ext, stream) for ext, stream in streams))
+    return outcomes
+
+
+def exit_code_for(extensions: Sequence[str], outcomes: dict[str, str]) -> int:
+    """0 when every extension joined; else the code of the first (in argument order) that did not."""
+    for ext in extensions:
+        outcome = outcomes.get(ext, Outcome.LOST)
+        if outcome != Outcome.JOINED:
+            return OUTCOME_EXIT.get(outcome, EXIT_FAILURE)
+    return EXIT_OK
+
+
+# --- subcommands -----------------------------------------------------------------------------
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from confguard.config import load_config
+
+    return load_config(
+        getattr(args, "config", None), os.environ, _overrides(args), flag_names=FLAG_NAMES
+    )
+
+
+# The dotted configuration key of each flag, and the flag's name as the user typed it.
+FLAG_KEYS = {
+    "esl_host": ("esl.host", "--esl-host"),
+    "esl_port": ("esl.port", "--esl-port"),
+    "socket": ("api.socket", "--socket"),
+    "log_format": ("log.format", "--log-format"),
+    "log_level": ("log.level", "--log-level"),
+    "log_file": ("log.file", "--log-file"),
+    "metrics_listen": ("metrics.listen", "--metrics-listen"),
+    "journal": ("journal.path", "--journal"),
+}
+FLAG_NAMES = dict(FLAG_KEYS.values())
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        key: getattr(args, name)
+        for name, (key, _flag) in FLAG_KEYS.items()
+        if getattr(args, name, None) is not None
+    }
+
+
+def _err(message: str) -> None:
+    print(f"confguard: {message}", file=sys.stderr)
+
+
+async def cmd_invite(args: argparse.Namespace, out: TextIO) -> int:
+    from confguard.api import ApiError, ControlClient, DaemonUnreachable, specs_from_request
+
+    config = _load_config(args)
+    defaults = invite_defaults(config)
+    fields = _invite_fields(args)
+    specs = specs_from_request(fields, defaults)  # BadInput here: nothing is sent anywhere
+    if args.direct:
+        return await _invite_direct(config, defaults, fields, args, out)
+    client = ControlClient(config.api.socket)
+    try:
+        created = (await client.request("POST", "/invites", fields))["invites"]
+    except DaemonUnreachable as exc:
+        _err(f"the confguard daemon is not reachable ({exc}); {USAGE_HINT_NO_DAEMON}")
+        return EXIT_DAEMON_UNREACHABLE
+    except ApiError as exc:
+        return _api_error_exit(exc)
+    if args.no_wait:
+        for item in created:
+            print(item["uuid"] if not args.json else json.dumps(item), file=out)
+        return EXIT_OK
+    streams = [(item["ext"], client.follow(item["invite_id"])) for item in created]
+    outcomes = await _print_progress(
+        streams, as_json=args.json, timeout=specs[0].timeout, out=out
+    )
+    return exit_code_for([s.extension for s in specs], outcomes)
+
+
+def _api_error_exit(exc: Any) -> int:
+    _err(str(exc))
+    if exc.kind == "bad_input":
+        return EXIT_BAD_INPUT
+    if exc.status == 503:
+        return EXIT_SWITCH_UNAVAILABLE
+    return EXIT_FAILURE
+
+
+def invite_defaults(config: Any) -> Any:
+    from confguard.api import InviteDefaults
+
+    inv = config.invite
+    return InviteDefaults(
+        timeout=inv.timeout,
+        ring_timeout=inv.ring_timeout,
+        key=inv.key,
+        decline_key=inv.decline_key,
+        prompt=inv.prompt,
+        reprompt_interval=inv.reprompt_interval,
+        hangup_cause=inv.hangup_cause,
+        join_mode=inv.join_mode,
+        join_extension=inv.join_extension,
+        join_context=inv.join_context,
+        caller_id_name=inv.caller_id_name,
+        caller_id_number=inv.caller_id_number,
+    )
+
+
+async def _invite_direct(
+    config: Any, defaults: Any, fields: dict[str, Any], args: argparse.Namespace, out: TextIO
+) -> int:
+    """`--direct`: no daemon; one ESL session in this process for these invites only."""
+    from confguard.api import specs_from_request
+    from confguard.engine import Engine
+    from confguard.esl import EslError, EslSession, route_genesis_logging
+    from confguard.logs import configure_logging
+
+    configure_logging(format="json" if args.json else "auto", level="warning", stream=sys.stderr)
+    route_genesis_logging()
+    engine = Engine()
+    session = EslSession(
+        esl_settings(config),
+        on_reconnect=engine.esl_reconnected,
+        on_state=engine.esl_state_changed,
+    )
+    engine.attach(session)
+    try:
+        await session.connect()
+    except EslError as exc:
+        _err(f"cannot use FreeSWITCH: {exc}")
+        return EXIT_SWITCH_UNAVAILABLE
+    try:
+        await engine.start()
+        runs = [await engine.invite(spec) for spec in specs_from_request(fields, defaults)]
+        if args.no_wait:
+            _err("--no-wait with --direct would leave nobody watching the call; waiting instead")
+        streams = [(run.spec.extension, engine.follow(run.invite_id)) for run in runs]
+        try:
+            outcomes = await _print_progress(
+                streams, as_json=args.json, timeout=runs[0].spec.timeout, out=out
+            )
+        except asyncio.CancelledError:
+            await engine.stop(cancel_invites=True)
+            raise
+        return exit_code_for([run.spec.extension for run in runs], outcomes)
+    finally:
+        await engine.stop()
+        await session.close()
+
+
+def esl_settings(config: Any) -> Any:
+    from confguard.esl import EslSettings
+
+    esl = config.esl
+    return EslSettings(
+        host=esl.host,
+        port=esl.port,
+        password=esl.password.reveal(),
+        connect_timeout=esl.connect_timeout,
+        auth_timeout=esl.auth_timeout,
+        command_timeout=esl.command_timeout,
+        heartbeat_interval=esl.heartbeat_interval,
+        reconnect_max=esl.reconnect_max,
+    )
+
+
+async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    from confguard.api import ApiError, ControlClient, DaemonUnreachable
+
+    config = _load_config(args)
+    try:
+        status = await ControlClient(config.api.socket).request("GET", "/status")
+    except DaemonUnreachable as exc:
+        _err(f"the confguard daemon is not reachable ({exc}); start it with "
+             "`systemctl start confguard` or `confguard serve`")
+        return EXIT_DAEMON_UNREACHABLE
+    except ApiError as exc:
+        return _api_error_exit(exc)
+    if args.json:
+        print(json.dumps(status, indent=2), file=out)
+        return EXIT_OK
+    print(format_status(status), file=out)
+    return EXIT_OK
+
+
+def format_status(status: dict[str, Any]) -> str:
+    esl = status.get("esl", {})
+    lines = [
+        f"FreeSWITCH  {esl.get('target', '?')}  "
+        + ("connected" if esl.get("connected") else "NOT connected")
+        + (f" since {esl['connected_since']}" if esl.get("connected_since") else "")
+        + f", {esl.get('reconnects', 0)} reconnects",
+        f"daemon      up {status.get('uptime_s', 0):.0f} s, pid {status.get('pid', '?')}",
+    ]
+    invites = status.get("invites", [])
+    if not invites:
+        lines.append("no active invites")
+        return "\n".join(lines)
+    lines.append(f"{len(invites)} active invite(s):")
+    header = f"{'UUID':<36}  {'EXT':<10} {'ROOM':<12} {'STATE':<12} {'LEFT':>6}"
+    lines.append(header)
+    for row in invites:
+        lines.append(
+            f"{row['uuid']:<36}  {row['ext']:<10} {row['room']:<12} {row['state']:<12} "
+            f"{row['seconds_left']:>5.0f}s"
+        )
+    return "\n".join(lines)
+
+
+async def cmd_cancel(args: argparse.Namespace, out: TextIO) -> int:
+    from confguard.api import ApiError, ControlClient, DaemonUnreachable
+
+    config = _load_config(args)
+    try:
+        await ControlClient(config.api.socket).request("DELETE", f"/invites/{args.invite}")
+    except DaemonUnreachable as exc:
+        _err(f"the confguard daemon is not reachable ({exc})")
+        return EXIT_DAEMON_UNREACHABLE
+    except ApiError as exc:
+        return _api_error_exit(exc)
+    print(f"cancelling {args.invite}", file=out)
+    return EXIT_OK
+
+
+async def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from confguard.daemon import serve
+
+    return await serve(_load_config(args), config_path=args.config, overrides=_overrides(args))
+
+
+def cmd_config(args: argparse.Namespace, out: TextIO) -> int:
+    from confguard.config import render_config
+
+    print(render_config(_load_config(args)), file=out)
+    return EXIT_OK
+
+
+# --- argument parsing --------------------------------------------------------------------------
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML configuration file (default /etc/confguard/confguard.toml)")
+    parser.add_argument("--socket", help="control socket path")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="confguard",
+        description="Invite extensions into a FreeSWITCH conference; they join by pressing a key.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("invite", help="invite one or more extensions into a room")
+    _add_common(p)
+    p.add_argument("extensions", nargs="+", metavar="EXTENSION")
+    p.add_argument("--room", required=True, help="conference room, e.g. test1 or test1@default")
+    p.add_argument("--timeout", type=int, help="seconds from the invite to press the key (1-3600)")
+    p.add_argument("--ring-timeout", type=int, help="seconds the phone may ring (<= --timeout)")
+    p.add_argument("--key", help="the key that joins (default 1)")
+    p.add_argument("--decline-key", help="a key that declines (hangs up at once)")
+    p.add_argument("--prompt", help="sound file or tone_stream:// / silence_stream:// URL")
+    p.add_argument("--caller-id-name")
+    p.add_argument("--caller-id-number")
+    p.add_argument("--join", help="'inline' or '<extension> <context>' (default from config)")
+    p.add_argument("--var", action="append", metavar="NAME=VALUE",
+                   help="extra channel variable (whitelisted names and values)")
+    p.add_argument("--json", action="store_true", help="one JSON object per state change")
+    p.add_argument("--no-wait", action="store_true", help="print the uuid once placed and exit")
+    p.add_argument("--direct", action="store_true",
+                   help="no daemon: connect to FreeSWITCH from this process")
+    p.add_argument("--esl-host", help=argparse.SUPPRESS)
+    p.add_argument("--esl-port", type=int, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("serve", help="run the daemon")
+    _add_common(p)
+    p.add_argument("--esl-host")
+    p.add_argument("--esl-port", type=int)
+    p.add_argument("--log-format", choices=["auto", "console", "json"])
+    p.add_argument("--log-level")
+    p.add_argument("--log-file")
+    p.add_argument("--metrics-listen", help="host:port for /metrics, e.g. 127.0.0.1:9464")
+    p.add_argument("--journal", help="journal database path")
+
+    p = sub.add_parser("status", help="the ESL connection and the active invites")
+    _add_common(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("cancel", help="cancel an active invite (hangs the call up)")
+    _add_common(p)
+    p.add_argument("invite", help="invite id or call uuid")
+
+    p = sub.add_parser("config", help="print the effective configuration and its sources")
+    _add_common(p)
+    p.add_argument("--esl-host")
+    p.add_argument("--esl-port", type=int)
+
+    sub.add_parser("sim", help="run the FreeSWITCH simulator (see `confguard sim --help`)",
+                   add_help=False)
+    return parser
+
+
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "invite": cmd_invite,
+    "serve": cmd_serve,
+    "status": cmd_status,
+    "cancel": cmd_cancel,
+    "config": cmd_config,
+}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = out or sys.stdout
+    if argv and argv[0] == "sim":
+        from confguard.sim.cli import main as sim_main
+
+        return sim_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS[args.command]
+    try:
+        if asyncio.iscoroutinefunction(handler):
+            return _run(handler(args, out))
+        return int(handler(args, out))
+    except BadInput as exc:
+        _err(f"bad input: {exc}")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        from confguard.config import ConfigError
+
+        if isinstance(exc, ConfigError):
+            _err(f"configuration: {exc}")
+            return EXIT_BAD_INPUT
+        raise
+
+
+def _run(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return int(asyncio.run(coro))
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(uvloop.run(coro))
+    return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""`confguard serve`: the daemon's life — start-up, main loop, signals, graceful shutdown.
+
+Start-up order: logging, journal, metrics, the control socket (then systemd READY=1), then the ESL
+session, retried with backoff until FreeSWITCH answers (invites are refused with 503 meanwhile).
+SIGTERM/SIGINT: stop taking invites and exit within 5 s; live calls keep the hangup timers armed
+inside FreeSWITCH, so they stay bounded without us, and the journal keeps them for the next start.
+SIGHUP: reload the log level and the invite defaults, reopen the log file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from confguard import __version__
+
+log = structlog.get_logger("confguard.daemon")
+
+SHUTDOWN_BUDGET_S = 5.0
+
+
+class Daemon:
+    """One running confguard service."""
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        config_path: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.handle_signals = handle_signals
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self.started = time.time()
+        self.stopping = asyncio.Event()
+        self.listening = asyncio.Event()  # the control socket accepts requests
+        self.linked = asyncio.Event()  # the first ESL connection is up and subscribed
+        self.engine: Any = None
+        self.session: Any = None
+        self.api: Any = None
+        self.journal: Any = None
+        self.metrics: Any = None
+        self.notifier: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # --- life --------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        from confguard.api import ControlServer
+        from confguard.cli import esl_settings, invite_defaults
+        from confguard.engine import Engine
+        from confguard.esl import EslSession
+        from confguard.journal import Journal
+        from confguard.metrics import Metrics
+        from confguard.notify import Notifier
+
+        config = self.config
+        self.notifier = Notifier.from_env()
+        self.journal = Journal(config.journal.path)
+        self.journal.prune(config.journal.retention_days)
+        self.metrics = Metrics()
+        if config.metrics.listen:
+            host, port = config.metrics.host_port
+            await self.metrics.start_server(host, port)
+            log.info("metrics.listening", listen=config.metrics.listen)
+        self.engine = Engine(journal=self.journal, metrics=self.metrics)
+        self.session = EslSession(
+            esl_settings(config),
+            on_reconnect=self.engine.esl_reconnected,
+            on_state=self._esl_state,
+        )
+        self.engine.attach(self.session)
+        self.api = ControlServer(
+            self.engine,
+            config.api.socket,
+            mode=config.api.mode,
+            defaults=invite_defaults(config),
+            status=self.status,
+        )
+        await self.api.start()
+        if self.handle_signals:
+            self._install_signals()
+        self.notifier.ready()
+        self.listening.set()
+        self._status_line()
+        log.info("daemon.started", version=__version__, pid=os.getpid(),
+                 esl=f"{config.esl.host}:{config.esl.port}", socket=config.api.socket)
+        self._tasks.append(asyncio.create_task(self._connect_loop(), name="confguard-connect"))
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        await self.stopping.wait()
+        await self._shutdown()
+        return 0
+
+    async def _connect_loop(self) -> None:
+        """First connection to FreeSWITCH, retried with backoff; the session reconnects after."""
+        from confguard.esl import EslAuthError, EslError
+
+        delay = 0.5
+        target = f"{self.config.esl.host}:{self.config.esl.port}"
+        while not self.stopping.is_set():
+            try:
+                await self.session.connect()
+            except EslError as exc:
+                hint = (
+                    "check the password file ([esl] password_file)"
+                    if isinstance(exc, EslAuthError)
+                    else "is FreeSWITCH running with mod_event_socket?"
+                )
+                log.warning("esl.connect_failed", target=target, error=str(exc),
+                            retry_in_s=round(delay, 1), hint=hint)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(self.config.esl.reconnect_max, delay * 2) * random.uniform(0.8, 1.2)
+                continue
+            await self.engine.start()
+            self.linked.set()
+            log.info("esl.connected", target=target)
+            self._status_line()
+            await self._recover_journal()
+            return
+
+    async def _recover_journal(self) -> None:
+        """Invites a previous run left active: FreeSWITCH says whether their call still exists.
+
+        A call that is gone ended while nobody watched: outcome `lost`. A call that still exists
+        keeps its FreeSWITCH timer (armed at invite time), so it stays bounded; it is recorded as
+        `lost` too (confguard cannot tell what the callee did meanwhile) and left to its timer.
+        """
+        try:
+            rows = self.journal.active()
+        except Exception:
+            log.exception("journal.error", op="active")
+            return
+        for row in rows:
+            try:
+                exists = (await self.session.api(f"uuid_exists {row.call_uuid}")).strip()
+            except Exception as exc:
+                log.warning("journal.recover_failed", uuid=row.call_uuid, error=str(exc))
+                continue
+            cause = "CALL_STILL_UP_AFTER_RESTART" if exists == "true" else "CALL_GONE_AFTER_RESTART"
+            self.journal.finish_invite(row.invite_id, "lost", cause, time.time(), {})
+            log.info("invite.state", uuid=row.call_uuid, ext=row.ext, room=row.room,
+                     state="ended", outcome="lost", cause=cause, recovered=True)
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and gets restarted."""
+        while not self.stopping.is_set():
+            self.notifier.watchdog()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), interval / 2)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: log level, invite defaults, log file reopened. ESL/socket changes need a restart."""
+        from confguard.cli import invite_defaults
+        from confguard.config import ConfigError, load_config
+        from confguard.logs import reopen, set_level
+
+        self.notifier.reloading()
+        try:
+            fresh = load_config(self.config_path, os.environ, self.overrides)
+        except ConfigError as exc:
+            log.error("config.reload_failed", error=str(exc), kept="the running configuration")
+        else:
+            set_level(fresh.log.level)
+            self.api.defaults = invite_defaults(fresh)
+            self.config = fresh
+            log.info("config.reloaded", log_level=fresh.log.level)
+        reopen()
+        self.notifier.ready()
+
+    async def _shutdown(self) -> None:
+        self.notifier.stopping()
+        live = len(self.engine.active()) if self.engine else 0
+        log.info("daemon.stopping", live_invites=live,
+                 note="live calls keep their FreeSWITCH hangup timers")
+
+        async def close_all() -> None:
+            await self.api.stop()
+            for task in self._tasks:
+                task.cancel()
+            await self.engine.stop()
+            await self.session.close()
+            await self.metrics.stop()
+
+        try:
+            await asyncio.wait_for(close_all(), SHUTDOWN_BUDGET_S - 1.0)
+        except asyncio.TimeoutError:
+            log.warning("daemon.stop_timeout", budget_s=SHUTDOWN_BUDGET_S)
+        self.journal.close()
+        log.info("daemon.stopped")
+
+    # --- what the outside sees ---------------------------------------------------------------
+
+    def _esl_state(self, state: str) -> None:
+        self.engine.esl_state_changed(state)
+        self._status_line()
+
+    def _status_line(self) -> None:
+        if self.notifier is None or self.session is None:
+            return
+        target = f"{self.config.esl.host}:{self.config.esl.port}"
+        link = "connected to" if self.session.connected else "waiting for"
+        count = len(self.engine.active())
+        self.notifier.status(f"{link} {target}, {count} invites active")
+
+    def status(self) -> dict[str, Any]:
+        since = getattr(self.session, "connected_since", None)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "accepting": self.engine.accepting,
+            "esl": {
+                "target": f"{self.config.esl.host}:{self.config.esl.port}",
+                "connected": bool(self.session.connected),
+                "connected_since": (
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if since else None
+                ),
+                "reconnects": getattr(self.session, "reconnects", 0),
+            },
+        }
+
+
+async def serve(
+    config: Any, *, config_path: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> int:
+    from confguard.esl import route_genesis_logging
+    from confguard.logs import configure_logging
+
+    configure_logging(format=config.log.format, level=config.log.level, file=config.log.file)
+    route_genesis_logging()
+    return await Daemon(config, config_path=config_path, overrides=overrides).run()

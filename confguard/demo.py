@@ -1,0 +1,135 @@
+"""`make demo`: the whole scenario, as separate processes on loopback, in about ten seconds.
+
+1. `confguard sim` — the built-in FreeSWITCH simulator on 127.0.0.1 (a free port);
+2. `confguard serve` — the daemon, its control socket and journal in a temporary folder;
+3. `confguard invite 1000 --room test1` — user 1000 presses 1 two seconds after answering: joined;
+   `confguard invite 1001 --room test1` — user 1001 stays silent: timed out at T.
+It prints the daemon's log lines (one per state change) and both outcomes, stops everything, and
+exits 0 only when both outcomes are the expected ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+TIMEOUT_S = 6
+EXPECTED = {"1000": "joined", "1001": "timeout"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(predicate, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"demo: {what} did not come up within {seconds:.0f} s")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def pump(stream, prefix: str, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
+    for raw in stream:
+        line = raw.rstrip("\n")
+        sink.append(line)
+        print(f"{prefix} {line}", flush=True)
+
+
+def main() -> int:
+    confguard = [sys.executable, "-m", "confguard.cli"]
+    port = free_port()
+    work = Path(tempfile.mkdtemp(prefix="confguard-demo-"))
+    env = dict(
+        os.environ,
+        CONFGUARD_CONFIG=str(work / "none.toml"),
+        CONFGUARD_ESL_HOST="127.0.0.1",
+        CONFGUARD_ESL_PORT=str(port),
+        CONFGUARD_API_SOCKET=str(work / "confguard.sock"),
+        CONFGUARD_JOURNAL_PATH=str(work / "journal.sqlite3"),
+        CONFGUARD_LOG_FORMAT="console",
+        CONFGUARD_LOG_LEVEL="info",
+        CONFGUARD_INVITE_PROMPT="tone_stream://%(200,100,440)",
+    )
+    (work / "none.toml").write_text("# demo: everything comes from the environment\n")
+    procs: list[subprocess.Popen[str]] = []
+    threads: list[threading.Thread] = []
+    daemon_lines: list[str] = []
+    try:
+        print(f"== simulator on 127.0.0.1:{port}", flush=True)
+        sim = subprocess.Popen(
+            [*confguard, "sim", "--host", "127.0.0.1", "--port", str(port), "--heartbeat", "5"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        )
+        procs.append(sim)
+        wait_for(lambda: port_open(port), 15, "the simulator")
+
+        print("== daemon (confguard serve); its log lines are prefixed 'log |'", flush=True)
+        daemon = subprocess.Popen(
+            [*confguard, "serve"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )
+        procs.append(daemon)
+        threads.append(threading.Thread(target=pump, args=(daemon.stdout, "log |", daemon_lines),
+                                        daemon=True))
+        threads[-1].start()
+        wait_for(lambda: any("esl.connected" in line for line in daemon_lines), 15,
+                 "the daemon's ESL connection")
+
+        print(f"== confguard invite 1000 / 1001 --room test1 --timeout {TIMEOUT_S}", flush=True)
+        invites = {
+            ext: subprocess.Popen(
+                [*confguard, "invite", ext, "--room", "test1", "--timeout", str(TIMEOUT_S),
+                 "--json"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for ext in EXPECTED
+        }
+        outcomes: dict[str, tuple[str | None, int]] = {}
+        for ext, proc in invites.items():
+            out, err = proc.communicate(timeout=TIMEOUT_S + 20)
+            final = [json.loads(line) for line in out.splitlines() if line.strip()]
+            outcome = final[-1].get("outcome") if final else None
+            outcomes[ext] = (outcome, proc.returncode)
+            if err.strip():
+                print(f"cli {ext} stderr: {err.strip()}", flush=True)
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=6)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for thread in threads:
+            thread.join(timeout=2)
+
+    print("== outcomes", flush=True)
+    ok = True
+    for ext, expected in EXPECTED.items():
+        outcome, code = outcomes.get(ext, (None, -1))
+        mark = "ok" if outcome == expected else "UNEXPECTED"
+        ok = ok and outcome == expected
+        print(f"   {ext}: {outcome} (exit code {code}) — expected {expected}: {mark}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,545 @@
+"""The engine: runs many invite machines on one ESL session.
+
+It owns the I/O around `confguard.invite` — and nothing the machine decides:
+- routing: an event goes to the invite whose call uuid equals its `Unique-ID` or `Task-Group`, or
+  whose job uuid equals its `Job-UUID`; everything else is dropped;
+- execution: each invite has one worker that sends its commands in the order the machine produced
+  them (filters before the originate, `sched_del` before `uuid_transfer`) and feeds every api reply
+  back into the machine;
+- the clock: `WakeAt` becomes a loop timer that calls `tick`;
+- the connection: a lost connection and the resync after a reconnect are passed to every machine;
+- the outside world: one log line per state change, the journal, metrics, and the update streams
+  that the control API and `--direct` follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid as uuidlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from confguard.invite import (
+    AddFilter,
+    DelFilter,
+    Finished,
+    Invite,
+    InviteSpec,
+    Outcome,
+    ProtocolViolation,
+    SendApi,
+    SendBgapi,
+    State,
+    StateChanged,
+    UsageError,
+    WakeAt,
+)
+
+log = structlog.get_logger("confguard.engine")
+
+# What confguard subscribes to. CUSTOM subclasses go last (FACTS.md: every token after CUSTOM is
+# a subclass).
+SUBSCRIBED_EVENTS: tuple[str, ...] = (
+    "CHANNEL_CREATE",
+    "CHANNEL_PROGRESS",
+    "CHANNEL_PROGRESS_MEDIA",
+    "CHANNEL_ANSWER",
+    "CHANNEL_HANGUP",
+    "CHANNEL_HANGUP_COMPLETE",
+    "DTMF",
+    "BACKGROUND_JOB",
+    "ADD_SCHEDULE",
+    "DEL_SCHEDULE",
+    "HEARTBEAT",
+    "CUSTOM",
+    "conference::maintenance",
+)
+
+FINISHED_KEPT = 500  # finished invites kept in memory for `GET /invites/<id>`
+
+
+class EngineError(Exception):
+    """An invite request the engine cannot take now (not the user's input: that is BadInput)."""
+
+
+class NotConnected(EngineError):
+    """The ESL session is down; nothing was sent."""
+
+
+class UnknownInvite(EngineError):
+    """No invite with that id or uuid."""
+
+
+class Session(Protocol):
+    """What the engine needs of `confguard.esl.EslSession`."""
+
+    connected: bool
+
+    async def subscribe(self, events: Sequence[str]) -> None: ...
+    async def add_filter(self, header: str, value: str) -> None: ...
+    async def del_filter(self, header: str, value: str) -> None: ...
+    async def api(self, command: str) -> str: ...
+    async def bgapi_start(self, command: str, job_uuid: str) -> None: ...
+    def events(self) -> AsyncIterator[Any]: ...
+
+
+_DONE = object()  # worker sentinel: the machine has ended and every command is sent
+
+
+@dataclass
+class InviteRun:
+    """One invite inside the engine: its machine, its command queue and its followers."""
+
+    machine: Invite
+    spec: InviteSpec
+    invite_id: str
+    started: float  # loop time
+    started_wall: float
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    listeners: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    worker: asyncio.Task[None] | None = None
+    outcome: Outcome | None = None
+    cause: str | None = None
+    key_at: float | None = None
+    final: asyncio.Future[dict[str, Any]] | None = None
+
+    @property
+    def call_uuid(self) -> str:
+        return self.machine.call_uuid
+
+    @property
+    def job_uuid(self) -> str:
+        return self.machine.job_uuid
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """A row for `confguard status` / `GET /invites`."""
+        return {
+            "invite_id": self.invite_id,
+            "uuid": self.call_uuid,
+            "ext": self.spec.extension,
+            "room": self.spec.room,
+            "state": str(self.machine.state),
+            "outcome": str(self.outcome) if self.outcome else None,
+            "cause": self.cause,
+            "seconds_left": round(max(0.0, self.machine.deadline - now), 1),
+            "elapsed_ms": int((now - self.started) * 1000),
+            "started_at": self.started_wall,
+        }
+
+
+class Engine:
+    """Runs invites on one ESL session. Create, `attach(session)`, `await start()`."""
+
+    def __init__(
+        self,
+        *,
+        journal: Any = None,
+        metrics: Any = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._session: Session | None = None
+        self._journal = journal
+        self._metrics = metrics
+        self._wall = wall
+        self._by_uuid: dict[str, InviteRun] = {}
+        self._by_job: dict[str, InviteRun] = {}
+        self._by_id: dict[str, InviteRun] = {}
+        self._finished: OrderedDict[str, InviteRun] = OrderedDict()
+        self._pump: asyncio.Task[None] | None = None
+        self._accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- wiring -------------------------------------------------------------------------------
+
+    def attach(self, session: Session) -> None:
+        self._session = session
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("engine has no ESL session attached")
+        return self._session
+
+    async def start(self) -> None:
+        """Subscribe to the events the machines need and start routing them."""
+        await self.session.subscribe(SUBSCRIBED_EVENTS)
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._route_events(), name="confguard-event-pump")
+
+    async def stop(self, *, cancel_invites: bool = False, timeout: float = 4.0) -> None:
+        """Stop taking invites. Live invites keep their FreeSWITCH timers (they stay bounded);
+        with `cancel_invites` they are hung up first (used by `--direct` on Ctrl-C)."""
+        self._accepting = False
+        if cancel_invites:
+            for run in list(self._by_id.values()):
+                with contextlib.suppress(Exception):
+                    self.cancel(run.invite_id)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        for run in list(self._by_id.values()):
+            self._stop_run(run)
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+            self._pump = None
+
+    # --- the control surface -----------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def active(self) -> list[dict[str, Any]]:
+        now = asyncio.get_running_loop().time()
+        return [run.summary(now) for run in self._by_id.values()]
+
+    def get(self, key: str) -> InviteRun:
+        """An invite by id or call uuid, live or recently finished."""
+        run = self._by_id.get(key) or self._by_uuid.get(key) or self._finished.get(key)
+        if run is None:
+            for done in self._finished.values():
+                if done.call_uuid == key:
+                    return done
+            raise UnknownInvite(f"no invite {key!r}")
+        return run
+
+    async def invite(self, spec: InviteSpec) -> InviteRun:
+        """Place one invite. Raises NotConnected (nothing sent) when ESL is down."""
+        if not self._accepting:
+            raise EngineError("confguard is shutting down; not taking new invites")
+        if not getattr(self.session, "connected", False):
+            raise NotConnected("not connected to FreeSWITCH; nothing was sent")
+        loop = asyncio.get_running_loop()
+        invite_id = uuidlib.uuid4().hex[:12]
+        machine = Invite(
+            spec,
+            call_uuid=str(uuidlib.uuid4()),
+            job_uuid=str(uuidlib.uuid4()),
+            invite_id=invite_id,
+            now=loop.time(),
+            wall=self._wall(),
+        )
+        run = InviteRun(
+            machine=machine,
+            spec=spec,
+            invite_id=invite_id,
+            started=loop.time(),
+            started_wall=self._wall(),
+            final=loop.create_future(),
+        )
+        self._register(run)
+        self._journal_call("open_invite", run)
+        self._metric("invite_started")
+        run.worker = asyncio.create_task(self._work(run), name=f"confguard-invite-{invite_id}")
+        self._apply(run, machine.start())
+        return run
+
+    def cancel(self, key: str) -> None:
+        """Operator cancel: the machine hangs the call up (outcome cancelled)."""
+        run = self.get(key)
+        if run.outcome is not None:
+            raise EngineError(f"invite {run.invite_id} already ended ({run.outcome})")
+        try:
+            commands = run.machine.cancel(asyncio.get_running_loop().time())
+        except UsageError as exc:
+            raise EngineError(f"invite {run.invite_id} cannot be cancelled: {exc}") from None
+        self._apply(run, commands)
+
+    async def follow(self, key: str) -> AsyncIterator[dict[str, Any]]:
+        """Every update of one invite from its start, then live ones, until its outcome."""
+        run = self.get(key)
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        run.listeners.add(inbox)
+        try:
+            for update in list(run.history):
+                yield update
+            if run.outcome is not None:
+                return
+            seen = len(run.history)
+            while True:
+                update = await inbox.get()
+                if update["seq"] < seen:
+                    continue  # already replayed from history
+                yield update
+                if update.get("outcome"):
+                    return
+        finally:
+            run.listeners.discard(inbox)
+
+    # --- the connection ------------------------------------------------------------------------
+
+    def esl_state_changed(self, state: str) -> None:
+        """Hook for EslSession(on_state=...)."""
+        self._metric("esl_state", state == "connected")
+        if state != "connected":
+            now = asyncio.get_running_loop().time()
+            for run in list(self._by_id.values()):
+                self._apply(run, run.machine.connection_lost(now))
+
+    async def esl_reconnected(self) -> None:
+        """Hook for EslSession(on_reconnect=...): events may have been missed; ask each machine."""
+        self._metric("esl_reconnected")
+        now = asyncio.get_running_loop().time()
+        for run in list(self._by_id.values()):
+            self._apply(run, run.machine.resync(now))
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _register(self, run: InviteRun) -> None:
+        self._by_id[run.invite_id] = run
+        self._by_uuid[run.call_uuid] = run
+        self._by_job[run.job_uuid] = run
+        self._idle.clear()
+
+    def _unregister(self, run: InviteRun) -> None:
+        self._by_id.pop(run.invite_id, None)
+        self._by_uuid.pop(run.call_uuid, None)
+        self._by_job.pop(run.job_uuid, None)
+        for handle in run.timers:
+            handle.cancel()
+        run.timers.clear()
+        self._finished[run.invite_id] = run
+        while len(self._finished) > FINISHED_KEPT:
+            self._finished.popitem(last=False)
+        if not self._by_id:
+            self._idle.set()
+
+    def _stop_run(self, run: InviteRun) -> None:
+        """Forget a live invite without touching its call (daemon shutdown)."""
+        if run.worker is not None:
+            run.worker.cancel()
+        for handle in run.timers:
+            handle.cancel()
+        run.timers.clear()
+
+    async def _route_events(self) -> None:
+        async for event in self.session.events():
+            name = event.name
+            self._metric("event_received", name)
+            headers: Mapping[str, str] = event.headers
+            run = (
+                self._by_uuid.get(headers.get("Unique-ID", ""))
+                or self._by_uuid.get(headers.get("Task-Group", ""))
+                or self._by_job.get(headers.get("Job-UUID", ""))
+            )
+            if run is None:
+                continue
+            now = asyncio.get_running_loop().time()
+            self._feed(run, "event", run.machine.event, headers, event.body, now)
+
+    def _feed(self, run: InviteRun, what: str, step: Callable[..., Any], *args: Any) -> None:
+        """One input into one machine. A machine that refuses an input (the switch said something
+        impossible, or we misrouted) is logged and left as it was; other invites go on."""
+        try:
+            commands = step(*args)
+        except (ProtocolViolation, UsageError) as exc:
+            log.error("invite.input_refused", uuid=run.call_uuid, input=what,
+                      fault="switch" if isinstance(exc, ProtocolViolation) else "confguard",
+                      error=str(exc))
+            return
+        try:
+            self._apply(run, commands)
+        except Exception:  # a bug here must not stop the event pump for every other call
+            log.exception("engine.apply_failed", uuid=run.call_uuid, input=what)
+
+    def _apply(self, run: InviteRun, commands: Sequence[Any]) -> None:
+        """Take a machine's output: publish notices now, queue wire commands for the worker."""
+        loop = asyncio.get_running_loop()
+        changes = [c for c in commands if isinstance(c, StateChanged)]
+        finished = next((c for c in commands if isinstance(c, Finished)), None)
+        for command in commands:
+            if isinstance(command, StateChanged):
+                if command.state is State.ENDED and finished is not None:
+                    continue  # one line for the end, carrying the outcome (below)
+                self._publish_state(run, command, loop.time())
+            elif isinstance(command, WakeAt):
+                run.timers.append(loop.call_at(command.when, self._tick, run))
+            elif isinstance(command, (SendApi, SendBgapi, AddFilter, DelFilter)):
+                run.queue.put_nowait(command)
+        if finished is not None:
+            ended = next((c for c in changes if c.state is State.ENDED), None)
+            self._publish_finished(run, finished, ended, loop.time())
+        if run.machine.state is State.ENDED:
+            run.queue.put_nowait(_DONE)
+
+    def _tick(self, run: InviteRun) -> None:
+        if run.outcome is not None and run.machine.state is State.ENDED:
+            return
+        self._feed(run, "tick", run.machine.tick, asyncio.get_running_loop().time())
+
+    async def _work(self, run: InviteRun) -> None:
+        """Send this invite's commands in order; feed api replies back to its machine."""
+        try:
+            while True:
+                command = await run.queue.get()
+                if command is _DONE:
+                    if run.queue.empty():
+                        break
+                    continue
+                await self._execute(run, command)
+        finally:
+            self._unregister(run)
+
+    async def _execute(self, run: InviteRun, command: Any) -> None:
+        from confguard.esl import EslCommandError, EslError
+
+        session = self.session
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            if isinstance(command, AddFilter):
+                await session.add_filter(command.header, command.value)
+            elif isinstance(command, DelFilter):
+                await session.del_filter(command.header, command.value)
+            elif isinstance(command, SendBgapi):
+                try:
+                    await session.bgapi_start(command.command, command.job_uuid)
+                except EslCommandError as exc:
+                    # FreeSWITCH refused the bgapi itself: no job will ever report back.
+                    self._feed(
+                        run,
+                        "bgapi refused",
+                        run.machine.event,
+                        {"Event-Name": "BACKGROUND_JOB", "Job-UUID": command.job_uuid},
+                        f"-ERR {exc}\n",
+                        loop.time(),
+                    )
+            elif isinstance(command, SendApi):
+                try:
+                    reply = await session.api(command.command)
+                except EslError as exc:
+                    # Unknown whether it ran: the machine treats this as a failed command and
+                    # never assumes success (a transfer needs a real `Deleted: N>=1`).
+                    reply = f"-ERR confguard: {type(exc).__name__}: {exc}"
+                self._metric("command_done", command.command.split(" ", 1)[0], loop.time() - started)
+                self._feed(run, "reply", run.machine.reply, command.tag, reply, loop.time())
+        except EslError as exc:
+            log.warning(
+                "esl.command_failed",
+                uuid=run.call_uuid,
+                command=type(command).__name__,
+                error=str(exc),
+            )
+
+    def _base_update(self, run: InviteRun, now: float) -> dict[str, Any]:
+        return {
+            "seq": len(run.history),
+            "invite_id": run.invite_id,
+            "uuid": run.call_uuid,
+            "ext": run.spec.extension,
+            "room": run.spec.room,
+            "elapsed_ms": int((now - run.started) * 1000),
+            "ts": self._wall(),
+        }
+
+    def _publish(self, run: InviteRun, update: dict[str, Any]) -> None:
+        run.history.append(update)
+        for inbox in list(run.listeners):
+            inbox.put_nowait(update)
+
+    def _publish_state(self, run: InviteRun, change: StateChanged, now: float) -> None:
+        update = self._base_update(run, now)
+        update.update(
+            state=str(change.state),
+            previous=str(change.previous),
+            seconds_left=round(max(0.0, run.machine.deadline - now), 1),
+        )
+        detail = {_RENAMED.get(k, k): v for k, v in change.detail.items() if k not in update}
+        update.update(detail)
+        if change.state is State.CANCELLING:
+            run.key_at = now
+        log.info("invite.state", **_log_fields(update))
+        self._journal_call("update_state", run, str(change.state))
+        first = change.state is change.previous  # start() announces `placing` from `placing`
+        self._metric("state_changed", None if first else str(change.previous), str(change.state))
+        self._publish(run, update)
+
+    def _publish_finished(
+        self, run: InviteRun, done: Finished, ended: StateChanged | None, now: float
+    ) -> None:
+        run.outcome = done.outcome
+        run.cause = done.cause
+        update = self._base_update(run, now)
+        update.update(
+            state=str(State.ENDED),
+            previous=str(ended.previous if ended else run.machine.state),
+            outcome=str(done.outcome),
+            cause=done.cause,
+        )
+        for source in (ended.detail if ended else {}, done.detail):
+            update.update({k: v for k, v in source.items() if k not in update})
+        log.info("invite.state", **_log_fields(update))
+        self._journal_call("finish_invite", run, str(done.outcome), done.cause, update)
+        self._metric("invite_finished", str(done.outcome))
+        self._metric("state_changed", update["previous"], str(State.ENDED))
+        if done.outcome is Outcome.JOINED and run.key_at is not None:
+            self._metric("key_to_joined", now - run.key_at)
+        if done.outcome is Outcome.TIMEOUT:
+            self._metric("timer_lateness", now - run.machine.deadline)
+        self._publish(run, update)
+        if run.final is not None and not run.final.done():
+            run.final.set_result(update)
+
+    def _metric(self, name: str, *args: Any) -> None:
+        if self._metrics is None:
+            return
+        try:
+            getattr(self._metrics, name)(*args)
+        except Exception:
+            log.exception("metrics.error", metric=name)
+
+    def _journal_call(self, what: str, run: InviteRun, *args: Any) -> None:
+        if self._journal is None:
+            return
+        try:
+            if what == "open_invite":
+                self._journal.open_invite(journal_record(run))
+            elif what == "update_state":
+                self._journal.update_state(run.invite_id, args[0], self._wall())
+            elif what == "finish_invite":
+                outcome, cause, detail = args
+                self._journal.finish_invite(run.invite_id, outcome, cause, self._wall(), detail)
+        except Exception:
+            # The journal is history, not control: a full disk must not stop live calls.
+            log.exception("journal.error", op=what, uuid=run.call_uuid)
+
+
+def journal_record(run: InviteRun) -> Any:
+    """The journal row for a new invite."""
+    from confguard.journal import InviteRecord
+
+    return InviteRecord(
+        invite_id=run.invite_id,
+        call_uuid=run.call_uuid,
+        job_uuid=run.job_uuid,
+        ext=run.spec.extension,
+        room=run.spec.room,
+        timeout=run.spec.timeout,
+        created_at=run.started_wall,
+        deadline=run.started_wall + run.spec.timeout,
+        state=str(run.machine.state),
+    )
+
+
+_LOG_SKIP = {"seq", "ts", "invite_id"}
+_RENAMED = {"event": "esl_event", "level": "detail_level", "timestamp": "detail_timestamp"}
+
+
+def _log_fields(update: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of an update that go into its log line; keys the log line owns itself
+    (`event`, `level`, `timestamp`) are renamed."""
+    fields = {
+        _RENAMED.get(k, k): v for k, v in update.items() if k not in _LOG_SKIP and v is not None
+    }
+    fields["invite"] = update["invite_id"]
+    return fields
