@@ -574,6 +574,7 @@ class Invite:
         self.cause: str | None = None
         # What the machine has learnt so far.
         self.started = False
+        self.adopted = False  # taken over from an earlier run of the daemon (adopt())
         self.channel_seen = False
         self.answered = False
         self.timer_tasks: set[str] = set()  # live Task-IDs of our hangup timer (ADD_SCHEDULE)
@@ -718,16 +719,20 @@ class Invite:
         """The outcome of a call that ended with ``cause`` and nothing decided beforehand."""
         if cause is not None and cause == self.spec.hangup_cause:
             return Outcome.TIMEOUT if self.answered else Outcome.NO_ANSWER
-        if cause == "USER_BUSY":
-            return Outcome.BUSY
-        if cause in _NO_ANSWER_CAUSES and not self.answered:
-            return Outcome.NO_ANSWER
-        if cause in _UNREACHABLE_CAUSES:
-            return Outcome.UNREACHABLE
-        if cause == "CALL_REJECTED":
-            return Outcome.REJECTED
-        if self.answered and cause in _HUNG_UP_CAUSES:
+        if not self.answered:
+            # Causes that describe reaching the callee mean that only before the answer.
+            if cause == "USER_BUSY":
+                return Outcome.BUSY
+            if cause in _NO_ANSWER_CAUSES:
+                return Outcome.NO_ANSWER
+            if cause in _UNREACHABLE_CAUSES:
+                return Outcome.UNREACHABLE
+            if cause == "CALL_REJECTED":
+                return Outcome.REJECTED
+            return Outcome.FAILED
+        if cause in _HUNG_UP_CAUSES:
             return Outcome.HUNG_UP
+        # After the answer, e.g. NO_ROUTE_DESTINATION from a join target that does not exist.
         return Outcome.FAILED
 
     def _decide(self, cause: str | None) -> tuple[Outcome, str | None]:
@@ -773,6 +778,28 @@ class Invite:
                     "seconds_left": self.spec.timeout,
                 },
             ),
+            WakeAt(self.deadline + self.grace, "safety net: the FreeSWITCH timer is overdue"),
+        ]
+
+    def adopt(self, now: float) -> list[Command]:
+        """Take over an invite that an earlier run of the daemon started (its journal row).
+
+        The originate went out back then and the call's events since are lost, so instead of
+        originating: the call's filters, then ``uuid_dump`` as after a reconnect. The dump decides:
+        no channel -> ``lost``; in a conference -> ``joined``; answered -> waiting for the key,
+        with a timer of our own armed because no ``ADD_SCHEDULE`` can be seen (invariant 1: two
+        tasks in the group are harmless, ``sched_del <uuid>`` removes both); ringing -> ringing.
+        """
+        if self.started:
+            raise UsageError("adopt() on an invite that was started")
+        self.started = True
+        self.adopted = True
+        return [
+            *(
+                AddFilter(header, value)
+                for header, value in zip(_FILTER_HEADERS, self._filter_values(), strict=True)
+            ),
+            self._api("resync", build_dump(self.call_uuid)),
             WakeAt(self.deadline + self.grace, "safety net: the FreeSWITCH timer is overdue"),
         ]
 
@@ -953,7 +980,7 @@ class Invite:
                 self.give_up_at = now + self.grace
                 return [WakeAt(self.give_up_at, "the channel is hanging up: await its hangup")]
             return []
-        if self.state is State.JOINING and in_conference:
+        if in_conference and (self.state is State.JOINING or self.adopted):
             return self._joined(now, via=kind)
         if self.kill_sent:
             # A kill was sent (decline, cancel, failure, safety net) yet the channel lives on,

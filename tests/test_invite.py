@@ -437,6 +437,10 @@ def test_prompt_is_broadcast_on_answer_and_repeated_while_waiting() -> None:
         (False, "CALL_REJECTED", Outcome.REJECTED),
         (True, "NORMAL_CLEARING", Outcome.HUNG_UP),
         (True, "MEDIA_TIMEOUT", Outcome.FAILED),
+        # After the answer the callee was reached: these describe a failing join, not the callee.
+        (True, "NO_ROUTE_DESTINATION", Outcome.FAILED),
+        (True, "USER_BUSY", Outcome.FAILED),
+        (True, "CALL_REJECTED", Outcome.FAILED),
         (False, "NORMAL_TEMPORARY_FAILURE", Outcome.FAILED),
     ],
 )
@@ -790,3 +794,53 @@ def test_good_values_are_accepted() -> None:
     assert dict(good.variables) == {"sim_dtmf": "2@1;1@2", "sim_mode": "answer"}
     with pytest.raises(TypeError):
         good.variables["x"] = "y"  # type: ignore[index]
+
+
+# ------------------------------------------------------------------------------ adopt
+
+
+def adopted(now: float = T0) -> tuple[Invite, SendApi]:
+    """An invite a restarted daemon takes over from its journal: no originate, a dump."""
+    invite = Invite(spec(), call_uuid=U, job_uuid=J, invite_id="inv-1", now=now, wall=WALL)
+    out = invite.adopt(now + 10)
+    assert [c for c in out if isinstance(c, AddFilter)] == [
+        AddFilter("Unique-ID", U),
+        AddFilter("Job-UUID", J),
+        AddFilter("Task-Group", U),
+    ]
+    assert not [c for c in out if isinstance(c, SendBgapi)]  # never a second originate
+    return invite, api(out, "uuid_dump")
+
+
+def test_adopt_answered_call_waits_for_the_key_with_a_timer_of_its_own() -> None:
+    invite, dump = adopted()
+    out = invite.reply(
+        dump.tag, json.dumps({"Answer-State": "answered", "Channel-State": "CS_EXECUTE"}), T0 + 10
+    )
+    assert invite.state is State.WAITING_KEY
+    # 30 s window, 10 s gone: the adopted call is bounded again (invariant 1).
+    assert api(out, "sched_hangup").command == f"sched_hangup +20 {U} ALLOTTED_TIMEOUT"
+    out = invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 12)
+    assert api(out, "sched_del").command == f"sched_del {U}"
+
+
+def test_adopt_call_already_in_the_room_is_joined() -> None:
+    invite, dump = adopted()
+    out = invite.reply(
+        dump.tag,
+        json.dumps({"Answer-State": "answered", "Channel-State": "CS_EXECUTE",
+                    "variable_conference_name": "test1"}),
+        T0 + 10,
+    )
+    assert finished(out).outcome is Outcome.JOINED
+    assert not [c for c in out if isinstance(c, SendApi)]  # no timer armed on a member
+    assert_ended_cleanly(invite, out)
+
+
+def test_adopt_vanished_call_is_lost_and_adopt_twice_is_refused() -> None:
+    invite, dump = adopted()
+    out = invite.reply(dump.tag, "-ERR No such channel!\n", T0 + 10)
+    assert finished(out).outcome is Outcome.LOST
+    fresh, _ = make()
+    with pytest.raises(UsageError):
+        fresh.adopt(T0)
