@@ -25,6 +25,7 @@ from confguard import __version__
 log = structlog.get_logger("confguard.daemon")
 
 SHUTDOWN_BUDGET_S = 5.0
+STATUS_REFRESH_S = 1.0  # how often STATUS= is recomputed (sent only when it changed)
 
 
 class Daemon:
@@ -53,6 +54,7 @@ class Daemon:
         self.metrics: Any = None
         self.notifier: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._last_status: str | None = None
 
     # --- life --------------------------------------------------------------------------------
 
@@ -67,6 +69,8 @@ class Daemon:
 
         config = self.config
         self.notifier = Notifier.from_env()
+        if self.handle_signals:  # early: a SIGTERM during start-up still ends in a clean exit
+            self._install_signals()
         self.journal = Journal(config.journal.path)
         self.journal.prune(config.journal.retention_days)
         self.metrics = Metrics()
@@ -89,8 +93,6 @@ class Daemon:
             status=self.status,
         )
         await self.api.start()
-        if self.handle_signals:
-            self._install_signals()
         self.notifier.ready()
         self.listening.set()
         self._status_line()
@@ -100,6 +102,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         if interval:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        self._tasks.append(asyncio.create_task(self._status_refresh(), name="confguard-status"))
         await self.stopping.wait()
         await self._shutdown()
         return 0
@@ -133,12 +136,9 @@ class Daemon:
             return
 
     async def _recover_journal(self) -> None:
-        """Invites a previous run left active: FreeSWITCH says whether their call still exists.
-
-        A call that is gone ended while nobody watched: outcome `lost`. A call that still exists
-        keeps its FreeSWITCH timer (armed at invite time), so it stays bounded; it is recorded as
-        `lost` too (confguard cannot tell what the callee did meanwhile) and left to its timer.
-        """
+        """Invites an earlier run left active: adopt each one, and FreeSWITCH tells what became
+        of its call (`Engine.adopt`): gone -> lost; in the room -> joined; still waiting for the
+        key -> watched again, bounded by a FreeSWITCH timer, as if the daemon had never stopped."""
         try:
             rows = self.journal.active()
         except Exception:
@@ -146,21 +146,28 @@ class Daemon:
             return
         for row in rows:
             try:
-                exists = (await self.session.api(f"uuid_exists {row.call_uuid}")).strip()
+                await self.engine.adopt(row)
             except Exception as exc:
-                log.warning("journal.recover_failed", uuid=row.call_uuid, error=str(exc))
-                continue
-            cause = "CALL_STILL_UP_AFTER_RESTART" if exists == "true" else "CALL_GONE_AFTER_RESTART"
-            self.journal.finish_invite(row.invite_id, "lost", cause, time.time(), {})
-            log.info("invite.state", uuid=row.call_uuid, ext=row.ext, room=row.room,
-                     state="ended", outcome="lost", cause=cause, recovered=True)
+                log.warning("journal.adopt_failed", uuid=row.call_uuid, invite=row.invite_id,
+                            error=str(exc))
+                self.journal.finish_invite(row.invite_id, "lost", "NOT_ADOPTED", time.time(),
+                                           {"error": str(exc)})
 
     async def _watchdog(self, interval: float) -> None:
-        """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and gets restarted."""
+        """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and gets
+        restarted."""
         while not self.stopping.is_set():
             self.notifier.watchdog()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval / 2)
+
+    async def _status_refresh(self) -> None:
+        """Keep STATUS= current as invites come and go (ESL changes update it at once)."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), STATUS_REFRESH_S)
+            if not self.stopping.is_set():
+                self._status_line()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -169,22 +176,24 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def reload(self) -> None:
-        """SIGHUP: log level, invite defaults, log file reopened. ESL/socket changes need a restart."""
-        from confguard.cli import invite_defaults
+        """SIGHUP: log level, invite defaults, log file reopened. ESL/socket changes need a
+        restart."""
+        from confguard.cli import FLAG_NAMES, invite_defaults
         from confguard.config import ConfigError, load_config
         from confguard.logs import reopen, set_level
 
         self.notifier.reloading()
+        reopen()  # first, so the lines below already go to the new file (logrotate)
         try:
-            fresh = load_config(self.config_path, os.environ, self.overrides)
+            fresh = load_config(self.config_path, os.environ, self.overrides, flag_names=FLAG_NAMES)
         except ConfigError as exc:
             log.error("config.reload_failed", error=str(exc), kept="the running configuration")
         else:
             set_level(fresh.log.level)
-            self.api.defaults = invite_defaults(fresh)
+            if self.api is not None:
+                self.api.defaults = invite_defaults(fresh)
             self.config = fresh
             log.info("config.reloaded", log_level=fresh.log.level)
-        reopen()
         self.notifier.ready()
 
     async def _shutdown(self) -> None:
@@ -203,7 +212,7 @@ class Daemon:
 
         try:
             await asyncio.wait_for(close_all(), SHUTDOWN_BUDGET_S - 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("daemon.stop_timeout", budget_s=SHUTDOWN_BUDGET_S)
         self.journal.close()
         log.info("daemon.stopped")
@@ -220,7 +229,12 @@ class Daemon:
         target = f"{self.config.esl.host}:{self.config.esl.port}"
         link = "connected to" if self.session.connected else "waiting for"
         count = len(self.engine.active())
-        self.notifier.status(f"{link} {target}, {count} invites active")
+        text = f"{link} {target}, {count} invites active"
+        if text == self._last_status:
+            return
+        self._last_status = text
+        log.debug("daemon.status", status=text)
+        self.notifier.status(text)
 
     def status(self) -> dict[str, Any]:
         since = getattr(self.session, "connected_since", None)

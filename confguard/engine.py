@@ -244,6 +244,38 @@ class Engine:
         self._apply(run, machine.start())
         return run
 
+    async def adopt(self, record: Any) -> InviteRun:
+        """Take over an invite an earlier run of the daemon left active in the journal.
+
+        Its spec comes from the journal row; its clock is set back by the row's age so that the
+        deadline stays the one FreeSWITCH's timer was armed with. The machine then asks the switch
+        what became of the call (`Invite.adopt`)."""
+        loop = asyncio.get_running_loop()
+        age = max(0.0, self._wall() - record.created_at)
+        spec = spec_from_journal(record)
+        machine = Invite(
+            spec,
+            call_uuid=record.call_uuid,
+            job_uuid=record.job_uuid,
+            invite_id=record.invite_id,
+            now=loop.time() - age,
+            wall=record.created_at,
+        )
+        run = InviteRun(
+            machine=machine,
+            spec=spec,
+            invite_id=record.invite_id,
+            started=loop.time() - age,
+            started_wall=record.created_at,
+            final=loop.create_future(),
+        )
+        self._register(run)
+        log.info("invite.adopted", uuid=run.call_uuid, ext=spec.extension, room=spec.room,
+                 state=record.state, age_s=round(age, 1), invite=run.invite_id)
+        run.worker = asyncio.create_task(self._work(run), name=f"confguard-invite-{run.invite_id}")
+        self._apply(run, machine.adopt(loop.time()))
+        return run
+
     def cancel(self, key: str) -> None:
         """Operator cancel: the machine hangs the call up (outcome cancelled)."""
         run = self.get(key)
@@ -528,7 +560,44 @@ def journal_record(run: InviteRun) -> Any:
         created_at=run.started_wall,
         deadline=run.started_wall + run.spec.timeout,
         state=str(run.machine.state),
+        detail={"spec": spec_to_journal(run.spec)},
     )
+
+
+def spec_to_journal(spec: InviteSpec) -> dict[str, Any]:
+    """The invite's spec as JSON-able values, so that a restarted daemon can adopt it."""
+    return {
+        "extension": spec.extension,
+        "room": spec.room,
+        "timeout": spec.timeout,
+        "ring_timeout": spec.ring_timeout,
+        "key": spec.key,
+        "decline_key": spec.decline_key,
+        "prompt": spec.prompt,
+        "caller_id_name": spec.caller_id_name,
+        "caller_id_number": spec.caller_id_number,
+        "hangup_cause": spec.hangup_cause,
+        "reprompt_interval": spec.reprompt_interval,
+        "variables": dict(spec.variables),
+        "join": {
+            "kind": spec.join.kind,
+            "room": spec.join.room,
+            "extension": spec.join.extension,
+            "context": spec.join.context,
+        },
+    }
+
+
+def spec_from_journal(record: Any) -> InviteSpec:
+    """The spec a journal row was started with (validated again: BadInput if it was tampered
+    with). Rows written without a spec fall back to extension, room and timeout."""
+    from confguard.invite import JoinTarget
+
+    saved = dict((record.detail or {}).get("spec") or {})
+    join = saved.pop("join", None) or {}
+    if not saved:
+        return InviteSpec(extension=record.ext, room=record.room, timeout=int(record.timeout))
+    return InviteSpec(join=JoinTarget(**join), **saved)
 
 
 _LOG_SKIP = {"seq", "ts", "invite_id"}

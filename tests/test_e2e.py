@@ -222,3 +222,92 @@ async def test_switch_restart_mid_call_ends_lost(sim, daemon) -> None:  # type: 
     assert run.final is not None
     final = await asyncio.wait_for(asyncio.shield(run.final), 15)
     assert final["outcome"] == "lost"
+
+
+async def start_daemon(sim, tmp_path: Path) -> tuple[Daemon, asyncio.Task[int]]:  # type: ignore[no-untyped-def]
+    config = load_config(
+        None,
+        env={},
+        overrides={
+            "esl.port": sim.port,
+            "api.socket": str(tmp_path / "confguard.sock"),
+            "journal.path": str(tmp_path / "journal.sqlite3"),
+        },
+    )
+    running = Daemon(config, handle_signals=False)
+    task = asyncio.create_task(running.run())
+    await asyncio.wait_for(running.linked.wait(), 10)
+    return running, task
+
+
+async def wait_state(daemon: Daemon, call_uuid: str, state: str) -> None:
+    for _ in range(200):
+        if daemon.engine.get(call_uuid).machine.state == state:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{call_uuid} never reached {state}")
+
+
+async def test_restarted_daemon_adopts_a_waiting_call_and_joins_it(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first, first_task = await start_daemon(sim, tmp_path)
+    # The callee answers after 1 s and presses 1 only 20 simulated seconds later (2 s real).
+    status, out = await run_cli(
+        "invite", "1001", "--room", "test1", "--timeout", "60", "--no-wait",
+        "--var", "sim_dtmf=1@20", "--socket", socket_of(first),
+    )
+    assert status == 0
+    call_uuid = out.strip()
+    await wait_state(first, call_uuid, "waiting_key")
+    first.stopping.set()  # SIGTERM: the call stays up, bounded by its FreeSWITCH timer
+    assert await asyncio.wait_for(first_task, 10) == 0
+    assert await tasks_of(sim, call_uuid), "the FreeSWITCH timer must outlive the daemon"
+
+    second, second_task = await start_daemon(sim, tmp_path)
+    try:
+        run = second.engine.get(call_uuid)  # adopted from the journal
+        assert run.final is not None
+        final = await asyncio.wait_for(asyncio.shield(run.final), 10)
+        assert final["outcome"] == "joined"
+        assert call_uuid in await sim.switch.api("conference test1 list")
+        await asyncio.sleep(0.3)
+        assert await tasks_of(sim, call_uuid) == []  # both timers (ours and the adopted) deleted
+        rows = second.journal.history(ext="1001")
+        assert [(r.call_uuid, r.outcome) for r in rows] == [(call_uuid, "joined")]
+    finally:
+        second.stopping.set()
+        await asyncio.wait_for(second_task, 10)
+
+
+async def test_restarted_daemon_finds_a_vanished_call_lost(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first, first_task = await start_daemon(sim, tmp_path)
+    status, out = await run_cli(
+        "invite", "1001", "--room", "test1", "--timeout", "60", "--no-wait",
+        "--socket", socket_of(first),
+    )
+    call_uuid = out.strip()
+    await wait_state(first, call_uuid, "waiting_key")
+    first.stopping.set()
+    await asyncio.wait_for(first_task, 10)
+    assert (await sim.switch.api(f"uuid_kill {call_uuid}")).startswith("+OK")
+
+    second, second_task = await start_daemon(sim, tmp_path)
+    try:
+        run = second.engine.get(call_uuid)
+        assert run.final is not None
+        final = await asyncio.wait_for(asyncio.shield(run.final), 10)
+        assert final["outcome"] == "lost"
+        assert second.journal.active() == []
+    finally:
+        second.stopping.set()
+        await asyncio.wait_for(second_task, 10)
+
+
+async def test_join_target_missing_is_failed(sim, daemon) -> None:  # type: ignore[no-untyped-def]
+    status, out = await run_cli(
+        "invite", "1000", "--room", "test1", "--timeout", "10", "--json",
+        "--join", "9999 default", "--socket", socket_of(daemon),
+    )
+    updates = [json.loads(line) for line in out.splitlines()]
+    assert updates[-1]["outcome"] == "failed", updates[-1]
+    assert status == cli.OUTCOME_EXIT["failed"]
+    await assert_nothing_left(sim, daemon, updates[0]["uuid"])
