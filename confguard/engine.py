@@ -453,7 +453,8 @@ class Engine:
                     # Unknown whether it ran: the machine treats this as a failed command and
                     # never assumes success (a transfer needs a real `Deleted: N>=1`).
                     reply = f"-ERR confguard: {type(exc).__name__}: {exc}"
-                self._metric("command_done", command.command.split(" ", 1)[0], loop.time() - started)
+                verb = command.command.split(" ", 1)[0]
+                self._metric("command_done", verb, loop.time() - started)
                 self._feed(run, "reply", run.machine.reply, command.tag, reply, loop.time())
         except EslError as exc:
             log.warning(
@@ -486,7 +487,11 @@ class Engine:
             previous=str(change.previous),
             seconds_left=round(max(0.0, run.machine.deadline - now), 1),
         )
-        detail = {_RENAMED.get(k, k): v for k, v in change.detail.items() if k not in update}
+        detail = {
+            _RENAMED.get(k, k): v
+            for k, v in change.detail.items()
+            if k not in update and k not in _REDUNDANT
+        }
         update.update(detail)
         if change.state is State.CANCELLING:
             run.key_at = now
@@ -509,7 +514,13 @@ class Engine:
             cause=done.cause,
         )
         for source in (ended.detail if ended else {}, done.detail):
-            update.update({k: v for k, v in source.items() if k not in update})
+            update.update(
+                {
+                    _RENAMED.get(k, k): v
+                    for k, v in source.items()
+                    if k not in update and k not in _REDUNDANT
+                }
+            )
         log.info("invite.state", **_log_fields(update))
         self._journal_call("finish_invite", run, str(done.outcome), done.cause, update)
         self._metric("invite_finished", str(done.outcome))
@@ -602,6 +613,7 @@ def spec_from_journal(record: Any) -> InviteSpec:
 
 _LOG_SKIP = {"seq", "ts", "invite_id"}
 _RENAMED = {"event": "esl_event", "level": "detail_level", "timestamp": "detail_timestamp"}
+_REDUNDANT = {"elapsed_s", "extension"}  # the machine's detail repeats what every update carries
 
 
 def _log_fields(update: Mapping[str, Any]) -> dict[str, Any]:
