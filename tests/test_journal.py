@@ -91,7 +91,7 @@ def test_round_trip_through_every_state(journal: Journal) -> None:
 def test_state_accepts_str_enums(journal: Journal) -> None:
     from enum import Enum
 
-    class S(str, Enum):
+    class S(str, Enum):  # noqa: UP042 - a plain (str, Enum), as callers may pass
         WAITING_KEY = "waiting_key"
 
     journal.open_invite(make_record(1))

@@ -60,7 +60,7 @@ def test_invite_lifecycle_counts() -> None:
 
 
 def test_state_counts_never_go_negative_and_accept_enums() -> None:
-    class State(str, Enum):
+    class State(str, Enum):  # noqa: UP042 - a plain (str, Enum), as callers may pass
         RINGING = "ringing"
         JOINED = "joined"
 
