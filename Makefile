@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check confguard tests bench
+	$(BIN)/ruff check confguard tests
 	$(BIN)/mypy
 
 clean:
