@@ -293,15 +293,18 @@ class Engine:
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         run.listeners.add(inbox)
         try:
-            for update in list(run.history):
+            # The inbox is registered first, so every update published from here on is in it;
+            # the ones before are in this snapshot. Updates that arrive while the snapshot is
+            # being replayed are in the inbox, after the snapshot's last sequence number.
+            snapshot = list(run.history)
+            for update in snapshot:
                 yield update
-            if run.outcome is not None:
+            if snapshot and snapshot[-1].get("outcome"):
                 return
-            seen = len(run.history)
             while True:
                 update = await inbox.get()
-                if update["seq"] < seen:
-                    continue  # already replayed from history
+                if update["seq"] < len(snapshot):
+                    continue  # already replayed from the snapshot
                 yield update
                 if update.get("outcome"):
                     return

@@ -1,0 +1,110 @@
+"""The engine without a network: routing, command order, and following an invite's updates."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from confguard.engine import Engine, InviteRun
+from confguard.invite import InviteSpec
+
+
+class RecordingSession:
+    """Records what the engine sends; events are pushed by the test."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def subscribe(self, events: Any) -> None:
+        self.sent.append("event plain " + " ".join(events))
+
+    async def add_filter(self, header: str, value: str) -> None:
+        self.sent.append(f"filter {header} {value}")
+
+    async def del_filter(self, header: str, value: str) -> None:
+        self.sent.append(f"filter delete {header} {value}")
+
+    async def api(self, command: str) -> str:
+        self.sent.append(f"api {command}")
+        return "+OK\n"
+
+    async def bgapi_start(self, command: str, job_uuid: str) -> None:
+        self.sent.append(f"bgapi {command}")
+
+    async def events(self) -> AsyncIterator[Any]:
+        while True:
+            yield await self.queue.get()
+
+
+class Event:
+    def __init__(self, **headers: str) -> None:
+        self.headers = {k.replace("_", "-"): v for k, v in headers.items()}
+        self.name = self.headers["Event-Name"]
+        self.body = None
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[tuple[Engine, RecordingSession]]:
+    session = RecordingSession()
+    running = Engine()
+    running.attach(session)
+    await running.start()
+    try:
+        yield running, session
+    finally:
+        await running.stop()
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_filters_go_out_before_the_originate(engine) -> None:  # type: ignore[no-untyped-def]
+    running, session = engine
+    run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+    await settle()
+    assert session.sent[0].startswith("event plain ")
+    assert session.sent[1:4] == [
+        f"filter Unique-ID {run.call_uuid}",
+        f"filter Job-UUID {run.job_uuid}",
+        f"filter Task-Group {run.call_uuid}",
+    ]
+    assert session.sent[4].startswith("bgapi originate {origination_uuid=" + run.call_uuid)
+
+
+async def test_events_of_other_calls_are_not_routed(engine) -> None:  # type: ignore[no-untyped-def]
+    running, session = engine
+    run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+    session.queue.put_nowait(
+        Event(Event_Name="CHANNEL_ANSWER", Unique_ID="00000000-0000-4000-8000-000000000000")
+    )
+    session.queue.put_nowait(Event(Event_Name="CHANNEL_CREATE", Unique_ID=run.call_uuid))
+    await settle()
+    assert run.machine.state == "ringing"
+
+
+async def test_follow_misses_nothing_published_during_its_replay(engine) -> None:  # type: ignore[no-untyped-def]
+    running, session = engine
+    run: InviteRun = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+    await settle()
+    follower = running.follow(run.invite_id)
+    first = await follower.__anext__()  # replaying the snapshot (placing) ...
+    assert first["state"] == "placing"
+    # ... while the call moves on: these updates come after the snapshot was taken.
+    session.queue.put_nowait(Event(Event_Name="CHANNEL_CREATE", Unique_ID=run.call_uuid))
+    session.queue.put_nowait(
+        Event(Event_Name="CHANNEL_HANGUP_COMPLETE", Unique_ID=run.call_uuid,
+              Hangup_Cause="USER_BUSY")
+    )
+    await settle()
+    rest = [update async for update in follower]
+    assert [u["state"] for u in rest] == ["ringing", "ended"]
+    assert rest[-1]["outcome"] == "busy"
+    assert [u["seq"] for u in [first, *rest]] == [0, 1, 2]
