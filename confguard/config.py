@@ -212,12 +212,18 @@ def _first_dir(value: str | None) -> str | None:
     return value.split(":")[0] or None
 
 
+# The service's RuntimeDirectory= and StateDirectory= (deploy/confguard.service). When they exist,
+# the CLI of any user (an operator in group confguard) talks to that service, not a private one.
+SERVICE_RUNTIME_DIR = Path("/run/confguard")
+SERVICE_STATE_DIR = Path("/var/lib/confguard")
+
+
 def default_socket_path(env: Mapping[str, str], euid: int) -> str:
     runtime = _first_dir(env.get("RUNTIME_DIRECTORY"))
     if runtime:
         return str(Path(runtime) / "confguard.sock")
-    if euid == 0:
-        return "/run/confguard/confguard.sock"
+    if euid == 0 or SERVICE_RUNTIME_DIR.is_dir():
+        return str(SERVICE_RUNTIME_DIR / "confguard.sock")
     xdg = env.get("XDG_RUNTIME_DIR")
     if xdg:
         return str(Path(xdg) / "confguard" / "confguard.sock")
@@ -228,8 +234,8 @@ def default_journal_path(env: Mapping[str, str], euid: int) -> str:
     state = _first_dir(env.get("STATE_DIRECTORY"))
     if state:
         return str(Path(state) / "journal.sqlite3")
-    if euid == 0:
-        return "/var/lib/confguard/journal.sqlite3"
+    if euid == 0 or SERVICE_STATE_DIR.is_dir():
+        return str(SERVICE_STATE_DIR / "journal.sqlite3")
     xdg = env.get("XDG_STATE_HOME")
     if xdg:
         return str(Path(xdg) / "confguard" / "journal.sqlite3")

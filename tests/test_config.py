@@ -262,14 +262,24 @@ def test_secret_never_shows_itself() -> None:
         pickle.dumps(secret)
 
 
-def test_socket_path_defaults() -> None:
+@pytest.fixture
+def no_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """As on a host where the confguard service is not installed."""
+    import confguard.config as config_module
+
+    monkeypatch.setattr(config_module, "SERVICE_RUNTIME_DIR", tmp_path / "run-confguard")
+    monkeypatch.setattr(config_module, "SERVICE_STATE_DIR", tmp_path / "state-confguard")
+    return tmp_path
+
+
+def test_socket_path_defaults(no_service: Path) -> None:
     assert default_socket_path({"RUNTIME_DIRECTORY": "/run/confguard"}, 999) == (
         "/run/confguard/confguard.sock"
     )
     assert default_socket_path({"RUNTIME_DIRECTORY": "/run/a:/run/b"}, 999) == (
         "/run/a/confguard.sock"
     )
-    assert default_socket_path({}, 0) == "/run/confguard/confguard.sock"
+    assert default_socket_path({}, 0) == str(no_service / "run-confguard" / "confguard.sock")
     assert default_socket_path({"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000) == (
         "/run/user/1000/confguard/confguard.sock"
     )
@@ -278,16 +288,28 @@ def test_socket_path_defaults() -> None:
     assert config.api.socket == "/run/confguard/confguard.sock"
 
 
-def test_journal_path_defaults() -> None:
+def test_journal_path_defaults(no_service: Path) -> None:
     assert default_journal_path({"STATE_DIRECTORY": "/var/lib/confguard"}, 1000) == (
         "/var/lib/confguard/journal.sqlite3"
     )
-    assert default_journal_path({}, 0) == "/var/lib/confguard/journal.sqlite3"
+    assert default_journal_path({}, 0) == str(no_service / "state-confguard" / "journal.sqlite3")
     assert default_journal_path({"XDG_STATE_HOME": "/s"}, 1000) == (
         "/s/confguard/journal.sqlite3"
     )
     assert default_journal_path({"HOME": "/home/op"}, 1000) == (
         "/home/op/.local/state/confguard/journal.sqlite3"
+    )
+
+
+def test_an_installed_service_is_what_every_user_talks_to(no_service: Path) -> None:
+    # An operator (not root, no RUNTIME_DIRECTORY) on a host where the service runs must reach the
+    # service's socket and journal, not private ones under $XDG_RUNTIME_DIR / $HOME.
+    (no_service / "run-confguard").mkdir()
+    (no_service / "state-confguard").mkdir()
+    env = {"XDG_RUNTIME_DIR": "/run/user/1000", "HOME": "/home/op"}
+    assert default_socket_path(env, 1000) == str(no_service / "run-confguard" / "confguard.sock")
+    assert default_journal_path(env, 1000) == str(
+        no_service / "state-confguard" / "journal.sqlite3"
     )
 
 
