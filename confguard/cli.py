@@ -37,6 +37,7 @@ EXIT_FAILURE = 1  # a check failed, or an unexpected error
 EXIT_BAD_INPUT = 2
 EXIT_DAEMON_UNREACHABLE = 3
 EXIT_SWITCH_UNAVAILABLE = 4  # FreeSWITCH not connected (daemon) / cannot connect (--direct)
+EXIT_NO_JOURNAL = 5  # `history`: no journal file yet (the daemon has not run with this path)
 EXIT_INTERRUPTED = 130
 
 USAGE_HINT_NO_DAEMON = (
@@ -89,8 +90,8 @@ OUTCOME_TEXT = {
 }
 
 
-def describe(update: dict[str, Any], timeout: int | None = None) -> str:
-    """One human line for one update."""
+def describe(update: dict[str, Any], timeout: int | None = None) -> str | None:
+    """One human line for one update; None for `joined`, which the outcome line says next."""
     state = update.get("state")
     if update.get("outcome"):
         text = OUTCOME_TEXT.get(update["outcome"], update["outcome"]).format(
@@ -111,7 +112,7 @@ def describe(update: dict[str, Any], timeout: int | None = None) -> str:
     if state == "joining":
         return f"timer cancelled, moving into {update.get('room')}"
     if state == "joined":
-        return f"joined {update.get('room')}"
+        return None
     return str(state)
 
 
@@ -128,10 +129,11 @@ async def _print_progress(
 
     async def one(ext: str, stream: AsyncIterator[dict[str, Any]]) -> None:
         async for update in stream:
-            if as_json:
-                print(json.dumps(update), file=out, flush=True)
-            else:
-                print(f"{ext:<{width}}  {describe(update, timeout)}", file=out, flush=True)
+            line = json.dumps(update) if as_json else describe(update, timeout)
+            if line is not None and not as_json:
+                line = f"{ext:<{width}}  {line}"
+            if line is not None:
+                print(line, file=out, flush=True)
             if update.get("outcome"):
                 outcomes[ext] = update["outcome"]
 
@@ -140,7 +142,8 @@ async def _print_progress(
 
 
 def exit_code_for(extensions: Sequence[str], outcomes: dict[str, str]) -> int:
-    """0 when every extension joined; else the code of the first (in argument order) that did not."""
+    """0 when every extension joined; else the code of the first (in argument order) that did
+    not."""
     for ext in extensions:
         outcome = outcomes.get(ext, Outcome.LOST)
         if outcome != Outcome.JOINED:
@@ -358,6 +361,126 @@ async def cmd_cancel(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+async def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    """`confguard check`: connect with the configured settings, one ✓/✗ line per check."""
+    from confguard import check
+    from confguard.esl import EslSession, route_genesis_logging
+    from confguard.logs import configure_logging
+
+    config = _load_config(args)
+    configure_logging(format="auto", level="warning", stream=sys.stderr)
+    route_genesis_logging()
+    target = f"{config.esl.host}:{config.esl.port}"
+    print(f"confguard check against FreeSWITCH at {target}", file=out)
+    session = EslSession(esl_settings(config))
+    try:
+        await session.connect()
+    except Exception as exc:  # the typed EslError family, or anything the transport raised
+        results = check.connection_results(target, exc)
+        print(check.format_results(results), file=out, end="")
+        await _close_quietly(session)
+        return check.exit_code(results)
+    try:
+        results = check.connection_results(target, None)
+        results += await check.run_checks(
+            session.api,
+            target=target,
+            join_mode=config.invite.join_mode,
+            join_target=check_join_target(config),
+            prompt=config.invite.prompt,
+        )
+    finally:
+        await _close_quietly(session)
+    print(check.format_results(results), file=out, end="")
+    return check.exit_code(results)
+
+
+def check_join_target(config: Any) -> str:
+    """What `check.run_checks` looks for: in `inline` mode the conference profile of the rooms
+    (confguard's rooms carry no `@profile` by default, so mod_conference's `default`), in
+    `dialplan` mode the configured extension and context."""
+    inv = config.invite
+    if inv.join_mode == "dialplan":
+        return f"{inv.join_extension} XML {inv.join_context}"
+    return ""
+
+
+async def _close_quietly(session: Any) -> None:
+    with contextlib.suppress(Exception):
+        await session.close()
+
+
+def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
+    """`confguard history`: finished invites from the journal, read-only (the daemon may run)."""
+    from confguard.journal import Journal, JournalError, parse_since
+
+    config = _load_config(args)
+    path = config.journal.path
+    since = None
+    if args.since is not None:
+        try:
+            since = parse_since(args.since)
+        except ValueError as exc:
+            raise BadInput("since", args.since, str(exc)) from None
+    if args.limit < 1:
+        raise BadInput("limit", str(args.limit), "at least 1")
+    if not os.path.exists(path):
+        _err(f"no journal at {path} yet: it is created when `confguard serve` first starts "
+             "with this [journal] path (or pass --journal PATH)")
+        return EXIT_NO_JOURNAL
+    try:
+        with Journal(path, readonly=True) as journal:
+            rows = journal.history(ext=args.ext, room=args.room, since=since, limit=args.limit)
+    except JournalError as exc:
+        _err(str(exc))
+        return EXIT_FAILURE
+    if args.json:
+        for row in rows:
+            print(json.dumps(history_item(row), default=str), file=out)
+        return EXIT_OK
+    print(format_history(rows), file=out)
+    return EXIT_OK
+
+
+def history_item(row: Any) -> dict[str, Any]:
+    """One `history --json` line: the journal row, its durations and its start as ISO time."""
+    item = row.as_dict()
+    item["when"] = _local_time(row.created_at, iso=True)
+    return item
+
+
+def _local_time(epoch: float, *, iso: bool = False) -> str:
+    import datetime as _dt
+
+    moment = _dt.datetime.fromtimestamp(epoch).astimezone()
+    if iso:
+        return moment.isoformat(timespec="seconds")
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def format_history(rows: Sequence[Any]) -> str:
+    """A table of finished invites, newest first (times are local)."""
+    if not rows:
+        return "no finished invites match"
+    header = (
+        f"{'WHEN':<19}  {'EXT':<10} {'ROOM':<12} {'OUTCOME':<11} {'CAUSE':<24} "
+        f"{'RING':>6} {'WAIT':>6} {'TOTAL':>7}"
+    )
+    lines = [header]
+    for row in rows:
+        lines.append(
+            f"{_local_time(row.created_at):<19}  {row.ext:<10} {row.room:<12} "
+            f"{row.outcome or '?':<11} {row.cause or '-':<24} "
+            f"{_seconds(row.ring_seconds):>6} {_seconds(row.wait_key_seconds):>6} "
+            f"{_seconds(row.total_seconds):>7}"
+        )
+    return "\n".join(lines)
+
+
 async def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from confguard.daemon import serve
 
@@ -375,7 +498,9 @@ def cmd_config(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML configuration file (default /etc/confguard/confguard.toml)")
+    parser.add_argument(
+        "--config", help="TOML configuration file (default /etc/confguard/confguard.toml)"
+    )
     parser.add_argument("--socket", help="control socket path")
 
 
@@ -430,6 +555,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--esl-host")
     p.add_argument("--esl-port", type=int)
 
+    p = sub.add_parser("history", help="finished invites from the journal")
+    _add_common(p)
+    p.add_argument("--ext", help="only this extension")
+    p.add_argument("--room", help="only this room")
+    p.add_argument("--since", help="only invites started since: 90s, 30m, 1h, 2d, 1w or an ISO "
+                                    "date/time (local)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per invite")
+    p.add_argument("--journal", help="journal database path")
+
+    p = sub.add_parser("check", help="is the configured FreeSWITCH ready for confguard?")
+    _add_common(p)
+    p.add_argument("--esl-host")
+    p.add_argument("--esl-port", type=int)
+
     sub.add_parser("sim", help="run the FreeSWITCH simulator (see `confguard sim --help`)",
                    add_help=False)
     return parser
@@ -441,6 +581,8 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "status": cmd_status,
     "cancel": cmd_cancel,
     "config": cmd_config,
+    "history": cmd_history,
+    "check": cmd_check,
 }
 
 

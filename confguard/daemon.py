@@ -25,6 +25,7 @@ from confguard import __version__
 log = structlog.get_logger("confguard.daemon")
 
 SHUTDOWN_BUDGET_S = 5.0
+EXIT_START_FAILED = 1  # the control socket could not be set up (systemd: Restart=on-failure)
 STATUS_REFRESH_S = 1.0  # how often STATUS= is recomputed (sent only when it changed)
 
 
@@ -92,7 +93,13 @@ class Daemon:
             defaults=invite_defaults(config),
             status=self.status,
         )
-        await self.api.start()
+        try:
+            await self.api.start()
+        except OSError as exc:  # another confguard on the socket, a directory we may not use
+            log.error("api.start_failed", socket=config.api.socket, error=str(exc))
+            await self.metrics.stop()
+            self.journal.close()
+            return EXIT_START_FAILED
         self.notifier.ready()
         self.listening.set()
         self._status_line()
