@@ -525,7 +525,9 @@ class Engine:
                 }
             )
         log.info("invite.state", **_log_fields(update))
-        self._journal_call("finish_invite", run, str(done.outcome), done.cause, update)
+        self._journal_call("finish_invite", run, str(done.outcome), done.cause, {
+            k: v for k, v in update.items() if k not in _JOURNAL_HAS
+        })
         self._metric("invite_finished", str(done.outcome))
         self._metric("state_changed", update["previous"], str(State.ENDED))
         if done.outcome is Outcome.JOINED and run.key_at is not None:
@@ -615,6 +617,8 @@ def spec_from_journal(record: Any) -> InviteSpec:
 
 
 _LOG_SKIP = {"seq", "ts", "invite_id"}
+# Columns the journal row has already: not repeated in its detail.
+_JOURNAL_HAS = {"seq", "ts", "invite_id", "uuid", "ext", "room", "state", "outcome", "cause"}
 _RENAMED = {"event": "esl_event", "level": "detail_level", "timestamp": "detail_timestamp"}
 _REDUNDANT = {"elapsed_s", "extension"}  # the machine's detail repeats what every update carries
 
