@@ -191,7 +191,9 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._clients.add(task)
@@ -205,7 +207,9 @@ class ControlServer:
             await _send_json(conn, writer, exc.status, exc.body)
         except (h11.RemoteProtocolError, ValueError) as exc:
             with contextlib.suppress(Exception):
-                await _send_json(conn, writer, 400, {"error": {"kind": "http", "message": str(exc)}})
+                await _send_json(
+                    conn, writer, 400, {"error": {"kind": "http", "message": str(exc)}}
+                )
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
@@ -252,7 +256,9 @@ class ControlServer:
                 return await _send_json(conn, writer, 202, {"cancelling": run.invite_id})
             if parts[2:] == ["events"] and method == "GET":
                 return await self._stream(conn, writer, run.invite_id)
-        raise HttpError(404 if method in ("GET", "POST", "DELETE") else 405, "not_found", "no such endpoint")
+        if method not in ("GET", "POST", "DELETE"):
+            raise HttpError(405, "method_not_allowed", f"{method} is not supported")
+        raise HttpError(404, "not_found", "no such endpoint")
 
     async def _create(self, body: bytes) -> dict[str, Any]:
         try:
@@ -267,7 +273,7 @@ class ControlServer:
             raise HttpError(
                 400, "bad_input", str(exc), field=exc.field, value=exc.value, reason=exc.reason
             ) from None
-        created = []
+        created: list[dict[str, str]] = []
         for spec in specs:
             try:
                 run = await self.engine.invite(spec)

@@ -19,7 +19,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 TIMEOUT_S = 6
 EXPECTED = {"1000": "joined", "1001": "timeout"}
@@ -31,7 +33,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for(predicate, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if predicate():
@@ -45,7 +47,7 @@ def port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def pump(stream, prefix: str, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
+def pump(stream: IO[str], prefix: str, sink: list[str]) -> None:
     for raw in stream:
         line = raw.rstrip("\n")
         sink.append(line)

@@ -168,6 +168,7 @@ async def test_bad_input_exits_2_and_sends_nothing(sim, daemon, argv, field, cap
     before = await sim.switch.api("show channels as json")
     status, out = await run_cli(*argv, "--socket", socket_of(daemon))
     assert status == cli.EXIT_BAD_INPUT
+    assert out == ""  # no progress: nothing was placed
     assert field in capsys.readouterr().err
     assert daemon.engine.active() == []
     assert await sim.switch.api("show channels as json") == before
@@ -212,6 +213,7 @@ async def test_switch_restart_mid_call_ends_lost(sim, daemon) -> None:  # type: 
         "invite", "1001", "--room", "test1", "--timeout", "30", "--no-wait",
         "--socket", socket_of(daemon),
     )
+    assert status == 0
     call_uuid = out.strip()
     run = daemon.engine.get(call_uuid)
     for _ in range(100):
@@ -284,6 +286,7 @@ async def test_restarted_daemon_finds_a_vanished_call_lost(sim, tmp_path) -> Non
         "invite", "1001", "--room", "test1", "--timeout", "60", "--no-wait",
         "--socket", socket_of(first),
     )
+    assert status == 0
     call_uuid = out.strip()
     await wait_state(first, call_uuid, "waiting_key")
     first.stopping.set()
