@@ -409,7 +409,10 @@ class ControlClient:
             await writer.drain()
             pending = b""
             while True:
-                event = conn.next_event()
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError:
+                    raise DaemonUnreachable("the daemon closed the stream") from None
                 if event is h11.NEED_DATA:
                     conn.receive_data(await reader.read(65536))
                     continue

@@ -210,9 +210,23 @@ async def cmd_invite(args: argparse.Namespace, out: TextIO) -> int:
             print(item["uuid"] if not args.json else json.dumps(item), file=out)
         return EXIT_OK
     streams = [(item["ext"], client.follow(item["invite_id"])) for item in created]
-    outcomes = await _print_progress(
-        streams, as_json=args.json, timeout=specs[0].timeout, out=out
-    )
+    try:
+        outcomes = await _print_progress(
+            streams, as_json=args.json, timeout=specs[0].timeout, out=out
+        )
+    except (OSError, ApiError, DaemonUnreachable) as exc:
+        outcomes, why = {}, f" ({exc})"
+    else:
+        why = ""
+    unfollowed = [item for item in created if item["ext"] not in outcomes]
+    for item in unfollowed:
+        _err(
+            f"{item['ext']}: the daemon stopped reporting before the outcome{why}; the call "
+            f"{item['uuid']} stays bounded by its FreeSWITCH timer; its outcome will be in "
+            "`confguard history` once the daemon runs again"
+        )
+    if unfollowed:
+        return EXIT_DAEMON_UNREACHABLE
     return exit_code_for([s.extension for s in specs], outcomes)
 
 

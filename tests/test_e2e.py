@@ -314,3 +314,21 @@ async def test_join_target_missing_is_failed(sim, daemon) -> None:  # type: igno
     assert updates[-1]["outcome"] == "failed", updates[-1]
     assert status == cli.OUTCOME_EXIT["failed"]
     await assert_nothing_left(sim, daemon, updates[0]["uuid"])
+
+
+async def test_cli_says_so_when_the_daemon_stops_before_the_outcome(sim, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    running, task = await start_daemon(sim, tmp_path)
+    cli_run = asyncio.create_task(run_cli(
+        "invite", "1001", "--room", "test1", "--timeout", "60", "--socket", socket_of(running)
+    ))
+    for _ in range(200):
+        if running.engine.active() and running.engine.active()[0]["state"] == "waiting_key":
+            break
+        await asyncio.sleep(0.02)
+    running.stopping.set()
+    await asyncio.wait_for(task, 10)
+    status, out = await asyncio.wait_for(cli_run, 10)
+    assert status == cli.EXIT_DAEMON_UNREACHABLE
+    assert "answered, waiting for the key" in out
+    err = capsys.readouterr().err
+    assert "stopped reporting before the outcome" in err and "confguard history" in err
