@@ -22,12 +22,12 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import h11
 import structlog
 
+from confguard.config import InviteConfig
 from confguard.engine import Engine, EngineError, NotConnected, UnknownInvite
 from confguard.invite import BadInput, InviteSpec, JoinTarget
 
@@ -50,26 +50,9 @@ REQUEST_FIELDS = {
 }
 
 
-@dataclass(frozen=True)
-class InviteDefaults:
-    """What an invite request may leave out (from `[invite]` in the configuration)."""
-
-    timeout: int = 30
-    ring_timeout: int | None = None
-    key: str = "1"
-    decline_key: str | None = None
-    prompt: str | None = None
-    reprompt_interval: float = 5.0
-    hangup_cause: str = "ALLOTTED_TIMEOUT"
-    join_mode: str = "inline"
-    join_extension: str = "7001"
-    join_context: str = "default"
-    caller_id_name: str | None = None
-    caller_id_number: str | None = None
-
-
-def specs_from_request(body: Mapping[str, Any], defaults: InviteDefaults) -> list[InviteSpec]:
-    """Validated invite specs for a request body; raises BadInput naming the field."""
+def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[InviteSpec]:
+    """Validated invite specs for a request body; what it leaves out comes from `[invite]`.
+    Raises BadInput naming the field."""
     unknown = set(body) - REQUEST_FIELDS
     if unknown:
         name = sorted(unknown)[0]
@@ -151,13 +134,13 @@ class ControlServer:
         path: str,
         *,
         mode: int = 0o660,
-        defaults: InviteDefaults | None = None,
+        defaults: InviteConfig | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.engine = engine
         self.path = path
         self.mode = mode
-        self.defaults = defaults or InviteDefaults()
+        self.defaults = defaults or InviteConfig()
         self._status = status or (lambda: {})
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()

@@ -192,7 +192,7 @@ async def cmd_invite(args: argparse.Namespace, out: TextIO) -> int:
     from confguard.api import ApiError, ControlClient, DaemonUnreachable, specs_from_request
 
     config = _load_config(args)
-    defaults = invite_defaults(config)
+    defaults = config.invite
     fields = _invite_fields(args)
     specs = specs_from_request(fields, defaults)  # BadInput here: nothing is sent anywhere
     if args.direct:
@@ -239,26 +239,6 @@ def _api_error_exit(exc: Any) -> int:
     return EXIT_FAILURE
 
 
-def invite_defaults(config: Any) -> Any:
-    from confguard.api import InviteDefaults
-
-    inv = config.invite
-    return InviteDefaults(
-        timeout=inv.timeout,
-        ring_timeout=inv.ring_timeout,
-        key=inv.key,
-        decline_key=inv.decline_key,
-        prompt=inv.prompt,
-        reprompt_interval=inv.reprompt_interval,
-        hangup_cause=inv.hangup_cause,
-        join_mode=inv.join_mode,
-        join_extension=inv.join_extension,
-        join_context=inv.join_context,
-        caller_id_name=inv.caller_id_name,
-        caller_id_number=inv.caller_id_number,
-    )
-
-
 async def _invite_direct(
     config: Any, defaults: Any, fields: dict[str, Any], args: argparse.Namespace, out: TextIO
 ) -> int:
@@ -302,19 +282,10 @@ async def _invite_direct(
 
 
 def esl_settings(config: Any) -> Any:
+    """The ESL session's settings from the configuration (the password stays inside them)."""
     from confguard.esl import EslSettings
 
-    esl = config.esl
-    return EslSettings(
-        host=esl.host,
-        port=esl.port,
-        password=esl.password.reveal(),
-        connect_timeout=esl.connect_timeout,
-        auth_timeout=esl.auth_timeout,
-        command_timeout=esl.command_timeout,
-        heartbeat_interval=esl.heartbeat_interval,
-        reconnect_max=esl.reconnect_max,
-    )
+    return EslSettings(**config.esl.settings_kwargs())
 
 
 async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:

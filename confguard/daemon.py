@@ -61,7 +61,7 @@ class Daemon:
 
     async def run(self) -> int:
         from confguard.api import ControlServer
-        from confguard.cli import esl_settings, invite_defaults
+        from confguard.cli import esl_settings
         from confguard.engine import Engine
         from confguard.esl import EslSession
         from confguard.journal import Journal
@@ -90,7 +90,7 @@ class Daemon:
             self.engine,
             config.api.socket,
             mode=config.api.mode,
-            defaults=invite_defaults(config),
+            defaults=config.invite,
             status=self.status,
         )
         try:
@@ -185,7 +185,7 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: log level, invite defaults, log file reopened. ESL/socket changes need a
         restart."""
-        from confguard.cli import FLAG_NAMES, invite_defaults
+        from confguard.cli import FLAG_NAMES
         from confguard.config import ConfigError, load_config
         from confguard.logs import reopen, set_level
 
@@ -198,7 +198,7 @@ class Daemon:
         else:
             set_level(fresh.log.level)
             if self.api is not None:
-                self.api.defaults = invite_defaults(fresh)
+                self.api.defaults = fresh.invite
             self.config = fresh
             log.info("config.reloaded", log_level=fresh.log.level)
         self.notifier.ready()

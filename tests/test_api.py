@@ -15,9 +15,9 @@ from confguard.api import (
     ControlClient,
     ControlServer,
     DaemonUnreachable,
-    InviteDefaults,
     specs_from_request,
 )
+from confguard.config import InviteConfig
 from confguard.engine import Engine
 from confguard.invite import BadInput, JoinTarget
 
@@ -52,7 +52,7 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[ControlServer, DownSessi
 
 
 def test_request_defaults_and_overrides() -> None:
-    defaults = InviteDefaults(timeout=45, key="5", join_mode="dialplan")
+    defaults = InviteConfig(timeout=45, key="5", join_mode="dialplan")
     [spec] = specs_from_request({"extensions": ["1000"], "room": "test1"}, defaults)
     assert (spec.timeout, spec.key) == (45, "5")
     assert spec.join == JoinTarget.dialplan("7001", "default")
@@ -79,7 +79,7 @@ def test_request_defaults_and_overrides() -> None:
 )
 def test_request_validation_names_the_field(body: dict[str, object], field: str) -> None:
     with pytest.raises(BadInput) as caught:
-        specs_from_request(body, InviteDefaults())
+        specs_from_request(body, InviteConfig())
     assert caught.value.field == field
 
 
