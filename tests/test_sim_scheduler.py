@@ -113,7 +113,10 @@ async def test_recurring_task_reschedules() -> None:
             lambda t: runs.append(1),
             interval=1,
         )
-        await clock.sleep(3.6)
+        for _ in range(100):  # bounded: 10 simulated seconds at most
+            if len(runs) >= 2 and any(e.name == "RE_SCHEDULE" for e in published):
+                break
+            await clock.sleep(0.1)
         assert len(runs) >= 2
         assert any(e.name == "RE_SCHEDULE" for e in published)
         assert task in scheduler.live_tasks()
@@ -132,5 +135,32 @@ async def test_reset_forgets_everything_silently() -> None:
         assert [t.desc for t in scheduler.live_tasks()] == ["limit_hash_cleanup"]
         assert scheduler.add("next", "g", int(clock.now()) + 60, None).task_id == 4
         assert not [e for e in published if e.name == "DEL_SCHEDULE"]
+    finally:
+        await scheduler.stop()
+
+
+async def test_an_add_restarts_the_pass_cycle() -> None:
+    """Transcript 07: `+5` fired 4.51 s after an add at .75/.95 of a second and 5.01 s after
+    one at .05/.25/.5, so the passes follow the add: it triggers a pass at once (a task that
+    is already due runs without waiting for the 0.5 s cycle) and the next ones 0.5 s apart."""
+    scheduler, published, clock = make_scheduler()
+    await scheduler.start()
+    try:
+        ran: list[float] = []
+        now = clock.now()
+        scheduler.add("due", "g", int(now), lambda task: ran.append(clock.now()))
+        for _ in range(5):  # a few loop iterations, far less than a 0.5 s pass interval
+            await asyncio.sleep(0)
+        assert len(ran) == 1
+        later = scheduler.add("later", "g", int(clock.now()) + 2, lambda t: ran.append(0.0))
+        for _ in range(100):  # bounded: 10 simulated seconds at most
+            if len(ran) == 2:
+                break
+            await clock.sleep(0.1)
+        assert len(ran) == 2 and int(clock.now()) >= later.runtime  # never before its second
+        assert [e.get("Task-Desc") for e in published if e.name == "DEL_SCHEDULE"] == [
+            "due",
+            "later",
+        ]
     finally:
         await scheduler.stop()

@@ -101,7 +101,7 @@ async def test_press1_call_events_follow_transcript(switch, transcripts_dir: Pat
     sw.background_job(
         "J", f"originate {{origination_uuid={U},callee_mode=press1}}user/1000 &park()"
     )
-    await sw.clock.sleep(2.2)
+    await until(sw, lambda: any(e.name == "DTMF" for e in published))
     names = [e.name for e in published if e.name in
              ("CHANNEL_CREATE", "CHANNEL_ANSWER", "BACKGROUND_JOB", "DTMF")]  # fmt: skip
     assert names == ["CHANNEL_CREATE", "CHANNEL_ANSWER", "BACKGROUND_JOB", "DTMF"]
@@ -286,3 +286,58 @@ def test_argument_parsing() -> None:
                          "x": "a,b"}  # fmt: skip
     quoted = split_args("{a='x y,z'}user/1000 &park()", keep_quotes=True)
     assert parse_dial_string(quoted[0]) == ({"a": "x y,z"}, "user/1000")
+
+
+def recorded_body(path: Path, seq: int) -> str:
+    rec = next(r for r in records(path) if r["seq"] == seq)
+    return str(rec["data"]).split("\n\n", 1)[1]
+
+
+async def test_lists_print_like_freeswitch_after_an_inline_transfer(
+    switch, transcripts_dir: Path
+) -> None:
+    sw, _published = switch
+    assert await sw.api("conference list") == "+OK No active conferences.\n"
+    await sw.api(f"originate {{origination_uuid={U},callee_mode=silent}}user/1000 &park()")
+    assert await sw.api(f"uuid_transfer {U} conference:test1 inline") == "+OK\n"
+    await until(sw, lambda: sw.conferences.get("test1") is not None)
+    # cJSON's formatted print: `[{` on one line, tabs, `"name":<TAB>value` (transcript 04).
+    recorded_json = recorded_body(
+        transcripts_dir / "04-run1-press1-sched-del-id-transfer-xml.jsonl", 58
+    )
+    ours = await sw.api("conference test1 json_list")
+    assert ours.startswith('[{\n\t\t"conference_name":\t"test1",\n')
+    assert ours.endswith("\n\t\t\t}]\n\t}]")
+    assert [line.split(":")[0] for line in ours.splitlines()] == [
+        line.split(":")[0] for line in recorded_json.splitlines()
+    ]
+    assert json.loads(ours)[0]["members"][0]["uuid"] == U
+    xml = await sw.api("conference test1 xml_list")
+    assert xml.startswith('<?xml version="1.0"?>\n<conferences>\n  <conference name="test1"')
+    assert f"<uuid>{U}</uuid>" in xml and "<has_floor>" in xml and xml.endswith("</conferences>\n")
+    # show channels: the profile keeps its destination, the row lists the inline one (05).
+    row = (await sw.api("show channels")).splitlines()[1].split(",")
+    assert row[9:14] == ["conference:test1", "conference", "test1", "inline", "default"]
+    assert row[26:29] == ["", "0000000000", "RECV"]
+    # uuid_dump json (what confguard reads on resync) shows the membership.
+    dump = json.loads(await sw.api(f"uuid_dump {U} json"))
+    assert dump["Answer-State"] == "answered" and dump["Channel-State"] == "CS_EXECUTE"
+    assert dump["variable_conference_name"] == "test1"
+    assert dump["variable_conference_member_id"] == str(sw.channels[U].member_id)
+
+
+async def test_show_tasks_as_xml_and_file_exists(switch, transcripts_dir: Path) -> None:
+    sw, _published = switch
+    recorded = recorded_body(transcripts_dir / "04-run1-press1-sched-del-id-transfer-xml.jsonl", 35)
+    ours = await sw.api("show tasks as xml")
+    # Same layout as the recording's first row (mod_hash's task 3), before the second row.
+    first_row = recorded.split('  <row row_id="2">')[0]
+    runtime = str(sw.scheduler.live_tasks()[0].runtime)
+    expected = (
+        first_row.replace('row_count="2"', 'row_count="1"')
+        .replace("1795854766", runtime)
+        .replace("<hostname>vm</hostname>", f"<hostname>{sw.config.hostname}</hostname>")
+    )
+    assert ours == expected + "</result>\n"
+    assert await sw.api(f"file_exists {transcripts_dir}") == "true"
+    assert await sw.api(f"file_exists {transcripts_dir}/no-such-file") == "false"

@@ -54,7 +54,7 @@ class Simulator:
         from confguard.sim.clock import SimClock
 
         self.config = config if config is not None else SimConfig()
-        self.clock = SimClock(self.config.time_scale)
+        self.clock = SimClock(self.config.time_scale, start_epoch=self.config.start_epoch)
         self.server = EslServer(self.config, on_shutdown_request=self._shutdown_requested)
         if switch_factory is None:
             from confguard.sim.switch import Switch

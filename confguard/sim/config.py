@@ -20,3 +20,9 @@ class SimConfig:
     domain: str = "sim.local"
     hostname: str = "confguard-sim"
     auth_timeout: float = 25.0  # real seconds without auth before the socket is closed
+    # Determinism (tests, conformance replay): a seed for every random choice the switch makes,
+    # a fixed simulated wall clock start, and the ranges of the scheduler's small delays.
+    seed: int | None = None  # None: unseeded
+    start_epoch: float | None = None  # simulated epoch seconds at start; None: the real clock
+    mirror_lag: tuple[float, float] = (0.05, 0.2)  # sim s: `show tasks` row appears/goes late
+    schedule_event_delay: tuple[float, float] = (0.001, 0.015)  # sim s: ADD_SCHEDULE after add

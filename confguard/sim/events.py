@@ -283,6 +283,7 @@ ORIGINS: dict[str, Origin] = {
     "DEL_SCHEDULE_API": Origin("switch_scheduler.c", "switch_scheduler_del_task_id", 306),
     "DEL_SCHEDULE_GROUP": Origin("switch_scheduler.c", "switch_scheduler_del_task_group", 340),
     "HEARTBEAT": Origin("switch_core.c", "send_heartbeat", 84),
+    "CHANNEL_DATA": Origin("mod_commands.c", "uuid_dump_function", 0),
     "SHUTDOWN": Origin("switch_core.c", "switch_core_destroy", 3033),
     "conference-create": Origin("mod_conference.c", "conference_new", 3848),
     "conference-destroy": Origin("mod_conference.c", "conference_thread_run", 863),

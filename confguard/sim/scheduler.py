@@ -2,13 +2,16 @@
 
 Owns the tasks: ids counting up (task 3 is mod_hash's permanent `limit_hash_cleanup`, as in a
 fresh FreeSWITCH; the first task added is 4),
-whole-second epoch runtimes, one check pass every 0.5 simulated seconds (a task fires on the
-first pass at or after its runtime, so `+5` fires 4.5-5.0 s after it was added: FreeSWITCH's
-window is N-1 ... N+0.5), groups, recurring tasks (RE_SCHEDULE), and the events: ADD_SCHEDULE
-1-15 ms after a task is added, DEL_SCHEDULE when a task has run or when a deleted task is swept
+whole-second epoch runtimes, one check pass every 0.5 simulated seconds, the cycle restarting
+when a task is added (a task fires on the first pass whose whole-second time has reached its
+runtime, so `+5` fires 4.5 or 5.0 s after it was added, by the sub-second phase of the add, as
+the seven runs of transcript 07 show: 4.51 s or 5.01 s; FreeSWITCH's window is N-1 ... N+0.5),
+groups, recurring tasks (RE_SCHEDULE), and the events: ADD_SCHEDULE `add_event_delay` (default
+1-15 ms) after a task is added, DEL_SCHEDULE when a task has run or when a deleted task is swept
 on the next pass. A delete answers at once with the number of tasks it marked (0 when nothing
 matched, never an error). `show tasks` reads a mirror that, like FreeSWITCH's database copy,
-shows a row 0.05-0.2 s after the task was added and drops it 0.05-0.2 s after DEL_SCHEDULE.
+shows a row `mirror_lag` (default 0.05-0.2 s) after the task was added and drops it as long
+after DEL_SCHEDULE. Every random choice comes from `rng` (seed it for repeatable runs).
 
 It knows nothing about channels: a task is a description, a group and a callback.
 """
@@ -16,7 +19,7 @@ It knows nothing about channels: a task is a description, a group and a callback
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -70,12 +73,15 @@ class Scheduler:
     publish: Callable[[SimEvent], None]
     hostname: str = "confguard-sim"
     rng: random.Random = field(default_factory=random.Random)
+    mirror_lag: tuple[float, float] = MIRROR_LAG
+    add_event_delay: tuple[float, float] = ADD_EVENT_DELAY
     tasks: dict[int, Task] = field(default_factory=dict)
     _next_id: int = FIRST_TASK_ID
     _last_add_due: float = 0.0
     _pending_adds: list[tuple[float, SimEvent]] = field(default_factory=list)
     _mirror: dict[int, _MirrorRow] = field(default_factory=dict)
-    _loop_task: asyncio.Task[None] | None = None
+    _pass_handle: asyncio.TimerHandle | None = None
+    _running: bool = False
     _handles: set[asyncio.TimerHandle] = field(default_factory=set)
 
     # -- life cycle --------------------------------------------------------------------------
@@ -84,16 +90,16 @@ class Scheduler:
         """Add mod_hash's permanent task and start the check loop."""
         if not self.tasks:
             self._add_permanent()
-        if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._run(), name="sim-scheduler")
+        if not self._running:
+            self._running = True
+            self._arm_pass(CHECK_INTERVAL)
 
     async def stop(self) -> None:
-        """Stop the loop (tasks stay in the table)."""
-        task, self._loop_task = self._loop_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop the passes (tasks stay in the table)."""
+        self._running = False
+        handle, self._pass_handle = self._pass_handle, None
+        if handle is not None:
+            handle.cancel()
         for handle in self._handles:
             handle.cancel()
         self._handles.clear()
@@ -138,13 +144,15 @@ class Scheduler:
         task = Task(self._next_id, desc, group, int(runtime), callback, interval, channel_bound)
         self._next_id += 1
         self.tasks[task.task_id] = task
+        if self._running:  # the loop passes now and restarts its 0.5 s cycle from here
+            self._arm_pass(0.0)
         now = self.clock.monotonic()
         self._mirror[task.task_id] = _MirrorRow(
-            task.task_id, desc, group, task.runtime, now + self.rng.uniform(*MIRROR_LAG)
+            task.task_id, desc, group, task.runtime, now + self.rng.uniform(*self.mirror_lag)
         )
         if announce:
             # ADD_SCHEDULE events keep the order the tasks were added in.
-            due = max(now + self.rng.uniform(*ADD_EVENT_DELAY), self._last_add_due + 1e-6)
+            due = max(now + self.rng.uniform(*self.add_event_delay), self._last_add_due + 1e-6)
             self._last_add_due = due
             delay = due - now
             event = self.events().schedule("ADD_SCHEDULE", task.task_id, desc, group, task.runtime)
@@ -201,15 +209,21 @@ class Scheduler:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while True:
-            await self.clock.sleep(CHECK_INTERVAL)
-            try:
-                self.check()
-            except Exception:
-                import logging
+    def _arm_pass(self, sim_seconds: float) -> None:
+        """(Re)start the pass cycle: the next pass `sim_seconds` from now."""
+        if self._pass_handle is not None:
+            self._pass_handle.cancel()
+        self._pass_handle = self.clock.call_later(sim_seconds, self._pass)
 
-                logging.getLogger(__name__).exception("scheduler pass failed")
+    def _pass(self) -> None:
+        self._pass_handle = None
+        if not self._running:
+            return
+        self._arm_pass(CHECK_INTERVAL)
+        try:
+            self.check()
+        except Exception:
+            logging.getLogger(__name__).exception("scheduler pass failed")
 
     def check(self) -> None:
         """One pass: sweep deleted tasks, run due ones, reschedule recurring ones."""
@@ -254,7 +268,7 @@ class Scheduler:
         )
         row = self._mirror.get(task.task_id)
         if row is not None:
-            row.gone_at = self.clock.monotonic() + self.rng.uniform(*MIRROR_LAG)
+            row.gone_at = self.clock.monotonic() + self.rng.uniform(*self.mirror_lag)
 
     def _flush_adds(self, up_to: float) -> None:
         """Publish the queued ADD_SCHEDULE events due by `up_to`, in the order added."""

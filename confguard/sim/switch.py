@@ -18,9 +18,13 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import random
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import quote
+from xml.sax.saxutils import escape as xml_escape
 
 from confguard.sim.callees import (
     FAILURE_CAUSES,
@@ -57,6 +61,7 @@ MODULES = (
 )  # fmt: skip
 STEP = 0.02  # simulated seconds between the steps of a call, as recorded
 NO_SUCH_CHANNEL = "-ERR No such channel!\n"
+LOOPBACK_DESTINATION = "sim_callee"  # the recorded leg's first destination (loopback/sim_callee)
 CONFERENCE_EXTENSION = ("7001", "default", "test1")  # extension, context, room
 SCHED_API_USAGE = "-ERR Invalid syntax. USAGE: [+@]<time> <group_name> <command_string>[&]\n"
 ORIGINATE_USAGE = (
@@ -187,6 +192,8 @@ class Channel:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     digits_dialed: list[str] = field(default_factory=list)
+    listed_destination: str | None = None  # `show channels` dest when not the profile's
+    joined_at: float = 0.0  # simulated epoch seconds it joined its conference
 
     @property
     def uuid(self) -> str:
@@ -208,7 +215,13 @@ class Switch:
         self._publish = publish
         self.events = EventFactory(clock, core_uuid=str(uuidlib.uuid4()), hostname=config.hostname)
         self.scheduler = Scheduler(
-            clock, lambda: self.events, self.publish, hostname=config.hostname
+            clock,
+            lambda: self.events,
+            self.publish,
+            hostname=config.hostname,
+            rng=random.Random(config.seed),
+            mirror_lag=config.mirror_lag,
+            add_event_delay=config.schedule_event_delay,
         )
         self.channels: dict[str, Channel] = {}
         self.conferences: dict[str, Conference] = {}
@@ -248,6 +261,7 @@ class Switch:
             "fsctl": self._api_fsctl,
             "create_uuid": self._api_create_uuid,
             "echo": self._api_echo,
+            "file_exists": self._api_file_exists,
         }
 
     # -- life cycle --------------------------------------------------------------------------
@@ -770,6 +784,7 @@ class Switch:
             self.conferences[room] = conference
             self.publish(self.events.conference("conference-create", conference.facts))
         channel.conference = conference
+        channel.joined_at = self.clock.now()
         channel.member_id = self._next_member_id
         self._next_member_id += 1
         conference.members.append(channel)
@@ -865,6 +880,11 @@ class Switch:
 
     async def _api_create_uuid(self, arg: str) -> str:
         return str(uuidlib.uuid4())
+
+    async def _api_file_exists(self, arg: str) -> str:
+        """`file_exists <path>`: `true` / `false` for a path on this host (like uuid_exists)."""
+        path = arg.strip()
+        return "true" if path and os.path.exists(path) else "false"
 
     async def _api_echo(self, arg: str) -> str:
         return arg
@@ -964,8 +984,10 @@ class Switch:
         source = f"{int(now)}:{uuidlib.uuid4()}:bl_xfer:{exten}/{context}/{dialplan}"
         if channel.conference is not None:
             self._leave_conference(channel)
+        previous_destination, previous_rdnis = facts.destination_number, facts.rdnis
         facts.rdnis = facts.destination_number
         facts.destination_number = exten
+        channel.listed_destination = None
         facts.dialplan = dialplan
         facts.context = context
         facts.logical_direction = "inbound"
@@ -981,6 +1003,11 @@ class Switch:
         facts.state_number = None
         facts.set_var("call_uuid", channel.uuid)
         if dialplan == "inline":
+            # The parked app's completion shows the new profile; then the inline app runs
+            # with the destination put back and no RDNIS, and only `show channels` lists the
+            # new destination (transcripts 05, 06).
+            facts.destination_number, facts.rdnis = previous_destination, previous_rdnis
+            channel.listed_destination = exten
             app, _, data = exten.partition(":")
             self._start_app(channel, app, data or None)
         else:
@@ -1117,6 +1144,7 @@ class Switch:
             return "-USAGE: show <what>\n"
         what, rest = words[0], words[1:]
         as_json = rest[:2] == ["as", "json"]
+        as_xml = rest[:2] == ["as", "xml"]
         if what == "tasks":
             header = ["task_id", "task_desc", "task_group", "task_runtime", "task_sql_manager",
                       "hostname"]  # fmt: skip
@@ -1124,7 +1152,7 @@ class Switch:
                 [str(tid), desc, group, str(runtime), "0", self.config.hostname]
                 for tid, desc, group, runtime in self.scheduler.mirror_rows()
             ]
-            return _table(header, rows, as_json)
+            return _xml_table(header, rows) if as_xml else _table(header, rows, as_json)
         if what in ("channels", "calls"):
             header = ["uuid", "direction", "created", "created_epoch", "name", "state",
                       "cid_name", "cid_num", "ip_addr", "dest", "application",
@@ -1136,19 +1164,24 @@ class Switch:
                       "sent_callee_num", "initial_cid_name", "initial_cid_num", "initial_ip_addr",
                       "initial_dest", "initial_dialplan", "initial_context"]  # fmt: skip
             rows = [self._channel_row(ch) for ch in self.channels.values() if not ch.destroyed]
-            return _table(header, rows, as_json)
+            return _xml_table(header, rows) if as_xml else _table(header, rows, as_json)
         return "-ERR Invalid show command\n" if what else "-USAGE: show <what>\n"
 
     def _channel_row(self, channel: Channel) -> list[str]:
+        """A `show channels` row as transcript 05 shows the originated leg (after the answer
+        the caller ids are flipped and the callee direction is RECV)."""
         facts = channel.facts
+        callee_direction = "RECV" if facts.variables.get("channel_cid_flipped") == "yes" else ""
         return [
             facts.uuid, facts.direction, stamp_local(facts.created), str(int(facts.created)),
             facts.name, facts.state, facts.caller_id_name or "", facts.caller_id_number, "",
-            facts.destination_number, channel.application or "", channel.application_data or "",
+            channel.listed_destination or facts.destination_number,
+            channel.application or "", channel.application_data or "",
             facts.dialplan, facts.context, "L16", "8000", "128000", "L16", "8000", "128000", "",
-            self.config.hostname, facts.presence_id, "", "", facts.call_state, "", "", "",
-            facts.uuid, "", "", facts.caller_id_name or "", facts.caller_id_number, "",
-            channel.extension, "XML", "default",
+            self.config.hostname, facts.presence_id, "", "", facts.call_state,
+            facts.callee_id_name or "", facts.callee_id_number or "", callee_direction,
+            facts.uuid, "", "", facts.variables.get("origination_caller_id_name", ""),
+            facts.orig_caller_id_number or "", "", LOOPBACK_DESTINATION, "XML", "default",
         ]  # fmt: skip
 
     # -- conference command ------------------------------------------------------------------
@@ -1169,6 +1202,8 @@ class Switch:
             return str(len(conference.members))
         if sub[:1] == ["json_list"]:
             return self._conference_json(conference)
+        if sub[:1] == ["xml_list"]:
+            return self._conference_xml(conference)
         if sub[:1] == ["kick"] or sub[:1] == ["hup"]:
             return self._conference_kick(conference, sub[1:])
         return (
@@ -1190,6 +1225,8 @@ class Switch:
         )
 
     def _conference_list_all(self) -> str:
+        if not self.conferences:
+            return "+OK No active conferences.\n"
         out: list[str] = []
         for conference in self.conferences.values():
             count = len(conference.members)
@@ -1224,7 +1261,7 @@ class Switch:
                 "uuid": member.uuid,
                 "caller_id_name": member.facts.caller_id_name or "",
                 "caller_id_number": member.facts.caller_id_number,
-                "join_time": 0,
+                "join_time": int(self.clock.now() - member.joined_at),
                 "last_talking": 0,
                 "energy": 100,
                 "volume_in": 0,
@@ -1247,7 +1284,53 @@ class Switch:
             "video_bridge": False, "video_floor_only": False, "video_rfc4579": False,
             "variables": {}, "members": members,
         }]  # fmt: skip
-        return json.dumps(document, indent="\t", separators=(",", ":\t"))
+        return cjson_format(document)
+
+    def _conference_xml(self, conference: Conference) -> str:
+        """`conference <name> xml_list` as transcript 06 shows it (newest member first)."""
+        now = self.clock.now()
+        facts = conference.facts
+        out = [
+            '<?xml version="1.0"?>',
+            "<conferences>",
+            f'  <conference name="{facts.name}" member-count="{len(conference.members)}" '
+            f'ghost-count="0" rate="8000" uuid="{facts.uuid}" running="true" answered="true" '
+            'enforce_min="true" dynamic="true" exit_sound="true" enter_sound="true" '
+            f'run_time="{int(now - conference.created)}">',
+            "    <variables></variables>",
+            "    <members>",
+        ]
+        for member in reversed(conference.members):
+            flags = {
+                "can_hear": True, "can_see": True, "can_speak": True, "mute_detect": False,
+                "talking": False, "hold": False, "has_video": False, "video_bridge": False,
+                "has_floor": member is conference.floor, "is_moderator": False,
+                "end_conference": False, "mandatory_member_end_conference": False,
+                "is_ghost": False,
+            }  # fmt: skip
+            out.append('      <member type="caller">')
+            out.append(f"        <id>{member.member_id}</id>")
+            out.append("        <flags>")
+            out.extend(
+                f"          <{name}>{'true' if value else 'false'}</{name}>"
+                for name, value in flags.items()
+            )
+            out.append("        </flags>")
+            for name, value in (
+                ("uuid", member.uuid),
+                ("caller_id_name", quote(member.facts.caller_id_name or "", safe="")),
+                ("caller_id_number", quote(member.facts.caller_id_number, safe="")),
+                ("join_time", str(int(now - member.joined_at))),
+                ("last_talking", "N/A"),
+                ("energy", "100"),
+                ("volume_in", "0"),
+                ("volume_out", "0"),
+                ("output-volume", "0"),
+            ):
+                out.append(f"        <{name}>{value}</{name}>")
+            out.append("      </member>")
+        out.extend(["    </members>", "  </conference>", "</conferences>"])
+        return "\n".join(out) + "\n"
 
     def _conference_kick(self, conference: Conference, args: list[str]) -> str:
         if not args:
@@ -1269,3 +1352,33 @@ def _table(header: list[str], rows: list[list[str]], as_json: bool) -> str:
         return "\n0 total.\n"
     lines = [",".join(header)] + [",".join(row) for row in rows]
     return "\n".join(lines) + f"\n\n{len(rows)} total.\n"
+
+
+def _xml_table(header: list[str], rows: list[list[str]]) -> str:
+    """`show ... as xml` (transcript 04): a <result> of numbered <row>s, two-space indents."""
+    out = [f'<result row_count="{len(rows)}">']
+    for number, row in enumerate(rows, start=1):
+        out.append(f'  <row row_id="{number}">')
+        for name, value in zip(header, row, strict=True):
+            out.append(f"    <{name}>{xml_escape(value)}</{name}>")
+        out.append("  </row>")
+    out.append("</result>")
+    return "\n".join(out) + "\n"
+
+
+def cjson_format(value: object, depth: int = 0) -> str:
+    """JSON as FreeSWITCH's cJSON prints it formatted (`conference ... json_list`): objects
+    open on `{` + newline with one tab per depth level and `"name":<TAB>value`, arrays stay on
+    one line with items joined by `, ` (transcripts 04 and 06)."""
+    if isinstance(value, dict):
+        if not value:
+            return "{\n" + "\t" * depth + "}"
+        inner = "\t" * (depth + 1)
+        items = [
+            f"{inner}{json.dumps(str(key))}:\t{cjson_format(item, depth + 1)}"
+            for key, item in value.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + "\t" * depth + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(cjson_format(item, depth + 1) for item in value) + "]"
+    return json.dumps(value)
