@@ -137,7 +137,7 @@ class Daemon:
                 continue
             await self.engine.start()
             self.linked.set()
-            log.info("esl.connected", target=target)
+            log.info("esl.subscribed", target=target)
             self._status_line()
             await self._recover_journal()
             return

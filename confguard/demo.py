@@ -91,7 +91,7 @@ def main() -> int:
         threads.append(threading.Thread(target=pump, args=(daemon.stdout, "log |", daemon_lines),
                                         daemon=True))
         threads[-1].start()
-        wait_for(lambda: any("esl.connected" in line for line in daemon_lines), 15,
+        wait_for(lambda: any("esl.subscribed" in line for line in daemon_lines), 15,
                  "the daemon's ESL connection")
 
         print(f"== confguard invite 1000 / 1001 --room test1 --timeout {TIMEOUT_S}", flush=True)

@@ -405,12 +405,12 @@ class _Connection(Inbound):
             try:
                 event = parse_event(frame.data, frame.body)
             except (ValueError, TypeError) as exc:
-                log.warning("esl_unparsable_event", where=self.settings.host_port, error=str(exc))
+                log.warning("esl.unparsable_event", where=self.settings.host_port, error=str(exc))
                 return
             if event is not None:
                 self._on_event(self, event)
         elif content_type == "text/event-xml":
-            log.warning("esl_xml_event_ignored", where=self.settings.host_port)
+            log.warning("esl.xml_event_ignored", where=self.settings.host_port)
 
     def mark_lost(self, reason: str) -> None:
         if self.lost_reason is None:
@@ -645,7 +645,7 @@ class EslSession:
             try:
                 self._on_state(state)
             except Exception:
-                log.exception("esl_on_state_failed", state=state)
+                log.exception("esl.on_state_failed", state=state)
 
     def _set_disconnected(self, reason: str) -> None:
         was = self.connected
@@ -767,7 +767,7 @@ class EslSession:
         self.connected_since = time.time()
         if reconnect:
             self.reconnects += 1
-        log.info("esl_connected", where=self.host_port, reconnects=self.reconnects)
+        log.info("esl.connected", where=self.host_port, reconnects=self.reconnects)
         self._state("connected")
         return conn
 
@@ -816,7 +816,7 @@ class EslSession:
                 reason = await self._watch(conn)
                 if self._closed:
                     return
-                log.warning("esl_connection_lost", where=self.host_port, reason=reason)
+                log.warning("esl.connection_lost", where=self.host_port, reason=reason)
                 self._conn = None
                 self._set_disconnected(reason)
                 self._state("disconnected")
@@ -831,7 +831,7 @@ class EslSession:
                     self._resync = asyncio.create_task(self._call_on_reconnect(), name="esl-resync")
         except Exception:
             # a bug, not a network fault: say so loudly; the session is down for good
-            log.exception("esl_supervisor_failed", where=self.host_port)
+            log.exception("esl.supervisor_failed", where=self.host_port)
             self._conn = None
             self._set_disconnected("supervisor failed")
             self._fail_jobs(EslConnectionLost(f"ESL {self.host_port}: session failed"))
@@ -848,7 +848,7 @@ class EslSession:
         try:
             await self._on_reconnect()
         except Exception:
-            log.exception("esl_on_reconnect_failed", where=self.host_port)
+            log.exception("esl.on_reconnect_failed", where=self.host_port)
 
     async def _reconnect(self) -> _Connection:
         delay = self.settings.reconnect_initial

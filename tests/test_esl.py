@@ -410,7 +410,7 @@ async def test_password_never_in_logs_or_errors(
     texts += [repr(entry) for entry in captured]
     texts.append(caplog.text)
     joined = "\n".join(texts)
-    assert any(entry.get("event") == "esl_connection_lost" for entry in captured)
+    assert any(entry.get("event") == "esl.connection_lost" for entry in captured)
     assert any("auth <redacted>" in repr(entry) for entry in captured)
     assert SECRET not in joined
     assert "Wrong-Zebra-9" not in joined
