@@ -62,7 +62,7 @@ class Daemon:
     async def run(self) -> int:
         from confguard.api import ControlServer
         from confguard.cli import esl_settings
-        from confguard.engine import Engine
+        from confguard.engine import SUBSCRIBED_EVENTS, Engine
         from confguard.esl import EslSession
         from confguard.journal import Journal
         from confguard.metrics import Metrics
@@ -74,7 +74,7 @@ class Daemon:
             self._install_signals()
         self.journal = Journal(config.journal.path)
         self.journal.prune(config.journal.retention_days)
-        self.metrics = Metrics()
+        self.metrics = Metrics(event_names=SUBSCRIBED_EVENTS)
         if config.metrics.listen:
             host, port = config.metrics.host_port
             await self.metrics.start_server(host, port)

@@ -360,7 +360,7 @@ class Engine:
     async def _route_events(self) -> None:
         async for event in self.session.events():
             name = event.name
-            self._metric("event_received", name)
+            self._metric("event_received", event.subclass or name)
             headers: Mapping[str, str] = event.headers
             run = (
                 self._by_uuid.get(headers.get("Unique-ID", ""))

@@ -370,6 +370,7 @@ async def test_json_logs_metrics_and_no_password_anywhere(daemon: Daemon) -> Non
     assert samples["confguard_esl_connected"] == 1
     assert samples['confguard_events_received_total{event="CHANNEL_ANSWER"}'] >= 2
     assert samples['confguard_events_received_total{event="DTMF"}'] >= 1
+    assert samples['confguard_events_received_total{event="conference::maintenance"}'] >= 1
     assert samples["confguard_key_to_joined_seconds_count"] == 1
 
     # stderr is a file, not a TTY: every line is JSON with the stable leading keys.

@@ -46,6 +46,7 @@ class Event:
     def __init__(self, **headers: str) -> None:
         self.headers = {k.replace("_", "-"): v for k, v in headers.items()}
         self.name = self.headers["Event-Name"]
+        self.subclass = self.headers.get("Event-Subclass")
         self.body = None
 
 
