@@ -4,25 +4,9 @@
 commands, the scheduler, conferences, callees), `EslServer` (the Event Socket protocol on TCP)
 and `Faults` (in-process fault injection). It listens on loopback only.
 
-Default directory (override with `SimConfig.users`, or per call with channel variables):
-
-| user | behaviour |
-|---|---|
-| 1000 | answers after 1 s, presses `1` 2 s after answer, stays |
-| 1001 | answers after 1 s, silent |
-| 1002 | busy (USER_BUSY) |
-| 1003 | rejects (CALL_REJECTED) |
-| 1004 | never answers (rings until `originate_timeout` -> NO_ANSWER) |
-| 1005 | answers after 1 s, presses `2` at 1 s then `1` at 2 s |
-| 1006 | answers after 1 s, hangs up 2 s after answer (NORMAL_CLEARING) |
-| 1007 | answers after 1 s, presses `9` (a decline key) at 1 s |
-| 1008..1019 | like 1000 (for parallel tests) |
-| other | SUBSCRIBER_ABSENT |
-
-Per-call channel variables in the originate `{}`: `sim_answer_after=<s>`,
-`sim_mode=answer|noanswer|busy|reject|unregistered`, `sim_dtmf=<digits>@<s>[;...]` (seconds
-after answer), `sim_hangup_after=<s>`; and the recorded transcripts' `callee_mode` /
-`callee_delay_ms`. Times are simulated seconds (`SimConfig.time_scale` real seconds each).
+The simulated users (1000 presses 1, 1001 stays silent, 1002 is busy, ...) and the channel
+variables that override them per call (`sim_dtmf=1@3`, ...) are documented in
+`confguard.sim.callees`; `SimConfig.users` replaces the directory.
 """
 
 from __future__ import annotations
