@@ -261,30 +261,6 @@ DTMF_KEYS = "0123456789*#ABCD"
 LOG_FORMATS = ("auto", "console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 JOIN_MODES = ("inline", "dialplan")
-# Hangup causes FreeSWITCH knows by name (switch_channel.c CAUSE_CHART); an unknown name would
-# silently become NORMAL_CLEARING, so only these are accepted.
-HANGUP_CAUSES = frozenset(
-    (
-        "UNSPECIFIED", "UNALLOCATED_NUMBER", "NO_ROUTE_TRANSIT_NET", "NO_ROUTE_DESTINATION",
-        "CHANNEL_UNACCEPTABLE", "CALL_AWARDED_DELIVERED", "NORMAL_CLEARING", "USER_BUSY",
-        "NO_USER_RESPONSE", "NO_ANSWER", "SUBSCRIBER_ABSENT", "CALL_REJECTED", "NUMBER_CHANGED",
-        "REDIRECTION_TO_NEW_DESTINATION", "EXCHANGE_ROUTING_ERROR", "DESTINATION_OUT_OF_ORDER",
-        "INVALID_NUMBER_FORMAT", "FACILITY_REJECTED", "RESPONSE_TO_STATUS_ENQUIRY",
-        "NORMAL_UNSPECIFIED", "NORMAL_CIRCUIT_CONGESTION", "NETWORK_OUT_OF_ORDER",
-        "NORMAL_TEMPORARY_FAILURE", "SWITCH_CONGESTION", "ACCESS_INFO_DISCARDED",
-        "REQUESTED_CHAN_UNAVAIL", "PRE_EMPTED", "FACILITY_NOT_SUBSCRIBED",
-        "OUTGOING_CALL_BARRED", "INCOMING_CALL_BARRED", "BEARERCAPABILITY_NOTAUTH",
-        "BEARERCAPABILITY_NOTAVAIL", "SERVICE_UNAVAILABLE", "BEARERCAPABILITY_NOTIMPL",
-        "CHAN_NOT_IMPLEMENTED", "FACILITY_NOT_IMPLEMENTED", "SERVICE_NOT_IMPLEMENTED",
-        "INVALID_CALL_REFERENCE", "INCOMPATIBLE_DESTINATION", "INVALID_MSG_UNSPECIFIED",
-        "MANDATORY_IE_MISSING", "MESSAGE_TYPE_NONEXIST", "WRONG_MESSAGE", "IE_NONEXIST",
-        "INVALID_IE_CONTENTS", "WRONG_CALL_STATE", "RECOVERY_ON_TIMER_EXPIRE",
-        "MANDATORY_IE_LENGTH_ERROR", "PROTOCOL_ERROR", "INTERWORKING", "SUCCESS",
-        "ORIGINATOR_CANCEL", "CRASH", "SYSTEM_SHUTDOWN", "LOSE_RACE", "MANAGER_REQUEST",
-        "BLIND_TRANSFER", "ATTENDED_TRANSFER", "ALLOTTED_TIMEOUT", "USER_CHALLENGE",
-        "MEDIA_TIMEOUT", "PICKED_OFF", "USER_NOT_REGISTERED", "PROGRESS_TIMEOUT", "GATEWAY_DOWN",
-    )
-)
 _EXTENSION_RE = re.compile(r"[0-9A-Za-z_+*#.\-]{1,64}")
 _CONTEXT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _CALLER_NUMBER_RE = re.compile(r"\+?[0-9A-Za-z*#]{1,32}")
@@ -407,11 +383,14 @@ def _pattern(regex: re.Pattern[str], allowed: str) -> _Parser:
 
 
 def _hangup_cause(raw: object) -> object:
-    allowed = "a FreeSWITCH hangup cause name, e.g. ALLOTTED_TIMEOUT, NORMAL_CLEARING"
+    from confguard.invite import BadInput, check_timer_cause
+
+    allowed = "a FreeSWITCH hangup cause name that no other outcome uses, e.g. ALLOTTED_TIMEOUT"
     text = _string(raw, allowed).strip().upper()
-    if text not in HANGUP_CAUSES:
-        raise _Bad(f"{raw!r} is not a hangup cause FreeSWITCH knows", allowed)
-    return text
+    try:
+        return check_timer_cause(text)
+    except BadInput as exc:
+        raise _Bad(f"{raw!r}: {exc.reason}", allowed) from None
 
 
 def _prompt(raw: object) -> object:
@@ -696,7 +675,33 @@ def load_config(
 
     config = Config(**sections, sources=dict(sources), path=file_path)
     _check_together(config)
+    _check_invite_defaults(config)
     return config
+
+
+def _check_invite_defaults(config: Config) -> None:
+    """The `[invite]` defaults must pass the invite machine's own validation (one rule for
+    what may reach FreeSWITCH), so a bad default fails here, not on every invite."""
+    from confguard.invite import BadInput, InviteSpec, JoinTarget
+
+    invite = config.invite
+    join = (
+        JoinTarget.dialplan(invite.join_extension, invite.join_context)
+        if invite.join_mode == "dialplan"
+        else JoinTarget.inline()
+    )
+    try:
+        InviteSpec(
+            extension="1000", room="confguard", timeout=invite.timeout, key=invite.key,
+            decline_key=invite.decline_key, prompt=invite.prompt,
+            caller_id_name=invite.caller_id_name, caller_id_number=invite.caller_id_number,
+            hangup_cause=invite.hangup_cause, join=join,
+            reprompt_interval=invite.reprompt_interval,
+        )
+    except BadInput as exc:
+        key = "invite." + exc.field.replace("join.", "join_")
+        where = _origin(config.sources.get(key, "default"))
+        raise ConfigError(where, key, exc.reason) from None
 
 
 def _origin(source: str) -> str:

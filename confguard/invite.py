@@ -82,6 +82,7 @@ __all__ = [
     "build_originate",
     "build_sched_del",
     "build_transfer",
+    "check_timer_cause",
     "parse_deleted",
 ]
 
@@ -286,6 +287,19 @@ _AMBIGUOUS_TIMER_CAUSES = (
 )
 
 
+def check_timer_cause(cause: object) -> str:
+    """The hangup cause the timer reports: a name FreeSWITCH knows (an unknown one silently
+    becomes NORMAL_CLEARING) that no other outcome uses. Raises BadInput."""
+    if not isinstance(cause, str) or cause not in KNOWN_HANGUP_CAUSES:
+        raise BadInput("hangup_cause", cause, "must be a FreeSWITCH cause name")
+    if cause in _AMBIGUOUS_TIMER_CAUSES:
+        raise BadInput(
+            "hangup_cause", cause,
+            "would be mistaken for another outcome; use e.g. ALLOTTED_TIMEOUT",
+        )
+    return cause
+
+
 def _check_text(field_name: str, value: object, pattern: re.Pattern[str], what: str) -> str:
     if not isinstance(value, str):
         raise BadInput(field_name, value, "must be a string")
@@ -395,13 +409,7 @@ class InviteSpec:
                 "caller_id_number", self.caller_id_number, _CALLER_ID_NUMBER_RE,
                 "1-32 of 0-9 + * #",
             )
-        if not isinstance(self.hangup_cause, str) or self.hangup_cause not in KNOWN_HANGUP_CAUSES:
-            raise BadInput("hangup_cause", self.hangup_cause, "must be a FreeSWITCH cause name")
-        if self.hangup_cause in _AMBIGUOUS_TIMER_CAUSES:
-            raise BadInput(
-                "hangup_cause", self.hangup_cause,
-                "would be mistaken for another outcome; use e.g. ALLOTTED_TIMEOUT",
-            )
+        check_timer_cause(self.hangup_cause)
         if not isinstance(self.join, JoinTarget):
             raise BadInput("join", self.join, "must be a JoinTarget")
         self.join.validate()

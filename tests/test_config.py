@@ -369,3 +369,21 @@ def test_example_config_commented_keys_are_valid(tmp_path: Path) -> None:
     assert config.invite.decline_key == "9"
     assert config.metrics.listen == "127.0.0.1:9464"
     assert config.log.file == "/var/log/confguard/confguard.log"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[invite]\ncaller_id_number = "ABC"\n', "invite.caller_id_number"),
+        ('[invite]\nhangup_cause = "NORMAL_CLEARING"\n', "invite.hangup_cause"),
+    ],
+)
+def test_invite_defaults_pass_the_invite_machines_own_rules(
+    tmp_path: Path, toml: str, key: str
+) -> None:
+    # A default the invite machine would refuse must fail at load, not on every invite.
+    path = write(tmp_path, toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), env={})
+    assert caught.value.key == key
+    assert str(path) in str(caught.value)
