@@ -48,17 +48,11 @@ USAGE_HINT_NO_DAEMON = (
 
 def _invite_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The control-API request body for `confguard invite` (absent flags are left to the daemon)."""
+    from confguard.api import REQUEST_FIELDS
+
     fields: dict[str, Any] = {"extensions": args.extensions, "room": args.room}
-    for name in (
-        "timeout",
-        "ring_timeout",
-        "key",
-        "decline_key",
-        "prompt",
-        "caller_id_name",
-        "caller_id_number",
-        "join",
-    ):
+    # Every other request field is a flag of the same name (`--ring-timeout` -> ring_timeout).
+    for name in sorted(REQUEST_FIELDS - {"extensions", "room", "variables"}):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
