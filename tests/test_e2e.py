@@ -29,6 +29,16 @@ def sim_config() -> SimConfig:
 
 @pytest.fixture
 async def daemon(sim, tmp_path: Path) -> AsyncIterator[Daemon]:  # type: ignore[no-untyped-def]
+    running, task = await start_daemon(sim, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stopping.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def start_daemon(sim, tmp_path: Path) -> tuple[Daemon, asyncio.Task[int]]:  # type: ignore[no-untyped-def]
+    """A daemon on the simulator, its socket and journal in `tmp_path` (kept across restarts)."""
     config = load_config(
         None,
         env={},
@@ -43,11 +53,15 @@ async def daemon(sim, tmp_path: Path) -> AsyncIterator[Daemon]:  # type: ignore[
     running = Daemon(config, handle_signals=False)
     task = asyncio.create_task(running.run())
     await asyncio.wait_for(running.linked.wait(), 10)
-    try:
-        yield running
-    finally:
-        running.stopping.set()
-        await asyncio.wait_for(task, 10)
+    return running, task
+
+
+async def wait_state(daemon: Daemon, call_uuid: str, state: str) -> None:
+    for _ in range(200):
+        if daemon.engine.get(call_uuid).machine.state == state:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{call_uuid} never reached {state}")
 
 
 async def run_cli(*argv: str) -> tuple[int, str]:
@@ -138,10 +152,7 @@ async def test_no_wait_prints_the_uuid_and_cancel_ends_it(sim, daemon) -> None: 
     assert status == 0
     call_uuid = out.strip()
     assert len(call_uuid) == 36
-    for _ in range(100):
-        if daemon.engine.get(call_uuid).machine.state == "waiting_key":
-            break
-        await asyncio.sleep(0.02)
+    await wait_state(daemon, call_uuid, "waiting_key")
     status, _ = await run_cli("cancel", call_uuid, "--socket", socket_of(daemon))
     assert status == 0
     run = daemon.engine.get(call_uuid)
@@ -216,38 +227,11 @@ async def test_switch_restart_mid_call_ends_lost(sim, daemon) -> None:  # type: 
     assert status == 0
     call_uuid = out.strip()
     run = daemon.engine.get(call_uuid)
-    for _ in range(100):
-        if run.machine.state == "waiting_key":
-            break
-        await asyncio.sleep(0.02)
+    await wait_state(daemon, call_uuid, "waiting_key")
     sim.faults.restart()
     assert run.final is not None
     final = await asyncio.wait_for(asyncio.shield(run.final), 15)
     assert final["outcome"] == "lost"
-
-
-async def start_daemon(sim, tmp_path: Path) -> tuple[Daemon, asyncio.Task[int]]:  # type: ignore[no-untyped-def]
-    config = load_config(
-        None,
-        env={},
-        overrides={
-            "esl.port": sim.port,
-            "api.socket": str(tmp_path / "confguard.sock"),
-            "journal.path": str(tmp_path / "journal.sqlite3"),
-        },
-    )
-    running = Daemon(config, handle_signals=False)
-    task = asyncio.create_task(running.run())
-    await asyncio.wait_for(running.linked.wait(), 10)
-    return running, task
-
-
-async def wait_state(daemon: Daemon, call_uuid: str, state: str) -> None:
-    for _ in range(200):
-        if daemon.engine.get(call_uuid).machine.state == state:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{call_uuid} never reached {state}")
 
 
 async def test_restarted_daemon_adopts_a_waiting_call_and_joins_it(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
