@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TRANSCRIPTS = Path(
-    os.environ.get("CONFGUARD_TRANSCRIPTS", REPO.parent / "shared" / "freeswitch" / "transcripts")
-)
+# The recorded transcripts the tests read: the project's own copy (tests/transcripts/, with the
+# README and FACTS.md they come with); CONFGUARD_TRANSCRIPTS points at another set.
+TRANSCRIPTS = Path(os.environ.get("CONFGUARD_TRANSCRIPTS", REPO / "tests" / "transcripts"))
 
 
 @pytest.fixture(scope="session")
 def transcripts_dir() -> Path:
-    """The recorded FreeSWITCH transcripts (../shared/freeswitch/transcripts beside the repo)."""
+    """The recorded FreeSWITCH transcripts (tests/transcripts/, or $CONFGUARD_TRANSCRIPTS)."""
     if not TRANSCRIPTS.is_dir():
         pytest.fail(
             f"recorded transcripts not found at {TRANSCRIPTS}; "
-            "set CONFGUARD_TRANSCRIPTS to the shared/freeswitch/transcripts folder"
+            "unset CONFGUARD_TRANSCRIPTS to use the repo's tests/transcripts/"
         )
     return TRANSCRIPTS
 

@@ -1,6 +1,6 @@
 """Conformance: replay each recorded transcript's client side against the simulator.
 
-For every transcript in ../shared/freeswitch/transcripts, the `C->S` records are sent (per
+For every transcript in tests/transcripts (the project's copy), the `C->S` records are sent (per
 connection) to a running `Simulator` on 127.0.0.1, paced like the recording: before a record is
 sent, the simulator must have produced the server messages the recording shows before it, and
 the recorded time (scaled by the time scale) must have passed, counted from the latest message
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from conftest import TRANSCRIPTS
 
 from confguard.sim import SimConfig, Simulator, wire
 
@@ -45,12 +45,7 @@ MIRROR_LAG = 0.095
 TIME_SCALE_FOR = {"04-run1-press1-sched-del-id-transfer-xml": 0.3}
 ADD_SCHEDULE_DELAY = 0.02  # results-dblag.json: add_event_after_s 0.02 in every run
 
-_TRANSCRIPTS = Path(
-    os.environ.get(
-        "CONFGUARD_TRANSCRIPTS",
-        Path(__file__).resolve().parent.parent.parent / "shared" / "freeswitch" / "transcripts",
-    )
-)
+
 
 # Transcripts the simulator cannot reproduce yet, with the precise reason (strict xfail).
 _GAP_SHOW = (
@@ -303,7 +298,7 @@ def compare(expected: list[Message], actual: list[Message], conn: str) -> None:
 
 def transcript_names() -> list[object]:
     params: list[object] = []
-    for path in sorted(_TRANSCRIPTS.glob("*.jsonl")):
+    for path in sorted(TRANSCRIPTS.glob("*.jsonl")):
         marks = []
         if path.stem in KNOWN_GAPS:
             marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[path.stem]))

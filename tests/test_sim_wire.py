@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from conftest import TRANSCRIPTS
 
 from confguard.sim import wire
 
-_TRANSCRIPTS = Path(
-    os.environ.get(
-        "CONFGUARD_TRANSCRIPTS",
-        Path(__file__).resolve().parent.parent.parent / "shared" / "freeswitch" / "transcripts",
-    )
-)
-TRANSCRIPT_NAMES = sorted(path.stem for path in _TRANSCRIPTS.glob("*.jsonl"))
+TRANSCRIPT_NAMES = sorted(path.stem for path in TRANSCRIPTS.glob("*.jsonl"))
 
 
 def _decoded_event(frame: wire.ServerFrame) -> tuple[list[tuple[str, str]], str | None]:

@@ -5,7 +5,7 @@ Owns the telephony half of the simulator and every header value of every event i
 (through `events.EventFactory`). The server (server.py) owns the sockets: it calls `api()` /
 `background_job()` and fans the events given to `publish` out to its clients.
 
-Behaviour follows the recorded FreeSWITCH transcripts (../shared/freeswitch/transcripts) for
+Behaviour follows the recorded FreeSWITCH transcripts (tests/transcripts/) for
 the originated (-a) leg; the loopback -b leg of the recording set-up is not simulated. Reply
 strings are the transcripts' byte for byte. Delays between the steps of a call (about 20 ms,
 as recorded) are simulated time, scaled by the clock like everything else.
