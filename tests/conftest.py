@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,76 @@ async def sim(sim_config) -> AsyncIterator[object]:  # type: ignore[no-untyped-d
         yield simulator
     finally:
         await simulator.stop()
+
+
+# ------------------------------------------------------------------ the two peers of the e2e
+
+# Set (as .ci/run does when shared/freeswitch/dist is beside the repo) to make a missing or
+# broken real FreeSWITCH fail the `realfs` tests instead of skipping them.
+REQUIRE_REALFS = "CONFGUARD_REQUIRE_REALFS"
+_running_switch: list[object] = []  # the session's RealSwitch, for failure reports
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "realfs: runs against a real FreeSWITCH ($CONFGUARD_FREESWITCH, else the tarball in "
+        "../shared/freeswitch/dist); skipped with one line saying how when there is none",
+    )
+
+
+@pytest.fixture(scope="session")
+def real_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real FreeSWITCH on 127.0.0.1 (free port, generated password, the project's config)."""
+    from confguard.realswitch import FreeSwitchNotFound, RealSwitch, find_freeswitch
+
+    try:
+        install = find_freeswitch(REPO)
+    except FreeSwitchNotFound as missing:
+        if os.environ.get(REQUIRE_REALFS):
+            pytest.fail(f"{REQUIRE_REALFS} is set but {missing}")
+        pytest.skip(str(missing))
+    switch = RealSwitch(install, tmp_path_factory.mktemp("freeswitch"))
+    switch.start()
+    _running_switch.append(switch)
+    try:
+        yield switch
+    finally:
+        _running_switch.clear()
+        switch.stop()
+
+
+@pytest.fixture(params=["sim", pytest.param("real", marks=pytest.mark.realfs)])
+async def peer(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
+    """The FreeSWITCH a scenario runs against: the simulator, or the session's real switch."""
+    from peers import RealPeer, SimPeer
+
+    if request.param == "sim":
+        simulated = SimPeer(tmp_path)
+        await simulated.start()
+        try:
+            yield simulated
+        finally:
+            await simulated.stop()
+        return
+    switch = request.getfixturevalue("real_switch")
+    if not switch.running:  # a scenario that stopped it failed half-way
+        await asyncio.to_thread(switch.start)
+    real = RealPeer(switch)
+    await real.clean()
+    try:
+        yield real
+    finally:
+        await real.clean()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A failing `realfs` test's report carries the end of FreeSWITCH's log (kept on disk)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _running_switch and item.get_closest_marker("realfs"):
+        switch = _running_switch[0]
+        report.sections.append(
+            (f"FreeSWITCH log ({switch.log_path})", switch.tail(80))  # type: ignore[attr-defined]
+        )
