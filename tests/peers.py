@@ -147,7 +147,8 @@ class SimPeer(Peer):
     scale = SIM_SCALE
     password = SIM_PASSWORD
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, scale: float = SIM_SCALE) -> None:
+        self.scale = scale
         self.password_file = workdir / "sim-password"
         self.password_file.write_text(SIM_PASSWORD + "\n")
         self.password_file.chmod(0o600)
@@ -156,7 +157,7 @@ class SimPeer(Peer):
 
     def _config(self) -> SimConfig:
         return SimConfig(host="127.0.0.1", port=self._port, password=SIM_PASSWORD,
-                         time_scale=SIM_SCALE, heartbeat_interval=20.0)
+                         time_scale=self.scale, heartbeat_interval=20.0)
 
     async def start(self) -> None:
         self.sim = Simulator(self._config())
@@ -245,6 +246,11 @@ class Traffic:
         return [event_headers(f) for f in self.frames if f.content_type.startswith("text/event")]
 
 
+def event_name(headers: dict[str, str]) -> str:
+    name = headers.get("Event-Name", "")
+    return headers.get("Event-Subclass", name) if name == "CUSTOM" else name
+
+
 def event_headers(frame: wire.ServerFrame) -> dict[str, str]:
     if frame.content_type == "text/event-json":
         return {k: str(v) for k, v in json.loads(frame.body).items()}
@@ -284,15 +290,18 @@ class EslLink:
     def api_replies(self) -> list[tuple[str, str]]:
         return [pair for traffic in self.connections for pair in traffic.api_replies()]
 
+    def call_events(self, call_uuid: str) -> list[dict[str, str]]:
+        """The events about one call the daemon received, in order (headers decoded)."""
+        return [
+            headers
+            for traffic in self.connections
+            for headers in traffic.events()
+            if call_uuid in (headers.get("Unique-ID"), headers.get("Task-Group"))
+        ]
+
     def event_names(self, call_uuid: str) -> list[str]:
-        """The names of the events about one call the daemon received (CUSTOM: the subclass)."""
-        names = []
-        for traffic in self.connections:
-            for headers in traffic.events():
-                if call_uuid in (headers.get("Unique-ID"), headers.get("Task-Group")):
-                    name = headers.get("Event-Name", "")
-                    names.append(headers.get("Event-Subclass", name) if name == "CUSTOM" else name)
-        return names
+        """The names of the call's events (CUSTOM: its subclass)."""
+        return [event_name(headers) for headers in self.call_events(call_uuid)]
 
     def cut(self) -> None:
         """Close every relayed connection at once, no notice (the daemon must reconnect)."""
@@ -364,12 +373,14 @@ def _server_recorder(traffic: Traffic) -> Callable[[bytes], None]:
 
 # --------------------------------------------------------------------- normalised traffic
 
+_INVITE_ID = re.compile(r"confguard_invite=[0-9a-f]+")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _NUMBER = re.compile(r"\b\d+\b")
 
 
 def normalise_command(line: str, call_uuid: str) -> str:
-    """A command with the call's uuid as U, other uuids as J, numbers as N."""
+    """A command with the call's uuid as U, other uuids as J, the invite id as I, numbers N."""
     line = line.replace(call_uuid, "U")
+    line = _INVITE_ID.sub("confguard_invite=I", line)
     line = _UUID.sub("J", line)
     return _NUMBER.sub("N", line)
