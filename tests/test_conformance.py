@@ -13,6 +13,16 @@ normalising values that legitimately differ (uuids, numbers, dates, Core-UUID, h
 Content-Length). Events of the loopback `-b` leg (a Unique-ID that is not one the client
 originated) are left out on both sides, as the transcripts README allows, and so are its rows
 in `show channels`; events without a Unique-ID are compared only for BACKGROUND_JOB.
+A `uuid_dump` body (an api/response that is a CHANNEL_DATA event) is compared like the rest of
+an api body, header names and (normalised) values, without the set-up's headers.
+
+Two test set-ups made the recordings (`Setup`): the original one (domain `fsref.local`, the
+callee `loopback/sim_callee/default/XML`, directory users with `user_context` and
+`effective_caller_id_*`), which the simulator reproduces, and `confguard.realswitch`'s
+configuration (domain `confguard.test`, `loopback/<ext>/confguard_callee/XML`, `sim_default_*`
+variables in the dial-string), named by the transcript's first NOTE. For the latter the
+simulator gets the domain, and what exists only because of a set-up is left out or translated
+into the original set-up's words, as hostnames are; everything else is compared as strictly.
 """
 
 from __future__ import annotations
@@ -44,7 +54,9 @@ MIRROR_LAG = 0.095
 # time per simulated ms), so that scheduling jitter cannot move a row across a poll.
 TIME_SCALE_FOR = {"04-run1-press1-sched-del-id-transfer-xml": 0.3}
 ADD_SCHEDULE_DELAY = 0.02  # results-dblag.json: add_event_after_s 0.02 in every run
-
+# The recording host's addresses (FreeSWITCH-IPv4/-IPv6 in every recording; documentation range).
+RECORDING_HOST_IPV4 = "192.0.2.2"
+RECORDING_HOST_IPV6 = "fd00::2"
 
 
 # Transcripts the simulator cannot reproduce yet, with the precise reason (strict xfail).
@@ -82,6 +94,65 @@ LOOPBACK_SETUP_HEADERS = frozenset(
         "variable_originate_early_media",
     }
 )
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The test set-up a transcript was recorded with (see the module docstring)."""
+
+    name: str
+    domain: str
+    # Event / uuid_dump headers that only this set-up's directory puts on the -a leg; left out
+    # on both sides (besides LOOPBACK_SETUP_HEADERS, common to both set-ups).
+    headers: frozenset[str] = frozenset()
+    header_prefixes: tuple[str, ...] = ()
+    # Values in api bodies in this set-up's words -> the original set-up's (the simulator's).
+    translations: tuple[tuple[re.Pattern[str], str], ...] = ()
+
+    def drops(self, header: str) -> bool:
+        return (
+            header in LOOPBACK_SETUP_HEADERS
+            or header in self.headers
+            or header.startswith(self.header_prefixes)
+        )
+
+    def translate(self, text: str) -> str:
+        for pattern, replacement in self.translations:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+ORIGINAL_SETUP = Setup("original", "fsref.local")
+REALSWITCH_SETUP = Setup(
+    "confguard.realswitch",
+    "confguard.test",
+    # conf.py's users carry no variables (the original's had user_context and the caller ids);
+    # their dial-string carries the callee's default behaviour for callee.lua.
+    headers=frozenset(
+        {
+            "variable_user_context",
+            "variable_effective_caller_id_name",
+            "variable_effective_caller_id_number",
+        }
+    ),
+    header_prefixes=("variable_sim_default_",),
+    translations=(
+        (re.compile(r"\bloopback/\d+-([ab])\b"), r"loopback/sim_callee-\1"),
+        (re.compile(r"\bconfguard_callee\b"), "default"),
+    ),
+)
+SETUP_NOTE_PREFIX = b"set-up: "
+
+
+def transcript_setup(records: list[wire.Record]) -> Setup:
+    """The set-up named by the transcript's first NOTE (confguard.realswitch's recorder writes
+    one); the original set-up when there is none."""
+    note = next((r for r in records if r.dir == "NOTE"), None)
+    if note is not None and note.data.startswith(SETUP_NOTE_PREFIX + b"confguard.realswitch "):
+        return REALSWITCH_SETUP
+    return ORIGINAL_SETUP
+
+
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 ORIGINATION_RE = re.compile(rb"origination_uuid=([0-9a-fA-F-]{36})")
 NUMBER_RE = re.compile(r"\d+")
@@ -147,7 +218,24 @@ class Message:
         return f"{self.ctype} {self.text!r}"
 
 
-def reduce(frame: wire.ServerFrame, client_uuids: set[str]) -> Message | None:
+DUMP_JSON_MEMBER_RE = re.compile(r',"([^"]+)":"(?:[^"\\]|\\.)*"')
+DUMP_PLAIN_LINE_RE = re.compile(r"^([^:\n]+): .*\n", re.M)
+
+
+def drop_setup_dump_headers(body: str, setup: Setup) -> str:
+    """A `uuid_dump` body (json or plain) without the set-up's headers, else untouched."""
+    if body.startswith('{"Event-Name":"CHANNEL_DATA",'):
+        pattern = DUMP_JSON_MEMBER_RE
+    elif body.startswith("Event-Name: CHANNEL_DATA\n"):
+        pattern = DUMP_PLAIN_LINE_RE
+    else:
+        return body
+    return pattern.sub(lambda m: "" if setup.drops(m.group(1)) else m.group(0), body)
+
+
+def reduce(
+    frame: wire.ServerFrame, client_uuids: set[str], setup: Setup = ORIGINAL_SETUP
+) -> Message | None:
     """The comparable form of `frame`, or None when the comparison ignores it."""
     outer = [name for name, _ in frame.headers]
     ctype = frame.content_type
@@ -156,7 +244,8 @@ def reduce(frame: wire.ServerFrame, client_uuids: set[str]) -> Message | None:
             text = normalise("\n".join(f"{k}: {v}" for k, v in frame.headers))
         else:
             body = frame.body.decode("utf-8", "surrogateescape")
-            text = normalise(drop_loopback_rows(body, client_uuids))
+            body = drop_setup_dump_headers(drop_loopback_rows(body, client_uuids), setup)
+            text = normalise(setup.translate(body))
         return Message(ctype, outer, text)
     headers, body = event_pairs(frame)
     values = dict(reversed(headers))
@@ -171,7 +260,7 @@ def reduce(frame: wire.ServerFrame, client_uuids: set[str]) -> Message | None:
         ctype,
         outer,
         event_name=name,
-        header_names=[header for header, _ in headers if header not in LOOPBACK_SETUP_HEADERS],
+        header_names=[header for header, _ in headers if not setup.drops(header)],
         body=None if body is None else normalise(body),
     )
 
@@ -179,9 +268,10 @@ def reduce(frame: wire.ServerFrame, client_uuids: set[str]) -> Message | None:
 class ReplayClient:
     """One recorded connection, replayed: raw bytes out, frames in (read in the background)."""
 
-    def __init__(self, name: str, client_uuids: set[str]) -> None:
+    def __init__(self, name: str, client_uuids: set[str], setup: Setup) -> None:
         self.name = name
         self.client_uuids = client_uuids
+        self.setup = setup
         self.messages: list[Message] = []
         self.arrivals: list[float] = []  # time.monotonic() of each message
         self.arrived = asyncio.Event()  # set (and cleared by waiters) whenever a message comes
@@ -202,7 +292,7 @@ class ReplayClient:
                 if not data:
                     break
                 for frame in parser.feed(data):
-                    message = reduce(frame, self.client_uuids)
+                    message = reduce(frame, self.client_uuids, self.setup)
                     if message is not None:
                         self.messages.append(message)
                         self.arrivals.append(time.monotonic())
@@ -317,20 +407,23 @@ def recording_start_epoch(path: Path) -> float:
 
 @pytest.fixture
 def sim_config(request: pytest.FixtureRequest, transcripts_dir: Path) -> SimConfig:
-    """Like the recording host: hostname `vm`, domain `fsref.local`, its wall clock (so the
-    sub-second phase of every scheduler command is the recorded one); fast time; and the
-    scheduler's delays fixed at what the recordings show (`MIRROR_LAG`, `ADD_SCHEDULE_DELAY`)
-    and its random choices seeded, so every run is the same."""
+    """Like the recording host: hostname `vm`, its addresses, the set-up's domain, its wall
+    clock (so the sub-second phase of every scheduler command is the recorded one); fast time;
+    and the scheduler's delays fixed at what the recordings show (`MIRROR_LAG`,
+    `ADD_SCHEDULE_DELAY`) and its random choices seeded, so every run is the same."""
     name = request.node.callspec.params["name"]
+    path = transcripts_dir / f"{name}.jsonl"
     return SimConfig(
         host="127.0.0.1",
         port=0,
         time_scale=TIME_SCALE_FOR.get(name, TIME_SCALE),
         heartbeat_interval=20.0,
         hostname="vm",
-        domain="fsref.local",
+        ipv4=RECORDING_HOST_IPV4,
+        ipv6=RECORDING_HOST_IPV6,
+        domain=transcript_setup(wire.load_transcript(path)).domain,
         seed=0,
-        start_epoch=recording_start_epoch(transcripts_dir / f"{name}.jsonl"),
+        start_epoch=recording_start_epoch(path),
         mirror_lag=(MIRROR_LAG, MIRROR_LAG),
         schedule_event_delay=(ADD_SCHEDULE_DELAY, ADD_SCHEDULE_DELAY),
     )
@@ -341,6 +434,7 @@ async def test_transcript_replays_identically(
     sim: Simulator, transcripts_dir: Path, name: str
 ) -> None:
     records = wire.load_transcript(transcripts_dir / f"{name}.jsonl")
+    setup = transcript_setup(records)
     client_uuids = {
         match.decode()
         for record in records
@@ -353,7 +447,7 @@ async def test_transcript_replays_identically(
         if record.dir == "S->C":
             frames = wire.FrameParser().feed(record.data)
             assert len(frames) == 1
-            recorded[record.seq] = reduce(frames[0], client_uuids)
+            recorded[record.seq] = reduce(frames[0], client_uuids, setup)
     expected: dict[str, list[tuple[Message, float]]] = {}  # with the recorded time
     clients: dict[str, ReplayClient] = {}
     timeline = Timeline(sim.config.time_scale)
@@ -368,7 +462,7 @@ async def test_transcript_replays_identically(
             if record.dir == "NOTE":
                 text = record.data.decode()
                 if "TCP connected" in text:
-                    clients[conn] = ReplayClient(conn, client_uuids)
+                    clients[conn] = ReplayClient(conn, client_uuids, setup)
                     await clients[conn].connect(sim.port)
                 elif "client closes the socket" in text and conn in clients:
                     await pace(record, expected, clients, timeline)

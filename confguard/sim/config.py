@@ -19,6 +19,8 @@ class SimConfig:
     users: dict[str, Any] | None = None  # user -> CalleeSpec (callees.py); None = default directory
     domain: str = "sim.local"
     hostname: str = "confguard-sim"
+    ipv4: str = "127.0.0.1"  # FreeSWITCH-IPv4 / -IPv6 of every event (the host's addresses)
+    ipv6: str = "::1"
     auth_timeout: float = 25.0  # real seconds without auth before the socket is closed
     # Determinism (tests, conformance replay): a seed for every random choice the switch makes,
     # a fixed simulated wall clock start, and the ranges of the scheduler's small delays.

@@ -283,7 +283,7 @@ ORIGINS: dict[str, Origin] = {
     "DEL_SCHEDULE_API": Origin("switch_scheduler.c", "switch_scheduler_del_task_id", 306),
     "DEL_SCHEDULE_GROUP": Origin("switch_scheduler.c", "switch_scheduler_del_task_group", 340),
     "HEARTBEAT": Origin("switch_core.c", "send_heartbeat", 84),
-    "CHANNEL_DATA": Origin("mod_commands.c", "uuid_dump_function", 0),
+    "CHANNEL_DATA": Origin("mod_commands.c", "uuid_dump_function", 6495),
     "SHUTDOWN": Origin("switch_core.c", "switch_core_destroy", 3033),
     "conference-create": Origin("mod_conference.c", "conference_new", 3848),
     "conference-destroy": Origin("mod_conference.c", "conference_thread_run", 863),
@@ -317,10 +317,20 @@ class MemberFacts:
 class EventFactory:
     """Builds every event of one switch run: owns Core-UUID, the sequence counter and the dates."""
 
-    def __init__(self, clock: SimClock, *, core_uuid: str, hostname: str) -> None:
+    def __init__(
+        self,
+        clock: SimClock,
+        *,
+        core_uuid: str,
+        hostname: str,
+        ipv4: str = SIM_IPV4,
+        ipv6: str = SIM_IPV6,
+    ) -> None:
         self.clock = clock
         self.core_uuid = core_uuid
         self.hostname = hostname
+        self.ipv4 = ipv4
+        self.ipv6 = ipv6
         self._sequence = itertools.count(1)
 
     # -- common block ------------------------------------------------------------------------
@@ -336,8 +346,8 @@ class EventFactory:
             ("Core-UUID", self.core_uuid),
             ("FreeSWITCH-Hostname", self.hostname),
             ("FreeSWITCH-Switchname", self.hostname),
-            ("FreeSWITCH-IPv4", SIM_IPV4),
-            ("FreeSWITCH-IPv6", SIM_IPV6),
+            ("FreeSWITCH-IPv4", self.ipv4),
+            ("FreeSWITCH-IPv6", self.ipv6),
             ("Event-Date-Local", stamp_local(now)),
             ("Event-Date-GMT", stamp_gmt(now)),
             ("Event-Date-Timestamp", micros(now)),

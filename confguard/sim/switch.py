@@ -20,12 +20,15 @@ import json
 import logging
 import os
 import random
+import re
 import uuid as uuidlib
+import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 from xml.sax.saxutils import escape as xml_escape
 
+from confguard.sim import wire
 from confguard.sim.callees import (
     FAILURE_CAUSES,
     CalleeError,
@@ -60,6 +63,11 @@ MODULES = (
     "mod_tone_stream", "mod_expr", "mod_console", "mod_logfile", "mod_say_en",
 )  # fmt: skip
 STEP = 0.02  # simulated seconds between the steps of a call, as recorded
+# uuid_broadcast: the playback starts 0.2 s after `+OK Message sent` (transcript 13: 0.201 s
+# every time), and a prompt lasts its tone's length; audio is 8 kHz (L16).
+BROADCAST_DELAY = 0.2
+SAMPLE_RATE = 8000
+BROADCAST_USAGE = "-USAGE: <uuid> <path> [aleg|bleg|holdb|both]\n"
 NO_SUCH_CHANNEL = "-ERR No such channel!\n"
 LOOPBACK_DESTINATION = "sim_callee"  # the recorded leg's first destination (loopback/sim_callee)
 CONFERENCE_EXTENSION = ("7001", "default", "test1")  # extension, context, room
@@ -148,6 +156,12 @@ def parse_cause(text: str | None, default: str = "ALLOTTED_TIMEOUT") -> str:
     return name if name in CAUSE_CODES else "NORMAL_CLEARING"
 
 
+def _early_media(variables: dict[str, str]) -> str:
+    """`originate_early_media`: false when the originate waits for the answer
+    (`ignore_early_media=true`, transcripts 13 and 14), else true."""
+    return "false" if variables.get("ignore_early_media", "").lower() == "true" else "true"
+
+
 def _atoi(text: str) -> int:
     """C's atoi: leading digits (with an optional sign), 0 when none."""
     sign, digits = 1, ""
@@ -194,6 +208,8 @@ class Channel:
     digits_dialed: list[str] = field(default_factory=list)
     listed_destination: str | None = None  # `show channels` dest when not the profile's
     joined_at: float = 0.0  # simulated epoch seconds it joined its conference
+    last_app: str | None = None  # the last application run (last_app / last_arg at hangup)
+    last_arg: str | None = None
 
     @property
     def uuid(self) -> str:
@@ -213,7 +229,7 @@ class Switch:
         self.config = config
         self.clock = clock
         self._publish = publish
-        self.events = EventFactory(clock, core_uuid=str(uuidlib.uuid4()), hostname=config.hostname)
+        self.events = self._event_factory()
         self.scheduler = Scheduler(
             clock,
             lambda: self.events,
@@ -264,6 +280,17 @@ class Switch:
             "file_exists": self._api_file_exists,
         }
 
+    def _event_factory(self) -> EventFactory:
+        """A new run's events: a new Core-UUID, the sequence from 1."""
+        config = self.config
+        return EventFactory(
+            self.clock,
+            core_uuid=str(uuidlib.uuid4()),
+            hostname=config.hostname,
+            ipv4=config.ipv4,
+            ipv6=config.ipv6,
+        )
+
     # -- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -312,9 +339,7 @@ class Switch:
         for background in list(self._background):
             background.cancel()
         self._background.clear()
-        self.events = EventFactory(
-            self.clock, core_uuid=str(uuidlib.uuid4()), hostname=self.config.hostname
-        )
+        self.events = self._event_factory()
         self.scheduler.reset()
         self.started_at = self.clock.monotonic()
         self.sessions_since_startup = 0
@@ -431,9 +456,7 @@ class Switch:
 
         channel = self._new_channel(call_uuid, extension, domain, spec, variables)
         # api_on_originate runs on the new channel before CHANNEL_CREATE reaches the wire.
-        for name, value in list(variables.items()):
-            if name.startswith("api_on_originate") and value:
-                await self.api(value)
+        await self._api_on_originate(variables)
         await self.clock.sleep(STEP)
         if channel.destroyed:
             return f"-ERR {channel.facts.hangup_cause or 'ORIGINATOR_CANCEL'}\n"
@@ -466,7 +489,17 @@ class Switch:
         if not channel.alive:
             return f"-ERR {channel.facts.hangup_cause}\n"
         self._after_answer(channel, variables, args[1:])
+        # The user/ endpoint originated the channel itself (the run above); once it returns the
+        # answered channel, the outer originate runs api_on_originate again: a second task in
+        # the group for `sched_hangup +N U` (transcript 15: two ADD_SCHEDULE, the second at the
+        # answer, one second later in Task-Runtime).
+        await self._api_on_originate(variables)
         return f"+OK {call_uuid}\n"
+
+    async def _api_on_originate(self, variables: dict[str, str]) -> None:
+        for name, value in list(variables.items()):
+            if name.startswith("api_on_originate") and value:
+                await self.api(value)
 
     def _new_channel(
         self,
@@ -517,7 +550,7 @@ class Switch:
             ("dialed_user", extension),
             ("dialed_domain", domain),
             ("presence_id", f"{extension}@{domain}"),
-            ("originate_early_media", "true"),
+            ("originate_early_media", _early_media(variables)),
             ("originate_endpoint", "loopback"),
         ):
             facts.set_var(var_name, value)
@@ -574,7 +607,7 @@ class Switch:
         for var_name, value in variables.items():
             if var_name != "origination_uuid":
                 facts.set_var(var_name, value)
-        facts.set_var("originate_early_media", "true")
+        facts.set_var("originate_early_media", _early_media(variables))
         facts.set_var("originate_endpoint", "user")
         facts.set_var("pre_transfer_caller_id_number", "0000000000")
         facts.set_var("channel_cid_flipped", "yes")
@@ -601,6 +634,7 @@ class Switch:
         channel.application = name
         channel.application_data = data
         channel.application_uuid = str(uuidlib.uuid4())
+        channel.last_app, channel.last_arg = name, data
         if data:
             channel.facts.set_var("current_application_data", data)
         channel.facts.set_var("current_application", name)
@@ -617,9 +651,12 @@ class Switch:
             return
         name, data = channel.application, channel.application_data
         channel.application = None
+        # The response is the channel's last one: park interrupted by a broadcast's playback
+        # completes with the playback's (transcript 13: FILE PLAYED / FILE NOT FOUND).
+        response = channel.facts.variables.get("current_application_response", "_none_")
         self.publish(
             self.events.channel_execute_complete(
-                channel.facts, name, data, channel.application_uuid
+                channel.facts, name, data, channel.application_uuid, response
             )
         )
 
@@ -710,6 +747,7 @@ class Switch:
             ("start_stamp", stamp_local(created)),
             ("profile_start_stamp", stamp_local(facts.profile_created or created)),
             ("answer_stamp", stamp_local(answered) if answered else ""),
+            ("progress_stamp", stamp_local(facts.progress) if facts.progress else ""),
             ("end_stamp", stamp_local(now)),
             ("start_epoch", whole(created)),
             ("start_uepoch", us(created)),
@@ -732,13 +770,8 @@ class Switch:
             ("progress_media_uepoch", "0"),
             ("end_epoch", whole(now)),
             ("end_uepoch", us(now)),
-            ("last_app", facts.variables.get("current_application", "")),
-            (
-                "last_arg",
-                facts.variables.get("current_application_data", "")
-                if facts.variables.get("current_application") == "conference"
-                else "",
-            ),
+            ("last_app", channel.last_app or ""),
+            ("last_arg", channel.last_arg or ""),
             ("caller_id", f'"{caller_name}" <{facts.caller_id_number}>'),
             ("duration", str(round(duration))),
             ("billsec", str(round(billsec))),
@@ -953,10 +986,11 @@ class Switch:
         if channel is None:
             return NO_SUCH_CHANNEL
         event = self.events.channel_event("CHANNEL_DATA", channel.facts)
-        headers = [(k, v) for k, v in event.headers]
+        # The event as FreeSWITCH serialises it (transcript 14): compact json, or the plain
+        # form with url-encoded values and the closing blank line.
         if len(args) > 1 and args[1] == "json":
-            return json.dumps(dict(headers))
-        return "".join(f"{k}: {v}\n" for k, v in headers)
+            return wire.serialize_json(event.headers, None).decode("utf-8", "surrogateescape")
+        return wire.serialize_plain(event.headers, None).decode("utf-8", "surrogateescape")
 
     async def _api_uuid_transfer(self, arg: str) -> str:
         args = split_args(arg)
@@ -1016,16 +1050,60 @@ class Switch:
     async def _api_uuid_broadcast(self, arg: str) -> str:
         args = arg.split()
         if len(args) < 2:
-            return "-USAGE: <uuid> <path> [aleg|bleg|both]\n"
+            return BROADCAST_USAGE
         channel = self.live_channel(args[0])
         if channel is None:
-            return NO_SUCH_CHANNEL
-        path = args[1]
+            return "-ERR invalid uuid\n"
+        self._later(channel, BROADCAST_DELAY, lambda: self._broadcast(channel, args[1]))
+        return "+OK Message sent\n"
+
+    def _broadcast(self, channel: Channel, path: str) -> None:
+        """A broadcast reaching the channel (uuid_broadcast; a fired sched_broadcast is assumed
+        to take the same path, no recording shows one fire): the application runs on top of
+        the parked one, as transcript 13 shows it. CHANNEL_EXECUTE
+        with current_loop / total_loops set; the prompt's length later CHANNEL_EXECUTE_COMPLETE
+        with the playback_* variables and current_application_response (FILE PLAYED, or FILE
+        NOT FOUND at once); then current_loop / total_loops are gone. The parked application
+        stays the channel's (its completion carries the last response)."""
+        if not channel.alive:
+            return
         app, sep, data = path.partition("::")
         if not sep:
             app, data = "playback", path
-        self._later(channel, STEP, lambda: self._execute_app(channel, f"{app} {data}"))
-        return "+OK Message sent\n"
+        facts = channel.facts
+        app_uuid = str(uuidlib.uuid4())
+        facts.variables.pop("current_application_response", None)
+        facts.set_var("current_loop", "1")
+        facts.set_var("total_loops", "1")
+        facts.set_var("current_application", app)
+        if data:
+            facts.set_var("current_application_data", data)
+        channel.last_app, channel.last_arg = app, data or None
+        self.publish(self.events.channel_execute(facts, app, data or None, app_uuid))
+        if app == "playback":
+            length_ms = prompt_length_ms(data)
+            response = "FILE NOT FOUND" if length_ms is None else "FILE PLAYED"
+        else:
+            length_ms, response = None, "_none_"
+
+        def complete() -> None:
+            if data:
+                facts.set_var("current_application_data", data)
+            facts.set_var("current_application", app)
+            if length_ms is not None:
+                samples = length_ms * SAMPLE_RATE // 1000
+                facts.set_var("playback_last_offset_pos", str(samples))
+                facts.set_var("playback_seconds", str(length_ms // 1000))
+                facts.set_var("playback_ms", str(length_ms))
+                facts.set_var("playback_samples", str(samples))
+            facts.set_var("current_application_response", response)
+            self.publish(
+                self.events.channel_execute_complete(facts, app, data or None, app_uuid, response)
+            )
+            facts.variables.pop("current_loop", None)
+            facts.variables.pop("total_loops", None)
+
+        self._later(channel, (length_ms or 0) / 1000, complete)
 
     # -- scheduler commands ------------------------------------------------------------------
 
@@ -1128,7 +1206,7 @@ class Switch:
         def fire(task: Task) -> None:
             channel = self.live_channel(call_uuid)
             if channel is not None:
-                self._execute_app(channel, f"playback {path}")
+                self._later(channel, BROADCAST_DELAY, lambda: self._broadcast(channel, path))
 
         self.scheduler.add(
             "switch_ivr_schedule_broadcast", call_uuid, self._runtime(when), fire,
@@ -1382,3 +1460,31 @@ def cjson_format(value: object, depth: int = 0) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(cjson_format(item, depth + 1) for item in value) + "]"
     return json.dumps(value)
+
+
+_TONE_SEGMENT_RE = re.compile(r"%\((\d+),(\d+)(?:,[^)]*)?\)")
+_TONE_LOOPS_RE = re.compile(r"(?:^|;)(?:loops|L)=(-?\d+)")
+
+
+def prompt_length_ms(path: str) -> int | None:
+    """How long a broadcast prompt plays, in ms; None when there is nothing to play (FILE NOT
+    FOUND). `tone_stream://%(on,off,freq...)[;%(...)][;loops=N]`: every segment's on + off
+    times, N times (transcript 13: %(200,100,440) 300 ms, %(250,250,440);loops=2 1000 ms; a
+    negative N, FreeSWITCH's "for ever", plays once here);
+    `silence_stream://<ms>`; a .wav file on this host by its header (other files: 0 ms);
+    anything else (a relative sound name: the simulator has no sound files) is not found."""
+    if path.startswith("tone_stream://"):
+        spec = path[len("tone_stream://") :]
+        cycle = sum(int(on) + int(off) for on, off in _TONE_SEGMENT_RE.findall(spec))
+        loops = _TONE_LOOPS_RE.search(spec)
+        count = int(loops.group(1)) if loops else 1
+        return cycle * max(count, 1)
+    if path.startswith("silence_stream://"):
+        return max(0, _atoi(path[len("silence_stream://") :].split(",")[0]))
+    if not os.path.isabs(path) or not os.path.isfile(path):
+        return None
+    try:
+        with wave.open(path) as audio:
+            return audio.getnframes() * 1000 // max(1, audio.getframerate())
+    except (wave.Error, EOFError, OSError):
+        return 0
