@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-real test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m confguard.demo
 
+# The same demo against a real FreeSWITCH ($$CONFGUARD_FREESWITCH, else ../shared/freeswitch/dist).
+demo-real: $(STAMP)
+	$(BIN)/python -m confguard.demo --real
+
+# Two workers: the real-switch (realfs) tests, which mostly wait on FreeSWITCH's clock, run on
+# one of them while the other takes the simulator's tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check confguard tests

@@ -1,11 +1,15 @@
-"""`make demo`: the whole scenario, as separate processes on loopback, in about ten seconds.
+"""`make demo` / `make demo-real`: the whole scenario, as separate processes on loopback.
 
-1. `confguard sim` — the built-in FreeSWITCH simulator on 127.0.0.1 (a free port);
+1. the switch: `confguard sim`, the built-in FreeSWITCH simulator on 127.0.0.1 (a free port);
+   or, with `--real` (`make demo-real`), a real FreeSWITCH (`confguard.realswitch`: the one in
+   `$CONFGUARD_FREESWITCH`, else the tarball in ../shared/freeswitch/dist) with the project's
+   own test configuration, on 127.0.0.1 with a free port and a generated password;
 2. `confguard serve` — the daemon, its control socket and journal in a temporary folder;
 3. `confguard invite 1000 --room test1` — user 1000 presses 1 two seconds after answering: joined;
    `confguard invite 1001 --room test1` — user 1001 stays silent: timed out at T.
 It prints the daemon's log lines (one per state change) and both outcomes, stops everything, and
-exits 0 only when both outcomes are the expected ones.
+exits 0 only when both outcomes are the expected ones (2 when `--real` finds no FreeSWITCH:
+the message says how to provide one). About ten seconds.
 """
 
 from __future__ import annotations
@@ -54,10 +58,36 @@ def pump(stream: IO[str], prefix: str, sink: list[str]) -> None:
         print(f"{prefix} {line}", flush=True)
 
 
-def main() -> int:
+def start_real_switch(work: Path) -> tuple[object, int, Path]:
+    """A real FreeSWITCH for the demo: (the RealSwitch, its port, its password file)."""
+    from confguard.realswitch import RealSwitch, find_freeswitch
+
+    switch = RealSwitch(find_freeswitch(Path.cwd()), work / "freeswitch")
+    print(f"== real FreeSWITCH from {switch.install} (config and log in {switch.run_dir})",
+          flush=True)
+    switch.start()
+    print(f"== FreeSWITCH on 127.0.0.1:{switch.port}", flush=True)
+    return switch, switch.port, switch.password_file()
+
+
+def main(argv: list[str] | None = None) -> int:
+    real = "--real" in (sys.argv[1:] if argv is None else argv)
     confguard = [sys.executable, "-m", "confguard.cli"]
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="confguard-demo-"))
+    real_switch = None
+    password_file: Path | None = None
+    if real:
+        from confguard.realswitch import FreeSwitchFailed, FreeSwitchNotFound
+
+        try:
+            real_switch, port, password_file = start_real_switch(work)
+        except FreeSwitchNotFound as missing:
+            print(f"demo-real: {missing}", file=sys.stderr)
+            return 2
+        except FreeSwitchFailed as failed:
+            print(f"demo-real: {failed}", file=sys.stderr)
+            return 1
     env = dict(
         os.environ,
         CONFGUARD_CONFIG=str(work / "none.toml"),
@@ -69,18 +99,22 @@ def main() -> int:
         CONFGUARD_LOG_LEVEL="info",
         CONFGUARD_INVITE_PROMPT="tone_stream://%(200,100,440)",
     )
+    if password_file is not None:
+        env["CONFGUARD_ESL_PASSWORD_FILE"] = str(password_file)
     (work / "none.toml").write_text("# demo: everything comes from the environment\n")
     procs: list[subprocess.Popen[str]] = []
     threads: list[threading.Thread] = []
     daemon_lines: list[str] = []
     try:
-        print(f"== simulator on 127.0.0.1:{port}", flush=True)
-        sim = subprocess.Popen(
-            [*confguard, "sim", "--host", "127.0.0.1", "--port", str(port), "--heartbeat", "5"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-        )
-        procs.append(sim)
-        wait_for(lambda: port_open(port), 15, "the simulator")
+        if real_switch is None:
+            print(f"== simulator on 127.0.0.1:{port}", flush=True)
+            sim = subprocess.Popen(
+                [*confguard, "sim", "--host", "127.0.0.1", "--port", str(port),
+                 "--heartbeat", "5"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+            )
+            procs.append(sim)
+            wait_for(lambda: port_open(port), 15, "the simulator")
 
         print("== daemon (confguard serve); its log lines are prefixed 'log |'", flush=True)
         daemon = subprocess.Popen(
@@ -122,6 +156,8 @@ def main() -> int:
                 proc.kill()
         for thread in threads:
             thread.join(timeout=2)
+        if real_switch is not None:
+            real_switch.stop()  # type: ignore[attr-defined]
 
     print("== outcomes", flush=True)
     ok = True

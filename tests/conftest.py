@@ -63,6 +63,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (`make test` runs two workers), every `realfs` test goes to one worker, so
+    one FreeSWITCH serves them all while the other worker runs the simulator's tests."""
+    for item in items:
+        if item.get_closest_marker("realfs"):
+            item.add_marker(pytest.mark.xdist_group("realfs"))
+
+
 @pytest.fixture(scope="session")
 def real_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real FreeSWITCH on 127.0.0.1 (free port, generated password, the project's config)."""

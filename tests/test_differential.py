@@ -27,13 +27,13 @@ pytestmark = pytest.mark.realfs
 
 # (name, CLI arguments after the extension) — one invite each; outcomes as in test_e2e.
 SCENARIOS = {
-    "joined": ("1000", ["--timeout", "5"]),
+    "joined": ("1000", ["--timeout", "10"]),
     "timeout": ("1001", ["--timeout", "3"]),
-    "declined": ("1007", ["--timeout", "5", "--decline-key", "9"]),
-    "hung_up": ("1006", ["--timeout", "5"]),
-    "busy": ("1002", ["--timeout", "5"]),
-    "unreachable": ("4242", ["--timeout", "5"]),
-    "join_failed": ("1000", ["--timeout", "5", "--join", "9999 default"]),
+    "declined": ("1007", ["--timeout", "10", "--decline-key", "9"]),
+    "hung_up": ("1006", ["--timeout", "10"]),
+    "busy": ("1002", ["--timeout", "10"]),
+    "unreachable": ("4242", ["--timeout", "10"]),
+    "join_failed": ("1000", ["--timeout", "10", "--join", "9999 default"]),
 }
 
 
