@@ -485,15 +485,18 @@ class Switch:
                 self.hangup(channel, "NO_ANSWER")
             await channel.ended.wait()
             return f"-ERR {channel.facts.hangup_cause}\n"
+        # The user/ endpoint originated the channel itself (the run above); once it returns the
+        # answered channel, the outer originate runs api_on_originate again, at once: a second
+        # task in the group for `sched_hangup +N U` (transcript 15: two ADD_SCHEDULE, the second
+        # at the answer, one second later in Task-Runtime). The scheduler's passes follow the
+        # add, so they come a few ms before a key pressed whole seconds after the answer, and a
+        # `sched_del` sent on that key is swept half a second later, as on the real switch.
+        if channel.alive:
+            await self._api_on_originate(variables)
         await self.clock.sleep(STEP)
         if not channel.alive:
             return f"-ERR {channel.facts.hangup_cause}\n"
         self._after_answer(channel, variables, args[1:])
-        # The user/ endpoint originated the channel itself (the run above); once it returns the
-        # answered channel, the outer originate runs api_on_originate again: a second task in
-        # the group for `sched_hangup +N U` (transcript 15: two ADD_SCHEDULE, the second at the
-        # answer, one second later in Task-Runtime).
-        await self._api_on_originate(variables)
         return f"+OK {call_uuid}\n"
 
     async def _api_on_originate(self, variables: dict[str, str]) -> None:
