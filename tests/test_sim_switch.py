@@ -145,7 +145,11 @@ async def test_press1_call_events_follow_transcript(switch, transcripts_dir: Pat
 async def test_originate_failures(switch, variables: str, reply: str) -> None:
     sw, published = switch
     assert await sw.api(f"originate {{{variables}}}user/1000 &park()") == reply
-    assert any(e.name == "CHANNEL_HANGUP_COMPLETE" for e in published)
+    # NO_ANSWER: the originate answers right after CHANNEL_HANGUP, before the channel's
+    # CHANNEL_HANGUP_COMPLETE (transcript 16); the callee's refusals come after it.
+    completed = any(e.name == "CHANNEL_HANGUP_COMPLETE" for e in published)
+    assert completed is (reply != "-ERR NO_ANSWER\n")
+    await until(sw, lambda: any(e.name == "CHANNEL_HANGUP_COMPLETE" for e in published))
 
 
 async def test_api_on_originate_arms_timer_before_create(switch) -> None:
@@ -341,3 +345,15 @@ async def test_show_tasks_as_xml_and_file_exists(switch, transcripts_dir: Path) 
     assert ours == expected + "</result>\n"
     assert await sw.api(f"file_exists {transcripts_dir}") == "true"
     assert await sw.api(f"file_exists {transcripts_dir}/no-such-file") == "false"
+
+
+@pytest.mark.parametrize(
+    ("start", "timeout", "rings"),
+    [(100.394, 2, 1.62), (100.499, 2, 1.52), (100.75, 3, 2.26), (100.0, 2, 2.0)],
+)
+def test_ring_time_limit_counts_whole_seconds(start: float, timeout: int, rings: float) -> None:
+    """originate_timeout=N gives up on the first 20 ms check after second floor(start) + N
+    (transcripts 10 and 16: N-1 ... N seconds of ringing)."""
+    from confguard.sim.switch import ring_time_limit
+
+    assert ring_time_limit(start, timeout) - start == pytest.approx(rings, abs=1e-6)

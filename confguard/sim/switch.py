@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -154,6 +155,15 @@ def parse_cause(text: str | None, default: str = "ALLOTTED_TIMEOUT") -> str:
         return CAUSE_NAMES.get(int(text), "NORMAL_CLEARING")
     name = text.upper()
     return name if name in CAUSE_CODES else "NORMAL_CLEARING"
+
+
+def ring_time_limit(start: float, timeout: int) -> float:
+    """When an originate started at epoch `start` gives up ringing (NO_ANSWER): its timeout
+    counts whole seconds of the wall clock, checked every 20 ms from the start, so it fires on
+    the first check after second floor(start) + timeout: `originate_timeout=2` rang 1.51-1.64 s
+    (transcript 16 and its runs), `=3` 2.25 s (transcript 10) -- between N-1 and N seconds."""
+    remaining = math.floor(start) + timeout - start
+    return start + math.ceil(remaining / STEP - 1e-9) * STEP
 
 
 def _early_media(variables: dict[str, str]) -> str:
@@ -453,6 +463,7 @@ class Switch:
         if call_uuid in self.channels:
             return "-ERR DESTINATION_OUT_OF_ORDER\n"
         timeout = _atoi(variables.get("originate_timeout", "60")) or 60
+        ring_limit = ring_time_limit(self.clock.now(), timeout)
 
         channel = self._new_channel(call_uuid, extension, domain, spec, variables)
         # api_on_originate runs on the new channel before CHANNEL_CREATE reaches the wire.
@@ -478,11 +489,15 @@ class Switch:
                 self._later(channel, spec.answer_after, lambda: self._answer(channel))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(
-                channel.answered_event.wait(), timeout=self.clock.to_real(timeout)
+                channel.answered_event.wait(),
+                timeout=self.clock.to_real(max(0.0, ring_limit - self.clock.now())),
             )
         if not channel.answered:
             if channel.alive:
+                # The originate gives up: it hangs the channel up and answers at once, before
+                # the channel's CHANNEL_HANGUP_COMPLETE (transcript 16).
                 self.hangup(channel, "NO_ANSWER")
+                return "-ERR NO_ANSWER\n"
             await channel.ended.wait()
             return f"-ERR {channel.facts.hangup_cause}\n"
         # The user/ endpoint originated the channel itself (the run above); once it returns the
