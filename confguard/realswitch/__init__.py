@@ -23,11 +23,12 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from confguard.esl import EslSession, EslSettings
 from confguard.realswitch.conf import SwitchConf, write_conf
+from confguard.sim.callees import CalleeSpec
 
 ENV_INSTALL = "CONFGUARD_FREESWITCH"
 RUNTIME_PACKAGES = "liblua5.2-0 libsndfile1 libspeex1 libspeexdsp1"
@@ -152,8 +153,10 @@ class RealSwitch:
         port: int = 0,
         password: str | None = None,
         loglevel: str = "warning",
+        users: Mapping[str, CalleeSpec] | None = None,
     ) -> None:
         self.install = install
+        self.users = users
         self.run_dir = run_dir
         self.port = port
         self.password = password or secrets.token_hex(16)
@@ -206,8 +209,9 @@ class RealSwitch:
             return
         if not self.port:
             self.port = free_port()
-        write_conf(SwitchConf(port=self.port, password=self.password, loglevel=self.loglevel),
-                   self.run_dir)
+        conf = SwitchConf(port=self.port, password=self.password, loglevel=self.loglevel,
+                          users=self.users)
+        write_conf(conf, self.run_dir)
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / "run" / "freeswitch.pid").unlink()
         r = self.run_dir

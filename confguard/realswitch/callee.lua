@@ -5,6 +5,9 @@
 -- (set in the originate's {}) wins over the user's `sim_default_<name>` (from the directory's
 -- dial-string). Names: mode (answer|noanswer|busy|reject|unregistered), answer_after (s),
 -- dtmf (<digits>@<s>[;<digits>@<s>...], seconds after answer), hangup_after (s after answer).
+-- A per-call `sim_mode=unregistered` can only refuse from this leg (USER_NOT_REGISTERED), after
+-- the caller's channel exists; a directory user that is unregistered by default dials
+-- `error/user_not_registered` instead (conf.py), which fails with no channel, as SIP does.
 
 local DIGIT_GAP_MS = 100
 

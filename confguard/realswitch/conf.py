@@ -70,7 +70,7 @@ def _seconds(value: float) -> str:
 
 def callee_defaults(spec: CalleeSpec) -> dict[str, str]:
     """A callee's behaviour as the `sim_default_*` variables callee.lua reads."""
-    if spec.mode in (CalleeMode.UNALLOCATED,):
+    if spec.mode is CalleeMode.UNALLOCATED:
         raise ValueError("an unallocated callee is a user that is not in the directory")
     out = {"sim_default_mode": spec.mode.value}
     if spec.mode is CalleeMode.ANSWER:
@@ -84,6 +84,9 @@ def callee_defaults(spec: CalleeSpec) -> dict[str, str]:
 
 def dial_string(extension: str, spec: CalleeSpec) -> str:
     """The directory dial-string of one test user."""
+    if spec.mode is CalleeMode.UNREGISTERED:
+        # A SIP user with no registration: the originate fails before any channel exists.
+        return "error/user_not_registered"
     variables = {"loopback_bowout": "false", **callee_defaults(spec)}
     inner = ",".join(f"{name}={value}" for name, value in variables.items())
     return f"{{{inner}}}loopback/{extension}/{CALLEE_CONTEXT}/XML"
