@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from confguard.esl import EslSession, EslSettings
@@ -162,7 +162,6 @@ class RealSwitch:
         self.password = password or secrets.token_hex(16)
         self.loglevel = loglevel
         self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
 
     def __repr__(self) -> str:  # never the password
         return f"RealSwitch(127.0.0.1:{self.port}, run_dir={self.run_dir})"
@@ -227,7 +226,6 @@ class RealSwitch:
             start_new_session=True,
         )
         console.close()
-        self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -287,10 +285,3 @@ class RealSwitch:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-@contextlib.contextmanager
-def running_switch(repo: Path, run_dir: Path, **kwargs: object) -> Iterator[RealSwitch]:
-    """Find, start and finally stop a real FreeSWITCH (raises FreeSwitchNotFound)."""
-    switch = RealSwitch(find_freeswitch(repo), run_dir, **kwargs)  # type: ignore[arg-type]
-    with switch:
-        yield switch
