@@ -551,6 +551,7 @@ _HANGUP_EVENTS = frozenset({"CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"})
 _TIMER_DESC = "switch_ivr_schedule_hangup"
 _NO_SUCH_CHANNEL = "-ERR No such channel"
 _FILTER_HEADERS = ("Unique-ID", "Job-UUID", "Task-Group")
+_UNSEEN_END = "the call ended before this daemon saw it alive (adopted)"
 
 
 class Invite:
@@ -583,6 +584,10 @@ class Invite:
         # What the machine has learnt so far.
         self.started = False
         self.adopted = False  # taken over from an earlier run of the daemon (adopt())
+        # An adopted invite has seen its call alive itself (a channel event, the answer, or a
+        # uuid_dump saying ringing/early/answered), so it knows whether the call was answered.
+        # Until then a hangup cannot be mapped to an outcome: the call ended unseen -> lost.
+        self.seen_alive = False
         self.channel_seen = False
         self.answered = False
         self.timer_tasks: set[str] = set()  # live Task-IDs of our hangup timer (ADD_SCHEDULE)
@@ -693,6 +698,7 @@ class Invite:
 
     def _on_answer(self, now: float, source: str) -> list[Command]:
         self.channel_seen = True
+        self.seen_alive = True
         if self.answered:
             return []
         self.answered = True
@@ -797,6 +803,15 @@ class Invite:
         no channel -> ``lost``; in a conference -> ``joined``; answered -> waiting for the key,
         with a timer of our own armed because no ``ADD_SCHEDULE`` can be seen (invariant 1: two
         tasks in the group are harmless, ``sched_del <uuid>`` removes both); ringing -> ringing.
+
+        Until the machine has seen the call alive itself (the dump, or a channel event), it does
+        not know what happened while no daemon watched -- not even whether the call was answered
+        -- so the end of a call it never saw alive is ``lost`` (or what confguard itself decided,
+        e.g. an operator cancel), never an outcome mapped from the hangup cause. This matters
+        because the filters go out before the dump: the tail of a hangup that began while no
+        daemon ran (CHANNEL_HANGUP_COMPLETE, the originate's ``BACKGROUND_JOB -ERR``) can reach
+        the invite before the dump's ``-ERR No such channel!``; so can a dump of a channel that
+        is already hanging up, followed by its hangup event.
         """
         if self.started:
             raise UsageError("adopt() on an invite that was started")
@@ -837,6 +852,7 @@ class Invite:
             return []  # e.g. a job event quoting our uuid in another header
         if name in _CHANNEL_EVENTS:
             self.channel_seen = True
+            self.seen_alive = True
             commands = self._fire(Input.CHANNEL, now, event=name)
             if self.cancel_requested and not self.kill_sent:
                 commands += self._kill("ORIGINATOR_CANCEL", now, "operator cancel")
@@ -847,6 +863,8 @@ class Invite:
             return self._on_digit(headers.get("DTMF-Digit", ""), now)
         if name in _HANGUP_EVENTS:
             cause = headers.get("Hangup-Cause") or self.job_cause
+            if self.adopted and not self.seen_alive:
+                return self._give_up(now, _UNSEEN_END, event=name, hangup_cause=cause)
             outcome, decided_cause = self._decide(cause)
             return self._finish(outcome, decided_cause, now, event=name, hangup_cause=cause)
         if name == "CUSTOM" and headers.get("Event-Subclass") == "conference::maintenance":
@@ -865,6 +883,9 @@ class Invite:
         self.job_cause = cause or None
         if self.channel_seen:
             return []  # the hangup event decides; job_cause stands in if it lacks a cause
+        if self.adopted and not self.seen_alive:
+            # The originate of an earlier run ended (answered or not: unknown) before we saw it.
+            return self._give_up(now, _UNSEEN_END, event="BACKGROUND_JOB", reply=result)
         outcome, decided_cause = self._decide(cause or None)
         return self._finish(outcome, decided_cause, now, event="BACKGROUND_JOB", reply=result)
 
@@ -1001,6 +1022,8 @@ class Invite:
                 return self._kill(None, now, "join not confirmed")
             return []
         commands: list[Command] = []
+        if answer_state in ("answered", "ringing", "early"):
+            self.seen_alive = True  # and `answered` is right from here on (below)
         if answer_state == "answered" and not self.answered:
             commands += self._on_answer(now, "resync")
         elif answer_state in ("ringing", "early"):

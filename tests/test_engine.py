@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,3 +110,61 @@ async def test_follow_misses_nothing_published_during_its_replay(engine) -> None
     assert [u["state"] for u in rest] == ["ringing", "ended"]
     assert rest[-1]["outcome"] == "busy"
     assert [u["seq"] for u in [first, *rest]] == [0, 1, 2]
+
+
+class DumpHeldSession(RecordingSession):
+    """Like RecordingSession, but the answer to `uuid_dump` waits until the test gives it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dump_asked = asyncio.Event()
+        self.dump_reply: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def api(self, command: str) -> str:
+        self.sent.append(f"api {command}")
+        if command.startswith("uuid_dump "):
+            self.dump_asked.set()
+            return await self.dump_reply
+        return "+OK\n"
+
+
+async def test_adopted_call_whose_hangup_tail_beats_the_dump_is_lost() -> None:
+    """The interleaving of test_e2e's vanished call: killed while no daemon ran, FreeSWITCH
+    still finishing the hangup when the restarted daemon's filters went in, so
+    CHANNEL_HANGUP_COMPLETE reaches the adopted invite before `-ERR No such channel!`."""
+    from confguard.journal import InviteRecord
+
+    session = DumpHeldSession()
+    running = Engine()
+    running.attach(session)
+    await running.start()
+    try:
+        call_uuid = "93f1c9a0-25ae-434f-9fbd-19951ea5c7b4"
+        job_uuid = "0b8e0c43-6f0e-4d47-9a43-0d86e0b2b0a1"
+        now = time.time()
+        run = await running.adopt(InviteRecord(
+            invite_id="94c865f4c418", call_uuid=call_uuid, job_uuid=job_uuid, ext="1001",
+            room="test1", timeout=60, deadline=now + 59, created_at=now - 1, state="waiting_key",
+        ))
+        await asyncio.wait_for(session.dump_asked.wait(), 5)
+        assert session.sent[1:4] == [  # the call's filters before its dump
+            f"filter Unique-ID {call_uuid}",
+            f"filter Job-UUID {job_uuid}",
+            f"filter Task-Group {call_uuid}",
+        ]
+        session.queue.put_nowait(Event(Event_Name="CHANNEL_HANGUP_COMPLETE", Unique_ID=call_uuid,
+                                       Hangup_Cause="NORMAL_CLEARING"))
+        await settle()
+        session.dump_reply.set_result("-ERR No such channel!\n")
+        assert run.final is not None
+        final = await asyncio.wait_for(asyncio.shield(run.final), 5)
+        assert final["outcome"] == "lost", final
+        await settle()
+        assert running.active() == []
+        assert session.sent[-3:] == [
+            f"filter delete Unique-ID {call_uuid}",
+            f"filter delete Job-UUID {job_uuid}",
+            f"filter delete Task-Group {call_uuid}",
+        ]
+    finally:
+        await running.stop()
