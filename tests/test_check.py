@@ -317,8 +317,29 @@ def test_format_results_lines() -> None:
     assert exit_code(results[::2]) == EXIT_ALL_OK
 
 
+async def test_real_switch_xml_locate_replies(switch: FakeSwitch, transcripts_dir: Path) -> None:
+    """The conference.conf and dialplan a real switch printed (transcript 17, confguard.realswitch's
+    set-up) read as they should: profile default there, 7001 found in default, no public."""
+    real = recorded_api_replies(transcripts_dir / "17-xml-locate.jsonl")
+    switch.overrides.update({c: r for c, r in real.items() if c.startswith("xml_locate ")})
+    lines = by_name(await run_checks(switch.api, target=TARGET, join_mode="inline",
+                                     join_target="test1", prompt=None))
+    line = lines["conference profile default"]
+    assert line.ok is True and line.detail == "defined in conference.conf (profiles: default)"
+    for target, ok, detail in (
+        ("7001 XML default", True, "extension 'confguard_join' matches by destination_number"),
+        ("7002 XML default", False, "no extension in context default matches 7002"),
+        ("7001 XML public", False, "no context public in the XML dialplan"),
+    ):
+        results = await run_checks(switch.api, target=TARGET, join_mode="dialplan",
+                                   join_target=target, prompt=None)
+        line = results[-2]
+        assert line.name.startswith("dialplan extension") and line.ok is ok, line
+        assert line.detail.startswith(detail), line
+
+
 async def test_against_the_simulator(sim) -> None:  # type: ignore[no-untyped-def]
-    """The simulator's switch answers what a real one does; what it cannot answer is '?'."""
+    """The simulator's switch answers what a real one does: every line ✓, none '?'."""
     results = await run_checks(sim.switch.api, target=f"127.0.0.1:{sim.port}", join_mode="inline",
                                join_target="test1", prompt="tone_stream://%(250,250,440)")
     lines = by_name(results)
@@ -326,4 +347,15 @@ async def test_against_the_simulator(sim) -> None:  # type: ignore[no-untyped-de
     for module in ("mod_commands", "mod_dptools", "mod_conference"):
         assert lines[f"{module} loaded"].ok is True
     assert lines["conference api answers"].ok is True
-    assert exit_code(results) == EXIT_ALL_OK, format_results(results)
+    assert lines["conference profile default"].ok is True  # xml_locate of conference.conf
+    assert [r.ok for r in results] == [True] * len(results), format_results(results)
+    missing = by_name(await run_checks(sim.switch.api, target="sim", join_mode="inline",
+                                       join_target="test1@hd", prompt=None))
+    assert missing["conference profile hd"].ok is False
+    assert "(profiles: default)" in missing["conference profile hd"].detail
+    for target, ok in (("7001 XML default", True), ("7002 XML default", False),
+                       ("7001 XML public", False)):
+        dialplan = await run_checks(sim.switch.api, target="sim", join_mode="dialplan",
+                                    join_target=target, prompt=None)
+        assert dialplan[-2].name.startswith("dialplan extension")
+        assert dialplan[-2].ok is ok, format_results(dialplan)

@@ -4,12 +4,15 @@ sets compared with the recorded FreeSWITCH transcripts."""
 from __future__ import annotations
 
 import json
+import re
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 
+from confguard.sim import xmlconf
 from confguard.sim.clock import SimClock
 from confguard.sim.config import SimConfig
 from confguard.sim.events import SimEvent
@@ -345,6 +348,61 @@ async def test_show_tasks_as_xml_and_file_exists(switch, transcripts_dir: Path) 
     assert ours == expected + "</result>\n"
     assert await sw.api(f"file_exists {transcripts_dir}") == "true"
     assert await sw.api(f"file_exists {transcripts_dir}/no-such-file") == "false"
+
+
+XML_LOCATE_ASKED = (  # transcript 17, but `xml_locate dialplan` (below)
+    "xml_locate configuration configuration name conference.conf",
+    "xml_locate dialplan context name default",
+    "xml_locate dialplan context name public",
+    "xml_locate dialplan context name DEFAULT",
+    "xml_locate configuration configuration name no_such.conf",
+    "xml_locate",
+    "xml_locate dialplan context",
+)
+# conf.py's callee context, which the simulator's built-in callees do not need.
+CALLEE_CONTEXT_RE = re.compile(r'\n *<context name="confguard_callee">.*?</context>\n', re.S)
+
+
+async def test_xml_locate_prints_the_setup_as_the_real_switch_did(transcripts_dir: Path) -> None:
+    """Byte for byte what the real switch printed for confguard.realswitch's set-up (the
+    conformance replay blanks numbers; this does not)."""
+    path = transcripts_dir / "17-xml-locate.jsonl"
+    sw = Switch(SimConfig(domain="confguard.test"), SimClock(SCALE), lambda event: None)
+    for command in XML_LOCATE_ASKED:
+        assert await sw.api(command) == recorded_reply(path, command), command
+    whole = recorded_reply(path, "xml_locate dialplan")
+    assert CALLEE_CONTEXT_RE.search(whole)
+    assert await sw.api("xml_locate dialplan") == CALLEE_CONTEXT_RE.sub("", whole, count=1)
+    section = await sw.api("xml_locate Configuration")  # any case; only conference.conf
+    assert section.startswith('<section name="configuration">\n      <configuration name=')
+    assert section.count("<configuration ") == 1
+    # The simulator's own domain; nothing else of its set-up varies.
+    other = Switch(SimConfig(), SimClock(SCALE), lambda event: None)
+    assert '<param name="domain" value="sim.local"></param>' in await other.api(
+        XML_LOCATE_ASKED[0]
+    )
+    assert await sw.api("xml_locate directory") == "can't find anything\n"  # not modelled
+
+
+
+def test_xml_printout_keeps_the_documents_whitespace() -> None:
+    """The printing rules on a shape the simulator's own sections lack (elements inline in
+    elements inline), as the real switch printed conf.py's directory while transcript 17 was
+    made (one user of twenty, dial-string shortened)."""
+    source = (
+        '<section name="directory">\n    <domain name="confguard.test">\n      <groups>\n'
+        '        <group name="default">\n          <users>\n            <user id="1001">'
+        '<params><param name="dial-string" value="x"/></params></user>\n          </users>\n'
+        "        </group>\n      </groups>\n    </domain>\n  </section>"
+    )
+    assert xmlconf.to_text(ET.fromstring(source)) == (
+        '<section name="directory">\n      <domain name="confguard.test">\n'
+        '          <groups>\n              <group name="default">\n                  <users>\n'
+        '                      <user id="1001">\n            <params>\n'
+        '              <param name="dial-string" value="x"></param>\n            </params>\n'
+        "          </user>\n\n          </users>\n\n        </group>\n\n      </groups>\n\n"
+        "    </domain>\n\n  </section>\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -540,12 +540,50 @@ async def scenario_failures(recorder: Recorder) -> None:
     await conn.close()
 
 
+XML_LOCATE_COMMENT = """\
+17 xml_locate, no call: what `confguard check` asks (check.py) -- the conference profiles
+(`xml_locate configuration configuration name conference.conf`) and the join extension's context
+(`xml_locate dialplan context name default`; `public`, which does not exist: `can't find
+anything`) -- then the whole dialplan section as transcript 00 asks it (`xml_locate dialplan`;
+its context `confguard_callee` is the set-up's callee and names the run folder's callee.lua),
+the context's name in capitals (the value matches in any case), a configuration that does not
+exist, and usage errors (`-ERR bad args`). No subscription."""
+
+XML_LOCATE_COMMANDS = (
+    "xml_locate configuration configuration name conference.conf",
+    "xml_locate dialplan context name default",
+    "xml_locate dialplan context name public",
+    "xml_locate dialplan",
+    "xml_locate dialplan context name DEFAULT",
+    "xml_locate configuration configuration name no_such.conf",
+    "xml_locate",
+    "xml_locate dialplan context",
+)
+
+
+async def scenario_xml_locate(recorder: Recorder) -> None:
+    conn = await login(recorder, events=None)
+    replies = {command: await conn.api(command) for command in XML_LOCATE_COMMANDS}
+    expected_starts = {
+        XML_LOCATE_COMMANDS[0]: '<configuration name="conference.conf">',
+        XML_LOCATE_COMMANDS[1]: '<context name="default">',
+        XML_LOCATE_COMMANDS[2]: "can't find anything\n",
+        XML_LOCATE_COMMANDS[3]: '<section name="dialplan">',
+        XML_LOCATE_COMMANDS[6]: "-ERR bad args\n",
+    }
+    for command, start in expected_starts.items():
+        if not replies[command].startswith(start):
+            raise RecordingError(f"{command}: {replies[command][:80]!r}")
+    await conn.close()
+
+
 Scenario = Callable[[Recorder], Awaitable[None]]
 SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "13-broadcast-tone-stream-aleg": (scenario_broadcast, BROADCAST_COMMENT),
     "14-uuid-dump-waiting-and-dead": (scenario_dump, DUMP_COMMENT),
     "15-show-tasks-two-in-group-sched-del": (scenario_tasks, TASKS_COMMENT),
     "16-callees-that-do-not-stay": (scenario_failures, FAILURES_COMMENT),
+    "17-xml-locate": (scenario_xml_locate, XML_LOCATE_COMMENT),
 }
 
 

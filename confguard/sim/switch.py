@@ -50,6 +50,7 @@ from confguard.sim.events import (
     stamp_local,
 )
 from confguard.sim.scheduler import Scheduler, Task
+from confguard.sim.xmlconf import build_document, xml_locate
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ class Switch:
         self.channels: dict[str, Channel] = {}
         self.conferences: dict[str, Conference] = {}
         self.global_vars: dict[str, str] = {"domain": config.domain}
+        self.xml_registry = build_document(config.domain, *CONFERENCE_EXTENSION)
         self.started_at = clock.monotonic()
         self.sessions_since_startup = 0
         self.session_peak = 0
@@ -288,6 +290,7 @@ class Switch:
             "create_uuid": self._api_create_uuid,
             "echo": self._api_echo,
             "file_exists": self._api_file_exists,
+            "xml_locate": self._api_xml_locate,
         }
 
     def _event_factory(self) -> EventFactory:
@@ -936,6 +939,9 @@ class Switch:
         """`file_exists <path>`: `true` / `false` for a path on this host (like uuid_exists)."""
         path = arg.strip()
         return "true" if path and os.path.exists(path) else "false"
+
+    async def _api_xml_locate(self, arg: str) -> str:
+        return xml_locate(self.xml_registry, arg)
 
     async def _api_echo(self, arg: str) -> str:
         return arg
