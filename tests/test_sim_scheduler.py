@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import random
+from collections.abc import Callable
 
 from confguard.sim.clock import SimClock
 from confguard.sim.events import EventFactory, SimEvent
-from confguard.sim.scheduler import Scheduler, Task
+from confguard.sim.scheduler import MIRROR_LAG, Scheduler, Task
 
 SCALE = 0.01  # one simulated second lasts 10 ms
 
@@ -85,18 +88,75 @@ async def test_delete_counts_then_zero_and_sweeps_with_del_schedule() -> None:
         await scheduler.stop()
 
 
+class ManualClock(SimClock):
+    """Simulated time that moves only in `advance()`: the timers due run in deadline order
+    (then in the order set), each at its own deadline, so no real-time jitter (a loaded
+    machine, a stalled event loop) can move one past another or past a check."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0, start_epoch=1_800_000_000.0)
+        self.t = 0.0
+        self._timers: list[tuple[float, int, asyncio.TimerHandle, Callable[[], object]]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def call_later(self, sim_seconds: float, fn: Callable[[], object]) -> asyncio.TimerHandle:
+        when = self.t + max(0.0, sim_seconds)
+        handle = asyncio.TimerHandle(when, fn, (), asyncio.get_running_loop())
+        heapq.heappush(self._timers, (when, next(self._order), handle, fn))
+        return handle
+
+    async def sleep(self, sim_seconds: float) -> None:
+        raise AssertionError("a ManualClock moves by advance() only")
+
+    def advance(self, sim_seconds: float, until: Callable[[], bool] | None = None) -> None:
+        """Move `sim_seconds` on, or stop right after the timer that makes `until()` true."""
+        end = self.t + sim_seconds
+        while self._timers and self._timers[0][0] <= end:
+            when, _, handle, fn = heapq.heappop(self._timers)
+            if not handle.cancelled():
+                self.t = when
+                fn()
+                if until is not None and until():
+                    return
+        self.t = end
+
+
 async def test_show_tasks_mirror_lags_behind() -> None:
-    scheduler, _published, clock = make_scheduler()
+    """A row shows in `show tasks` between MIRROR_LAG's bounds after the add, and disappears
+    between those bounds after the sweep's DEL_SCHEDULE. On a clock of its own, so that only
+    the order of the steps counts, not how fast a (loaded) machine runs them."""
+    clock = ManualClock()
+    factory = EventFactory(clock, core_uuid="core", hostname="confguard-sim")
+    published: list[SimEvent] = []
+    scheduler = Scheduler(clock, lambda: factory, published.append, rng=random.Random(7))
+    low, high = MIRROR_LAG
+    margin = 0.001
+
+    def shown() -> bool:
+        return task.task_id in [row[0] for row in scheduler.mirror_rows()]
+
     await scheduler.start()
     try:
         task = scheduler.add("lagging", "g", int(clock.now()) + 60, None)
-        assert task.task_id not in [row[0] for row in scheduler.mirror_rows()]
-        await clock.sleep(0.3)
-        assert task.task_id in [row[0] for row in scheduler.mirror_rows()]
+        assert not shown()
+        clock.advance(low - margin)
+        assert not shown()  # not before the lag's lower bound
+        clock.advance(high - low + 2 * margin)
+        assert shown()  # by its upper bound
         assert scheduler.delete_id(task.task_id) == 1
-        assert task.task_id in [row[0] for row in scheduler.mirror_rows()]  # still mirrored
-        await clock.sleep(1.0)
-        assert task.task_id not in [row[0] for row in scheduler.mirror_rows()]
+        assert shown()  # a delete only marks the task
+        clock.advance(1.0, until=lambda: any(e.name == "DEL_SCHEDULE" for e in published))
+        assert [e.get("Task-ID") for e in published if e.name == "DEL_SCHEDULE"] == [
+            str(task.task_id)
+        ]  # swept by the next pass; the clock stands at that pass
+        assert shown()  # DEL_SCHEDULE is out, the copy still has the row
+        clock.advance(low - margin)
+        assert shown()
+        clock.advance(high - low + 2 * margin)
+        assert not shown()
     finally:
         await scheduler.stop()
 
