@@ -27,14 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from confguard.realswitch import free_port
+
 TIMEOUT_S = 6
 EXPECTED = {"1000": "joined", "1001": "timeout"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> None:

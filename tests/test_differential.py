@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from peers import EslLink, Peer, RealPeer, SimPeer, event_name, normalise_command
-from test_e2e import ROOM, invite, start_daemon
+from test_e2e import ROOM, invite, start_daemon, until_idle
 
 pytestmark = pytest.mark.realfs
 
@@ -60,10 +60,7 @@ async def record(peer: Peer, tmp_path: Path, ext: str, args: list[str]) -> dict[
     try:
         status, updates = await invite(daemon, ext, "--room", ROOM, *args)
         call_uuid = updates[0]["uuid"]
-        for _ in range(50):  # the last filter deletions go out after the outcome
-            if not daemon.engine.active():
-                break
-            await asyncio.sleep(0.05)
+        await until_idle(daemon)
         await asyncio.sleep(0.3)
     finally:
         daemon.stopping.set()

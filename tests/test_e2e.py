@@ -130,13 +130,19 @@ async def no_wait(daemon: Daemon, *argv: str) -> str:
     return out.strip()
 
 
+async def until_idle(daemon: Daemon) -> None:
+    """Wait (up to 2.5 s) until the engine forgot every invite: after an outcome its worker
+    still sends the call's last filter deletions."""
+    for _ in range(50):
+        if not daemon.engine.active():
+            return
+        await asyncio.sleep(0.05)
+
+
 async def assert_settled(peer: Peer, daemon: Daemon | None, call_uuid: str, outcome: str) -> None:
     """Nothing of the call left in the daemon or the switch; joined ⇔ a member of the room."""
     if daemon is not None:
-        for _ in range(50):  # the engine's worker sends the last filter deletions, then forgets
-            if not daemon.engine.active():
-                break
-            await asyncio.sleep(0.05)
+        await until_idle(daemon)
         assert daemon.engine.active() == []
     assert await peer.no_task_left(call_uuid), await peer.tasks_of(call_uuid)
     members = await peer.members(ROOM)

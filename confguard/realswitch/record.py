@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote
 
+from confguard.esl import PERMANENT_FILTERS
+from confguard.invite import InviteSpec, build_originate
 from confguard.realswitch.conf import CALLEE_CONTEXT, DOMAIN
 from confguard.sim import wire
 
@@ -306,20 +308,19 @@ async def login(
 
 
 def daemon_originate(call_uuid: str, extension: str, *, timeout: int = 30) -> str:
-    """The originate confguard's daemon sends (invite.build_originate), for invite `rec1`."""
-    return (
-        f"originate {{origination_uuid={call_uuid},originate_timeout=30,"
-        "ignore_early_media=true,confguard_invite=rec1,confguard_room=test1,"
-        f"confguard_deadline=1900000000,api_on_originate='sched_hangup +{timeout} {call_uuid} "
-        f"NO_USER_RESPONSE'}}user/{extension} &park()"
-    )
+    """The originate confguard's daemon sends (`invite.build_originate`), for invite `rec1`.
+
+    Transcripts 13, 14 and 16 were recorded before this called the builder, with the timer
+    cause NO_USER_RESPONSE; the builder gives the daemon's own (ALLOTTED_TIMEOUT)."""
+    spec = InviteSpec(extension=extension, room="test1", timeout=timeout)
+    return build_originate(spec, call_uuid=call_uuid, invite_id="rec1",
+                           wall_deadline=1_900_000_000)
 
 
 async def daemon_filters(conn: Connection, call_uuid: str, job_uuid: str) -> None:
     """The filters the daemon keeps (esl.PERMANENT_FILTERS) and adds per call (invite.py)."""
     for header, value in (
-        ("Event-Name", "HEARTBEAT"),
-        ("Event-Name", "BACKGROUND_JOB"),
+        *PERMANENT_FILTERS,
         ("Unique-ID", call_uuid),
         ("Job-UUID", job_uuid),
         ("Task-Group", call_uuid),
@@ -591,6 +592,7 @@ async def record(name: str, port: int, out: Path, *, password: str = DEFAULT_PAS
     """Run scenario `name` against the switch on 127.0.0.1:`port`; write `<out>/<name>.txt`
     and `.jsonl` (only when the scenario ran to its end); the stem written."""
     scenario, comment = SCENARIOS[name]
+    out.mkdir(parents=True, exist_ok=True)
     recorder = Recorder(port, password=password)
     recorder.add("NOTE", SETUP_NOTE.encode())
     if password != DEFAULT_PASSWORD:
