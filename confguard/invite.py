@@ -472,6 +472,48 @@ def build_originate(
     return "originate {" + ",".join(parts) + "}user/" + spec.extension + " &park()"
 
 
+KEY_VARIABLE = "confguard_key"
+"""The channel variable in which FreeSWITCH itself records the key the callee pressed
+(``play_and_get_digits`` of the waiting app, below): set the moment the key comes, whether or
+not confguard can see the switch, and read back by ``uuid_dump`` on resync and adoption."""
+
+INVALID_PROMPT = "silence_stream://250"
+"""What ``play_and_get_digits`` plays after a key that is neither the key nor the decline key."""
+
+
+def build_waiting_app(spec: InviteSpec) -> str:
+    """The inline dialplan the answered call runs, inside FreeSWITCH, until confguard moves it.
+
+    ``'m:|:play_and_get_digits:1 1 TRIES MS TERM PROMPT INVALID confguard_key ^[KD]$|park' inline``
+
+    * ``play_and_get_digits`` plays the prompt and waits ``MS`` for one key, ``TRIES`` times --
+      the re-prompt loop runs in the switch, so a waiting call costs confguard nothing;
+    * the key (or the decline key) is stored by FreeSWITCH in ``confguard_key`` (``KEY_VARIABLE``)
+      the moment it comes -- a key pressed while confguard cannot see the switch still counts;
+      any other key is refused by the regex (stored in ``confguard_key_invalid``) and retried;
+    * ``TRIES`` is one per second of the timeout plus one and each try lasts at least 1 s, so
+      the loop outlasts the hangup timer; ``park`` then holds the call (never a hangup by
+      running out of dialplan) until confguard's ``uuid_transfer`` or the timer;
+    * ``m:|:`` makes ``|`` the inline dialplan's separator (mod_dptools' inline_dialplan_hunt):
+      a prompt may contain commas (``tone_stream://%(250,250,440)``); ``|`` is in no validated
+      value, nor are the single quotes that group the app for ``originate``.
+    The terminator is a DTMF key that is neither the key nor the decline key (a terminator press
+    ends a try with no digit: it is retried).
+    """
+    keys = spec.key + (spec.decline_key or "")
+    terminator = next(k for k in "#*DC" if k not in keys)
+    tries = spec.timeout + 1
+    wait_ms = max(1000, round(spec.reprompt_interval * 1000))
+    prompt = spec.prompt if spec.prompt is not None else "silence"
+    if not _PROMPT_RE.fullmatch(prompt) or len(prompt) > _PROMPT_MAX:
+        raise UsageError(f"prompt not validated: {prompt!r}")
+    collect = (
+        f"play_and_get_digits:1 1 {tries} {wait_ms} {terminator} {prompt} {INVALID_PROMPT} "
+        f"{KEY_VARIABLE} ^[{keys}]$"
+    )
+    return f"'m:|:{collect}|park' inline"
+
+
 def build_arm_timer(call_uuid: str, seconds: int, cause: str) -> str:
     """``sched_hangup +N U CAUSE`` -- always with the ``+`` (a bare N hangs up or repeats)."""
     if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
