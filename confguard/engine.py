@@ -109,6 +109,10 @@ class InviteRun:
     outcome: Outcome | None = None
     cause: str | None = None
     key_at: float | None = None
+    # time.perf_counter() at the key and at handing its sched_del to the session: the latency
+    # fields of the joining/joined log lines (loop.time() under uvloop is cached, ms-coarse).
+    key_mark: float | None = None
+    sched_del_mark: float | None = None
     final: asyncio.Future[dict[str, Any]] | None = None
 
     @property
@@ -450,6 +454,8 @@ class Engine:
                         loop.time(),
                     )
             elif isinstance(command, SendApi):
+                if run.sched_del_mark is None and command.tag.startswith("sched_del#"):
+                    run.sched_del_mark = time.perf_counter()
                 try:
                     reply = await session.api(command.command)
                 except EslError as exc:
@@ -496,9 +502,13 @@ class Engine:
             if k not in update and k not in _REDUNDANT
         }
         update.update(detail)
+        fields = _log_fields(update)
         if change.state is State.CANCELLING:
             run.key_at = now
-        log.info("invite.state", **_log_fields(update))
+            run.key_mark = time.perf_counter()
+        elif change.state is State.JOINING:
+            fields.update(_since_key(run, run.sched_del_mark, "key_to_sched_del_ms"))
+        log.info("invite.state", **fields)
         self._journal_call("update_state", run, str(change.state))
         first = change.state is change.previous  # start() announces `placing` from `placing`
         self._metric("state_changed", None if first else str(change.previous), str(change.state))
@@ -524,7 +534,10 @@ class Engine:
                     if k not in update and k not in _REDUNDANT
                 }
             )
-        log.info("invite.state", **_log_fields(update))
+        fields = _log_fields(update)
+        if done.outcome is Outcome.JOINED:
+            fields.update(_since_key(run, time.perf_counter(), "key_to_joined_ms"))
+        log.info("invite.state", **fields)
         self._journal_call("finish_invite", run, str(done.outcome), done.cause, {
             k: v for k, v in update.items() if k not in _JOURNAL_HAS
         })
@@ -621,6 +634,13 @@ _LOG_SKIP = {"seq", "ts", "invite_id"}
 _JOURNAL_HAS = {"seq", "ts", "invite_id", "uuid", "ext", "room", "state", "outcome", "cause"}
 _RENAMED = {"event": "esl_event", "level": "detail_level", "timestamp": "detail_timestamp"}
 _REDUNDANT = {"elapsed_s", "extension"}  # the machine's detail repeats what every update carries
+
+
+def _since_key(run: InviteRun, mark: float | None, name: str) -> dict[str, float]:
+    """`{name: ms from the key to mark}` for a log line, when both moments are known."""
+    if run.key_mark is None or mark is None:
+        return {}
+    return {name: round((mark - run.key_mark) * 1000, 3)}
 
 
 def _log_fields(update: Mapping[str, Any]) -> dict[str, Any]:
