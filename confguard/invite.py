@@ -89,6 +89,15 @@ __all__ = [
 GRACE_S = 3.0
 """Seconds the machine waits beyond a due event (the timer, a kill) before it stops waiting."""
 
+LOST_REPLY = "-ERR confguard:"
+"""How the engine answers a ``SendApi`` whose reply was lost (the link dropped, the command
+timed out, or it could not be written): the machine never takes it for the switch's answer."""
+
+SETTLE_DELAY = 0.5
+"""Seconds after a lost reply before the machine asks the switch (if the link is still up)."""
+
+SHOW_TASKS = "show tasks as json"
+
 
 class State(StrEnum):
     PLACING = "placing"
@@ -593,6 +602,7 @@ _HANGUP_EVENTS = frozenset({"CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"})
 _TIMER_DESC = "switch_ivr_schedule_hangup"
 _NO_SUCH_CHANNEL = "-ERR No such channel"
 _FILTER_HEADERS = ("Unique-ID", "Job-UUID", "Task-Group")
+_WAITING_APPS = frozenset({"park", "play_and_get_digits"})  # build_waiting_app's apps
 _UNSEEN_END = "the call ended before this daemon saw it alive (adopted)"
 
 
@@ -646,8 +656,15 @@ class Invite:
         self.job_result: str | None = None
         self.job_cause: str | None = None
         self.connection_lost_at: float | None = None
-        self.next_prompt_at: float | None = None
         self.join_probe_at: float | None = None
+        # Commands whose answer was lost (LOST_REPLY): settled by asking the switch.
+        self.unsettled: set[str] = set()
+        self.settle_at: float | None = None
+        self.settle_sched_del = False  # a sched_del's answer was lost: ask again after a dump
+        self.settle_transfer = False  # a uuid_transfer's answer was lost: the dump decides
+        self.transfer_resent = False
+        self.sched_del_repeated = False  # a second sched_del went out (settling a lost one)
+        self.tasks_query_pending = False
         self._pending: dict[str, str] = {}  # tag -> kind of every SendApi awaiting its reply
         self._tag_counter = 0
 
@@ -750,25 +767,28 @@ class Invite:
             return commands + self._kill("ORIGINATOR_CANCEL", now, "operator cancel")
         if self.state is State.WAITING_KEY and not self.kill_sent:
             commands += self._arm_if_needed(now)
-            commands += self._prompt(now)
         return commands
 
     def _arm_if_needed(self, now: float) -> list[Command]:
+        """At the answer: a timer exists if its ADD_SCHEDULE was seen; if none was (adopted,
+        or the events were lost with the link), ask ``show tasks`` before arming another."""
         if self.timer_tasks or self.timer_armed_by_us:
             return []
+        if not self.timer_task_seen:
+            return self._ensure_timer(now)
+        return self._arm(now)
+
+    def _ensure_timer(self, now: float) -> list[Command]:
+        if self.timer_tasks or self.timer_armed_by_us or self.tasks_query_pending:
+            return []
+        self.tasks_query_pending = True
+        return [self._api("tasks", SHOW_TASKS)]
+
+    def _arm(self, now: float) -> list[Command]:
         self.timer_armed_by_us = True
         seconds = self._seconds_left(now)
         return [
             self._api("arm", build_arm_timer(self.call_uuid, seconds, self.spec.hangup_cause))
-        ]
-
-    def _prompt(self, now: float) -> list[Command]:
-        if self.spec.prompt is None:
-            return []
-        self.next_prompt_at = now + self.spec.reprompt_interval
-        return [
-            self._api("prompt", build_broadcast(self.call_uuid, self.spec.prompt)),
-            WakeAt(self.next_prompt_at, "re-prompt"),
         ]
 
     def _map_cause(self, cause: str | None) -> Outcome:
@@ -950,21 +970,20 @@ class Invite:
             and not self.kill_sent
         ):
             self.timer_armed_by_us = False
-            return self._arm_if_needed(now)
+            return self._arm(now)
         return []
 
-    def _on_digit(self, digit: str, now: float) -> list[Command]:
+    def _on_digit(self, digit: str, now: float, **detail: object) -> list[Command]:
+        """The key or the decline key, from a DTMF event or from ``confguard_key`` in a dump."""
         if self.state is not State.WAITING_KEY or self.declined or self.kill_sent:
             return []
         if digit == self.spec.key:
             commands = self._fire(
-                Input.KEY, now, digit=digit, seconds_left=self._seconds_left(now)
+                Input.KEY, now, digit=digit, seconds_left=self._seconds_left(now), **detail
             )
-            self.next_prompt_at = None
             return [*commands, self._api("sched_del", build_sched_del(self.call_uuid))]
         if self.spec.decline_key is not None and digit == self.spec.decline_key:
             self.declined = True
-            self.next_prompt_at = None
             return self._kill("CALL_REJECTED", now, "decline key")
         return []
 
@@ -988,6 +1007,8 @@ class Invite:
         if kind is None:
             raise UsageError(f"reply for tag {tag!r} that invite {self.invite_id} is not awaiting")
         text = text.strip()
+        if text.startswith(LOST_REPLY):
+            return self._on_lost_reply(kind, text, now)
         if kind == "sched_del":
             return self._on_sched_del_reply(text, now)
         if kind == "transfer":
@@ -1007,9 +1028,30 @@ class Invite:
             if not text.startswith("+OK"):
                 self.timer_armed_by_us = False
             return []
-        if kind in ("resync", "probe"):
+        if kind == "tasks":
+            self.tasks_query_pending = False
+            return self._on_tasks(text, now)
+        if kind in ("resync", "probe", "confirm"):
             return self._on_dump(kind, text, now)
-        return []  # prompt: nothing depends on it
+        return []
+
+    def _on_lost_reply(self, kind: str, text: str, now: float) -> list[Command]:
+        """The command went out (or may have) but its answer was lost with the link or timed
+        out: nothing is assumed. The switch is asked (``uuid_dump`` on the next resync, or after
+        ``SETTLE_DELAY`` if the link is still up) and the dump settles it (invariant 7)."""
+        self.unsettled.add(kind)
+        if kind == "tasks":
+            self.tasks_query_pending = False
+        if kind == "arm":
+            self.timer_armed_by_us = False  # unknown: the dump's answer re-arms if needed
+        if kind == "sched_del":
+            self.settle_sched_del = True
+        if kind == "transfer":
+            self.settle_transfer = True
+        if self.settle_at is None:
+            self.settle_at = now + SETTLE_DELAY
+            return [WakeAt(self.settle_at, f"settle a lost {kind} reply: ask the switch")]
+        return []
 
     def _on_sched_del_reply(self, text: str, now: float) -> list[Command]:
         deleted = parse_deleted(text)
@@ -1017,17 +1059,61 @@ class Invite:
             self.verdict = (Outcome.FAILED, text or "empty reply")
             return self._kill(None, now, "sched_del failed")
         if deleted == 0:
-            # The timer already ran: its hangup is coming. Never transfer.
-            self.timer_fired = True
-            return []
+            if not (self.sched_del_repeated or self.adopted):
+                # The timer already ran: its hangup is coming. Never transfer.
+                self.timer_fired = True
+                return []
+            # Nothing left to delete: the timer ran (FreeSWITCH hangs the channel up in the
+            # scheduler's thread before the task leaves the list), or an earlier sched_del --
+            # ours whose answer was lost, or the previous daemon's -- deleted it. Never transfer
+            # on this answer alone: a dump tells which (hanging up or gone, vs alive, answered
+            # and not hanging up).
+            return [self._api("confirm", build_dump(self.call_uuid))]
         self.timer_tasks.clear()
+        return self._transfer_after_delete(now, deleted=deleted, reply=text)
+
+    def _transfer_after_delete(self, now: float, /, **detail: object) -> list[Command]:
+        self.timer_tasks.clear()
+        self.timer_armed_by_us = False
         if self.kill_sent or self.cancel_requested or self.declined:
             return []
-        commands = self._fire(Input.DELETED, now, deleted=deleted, reply=text)
+        commands = self._fire(Input.DELETED, now, **detail)
+        if self.state is not State.JOINING:
+            return commands
         return [*commands, self._api("transfer", build_transfer(self.spec, self.call_uuid))]
 
+    def _on_tasks(self, text: str, now: float) -> list[Command]:
+        """``show tasks as json``: does the call's group hold a hangup task? (adoption and
+        resyncs that saw no ADD_SCHEDULE: arm a timer only if there is none)."""
+        try:
+            rows = json.loads(text).get("rows") or []
+        except (ValueError, AttributeError):
+            rows = None
+        if not isinstance(rows, list):
+            rows = None
+        if rows is not None:
+            for row in rows:
+                if (
+                    isinstance(row, dict)
+                    and row.get("task_group") == self.call_uuid
+                    and row.get("task_desc") == _TIMER_DESC
+                ):
+                    self.timer_tasks.add(str(row.get("task_id", "")))
+                    self.timer_task_seen = True
+        if self.timer_tasks or self.kill_sent or self.declined or self.cancel_requested:
+            return []
+        if self.state not in (State.RINGING, State.WAITING_KEY):
+            return []
+        # No hangup task of ours (or an unreadable answer): arm one. Two in the group are
+        # harmless -- sched_del <uuid> deletes them all.
+        return self._arm(now)
+
     def _on_dump(self, kind: str, text: str, now: float) -> list[Command]:
+        if text.startswith(LOST_REPLY):
+            return []  # handled by _on_lost_reply
         if not text.startswith("{"):
+            if kind == "confirm" and not self.sched_del_repeated:
+                self.timer_fired = True  # sched_del found nothing, and the call is gone
             return self._give_up(now, "the channel is gone", reply=text[:200], via=kind)
         try:
             dump = json.loads(text)
@@ -1035,6 +1121,7 @@ class Invite:
             dump = None
         if not isinstance(dump, dict):
             return self._give_up(now, "unreadable uuid_dump", reply=text[:200], via=kind)
+        self.unsettled.clear()
         in_conference = any(
             dump.get(key)
             for key in (
@@ -1047,6 +1134,8 @@ class Invite:
         answer_state = str(dump.get("Answer-State", ""))
         channel_state = str(dump.get("Channel-State", ""))
         if channel_state in ("CS_HANGUP", "CS_REPORTING", "CS_DESTROY") or answer_state == "hangup":
+            if kind == "confirm" and not self.sched_del_repeated:
+                self.timer_fired = True  # sched_del found nothing, and the call is ending
             if self.give_up_at is None:
                 self.give_up_at = now + self.grace
                 return [WakeAt(self.give_up_at, "the channel is hanging up: await its hangup")]
@@ -1058,6 +1147,28 @@ class Invite:
             # perhaps because the kill was lost with the link: send it again.
             cause = self._kill_cause()
             return self._kill(cause, now, "a kill the channel survived")
+        if kind == "confirm":
+            # sched_del deleted nothing, yet the call is alive and not hanging up: its timer
+            # did not fire (a fired timer hangs up at once), so an earlier sched_del of ours
+            # deleted it. The key is in: move on.
+            if self.state is State.CANCELLING and answer_state == "answered":
+                self.settle_sched_del = False
+                return self._transfer_after_delete(now, deleted=0, via="confirm")
+            return []
+        if self.state is State.CANCELLING and self.settle_sched_del:
+            # The sched_del's answer was lost: ask again (deleting the group twice is safe).
+            self.settle_sched_del = False
+            self.sched_del_repeated = True
+            return [self._api("sched_del", build_sched_del(self.call_uuid))]
+        if self.state is State.JOINING and self.settle_transfer:
+            self.settle_transfer = False
+            application = str(dump.get("variable_current_application", ""))
+            if application in _WAITING_APPS and not self.transfer_resent:
+                # Still in the waiting app: the transfer never reached the channel.
+                self.transfer_resent = True
+                return [self._api("transfer", build_transfer(self.spec, self.call_uuid))]
+            self.join_probe_at = now + self.grace
+            return [WakeAt(self.join_probe_at, "add-member overdue: probe the channel")]
         if kind == "probe":
             if self.state is State.JOINING and not self.kill_sent:
                 self.verdict = (Outcome.FAILED, "join not confirmed")
@@ -1073,30 +1184,43 @@ class Invite:
             commands += self._fire(Input.CHANNEL, now, source="resync")
             if self.cancel_requested and not self.kill_sent:
                 commands += self._kill("ORIGINATOR_CANCEL", now, "operator cancel")
-        elif self.state is State.WAITING_KEY and not self.kill_sent and not self.declined:
-            # Answered before the link dropped: timer events may be lost; re-arm, re-prompt.
-            if not self.timer_task_seen:
-                commands += self._arm_if_needed(now)
-            commands += self._prompt(now)
+        elif (
+            self.state is State.WAITING_KEY
+            and not self.kill_sent
+            and not self.declined
+            and not self.timer_task_seen
+        ):
+            # Answered before the link dropped and no ADD_SCHEDULE seen: make sure one exists.
+            commands += self._ensure_timer(now)
+        if answer_state == "answered":
+            # The key FreeSWITCH recorded while nobody watched (play_and_get_digits).
+            recorded = str(dump.get(f"variable_{KEY_VARIABLE}", ""))
+            if recorded:
+                commands += self._on_digit(recorded, now, source="switch")
         return commands
 
     def tick(self, now: float) -> list[Command]:
         if self.state is State.ENDED:
             return []
+        if self.connection_lost_at is not None and now >= self.deadline + 2 * self.grace:
+            # The link has not come back and the call's bound has passed: FreeSWITCH's timer
+            # (or our kill) has ended it, but nothing can tell us how.
+            return self._give_up(
+                now, "no link to FreeSWITCH since the call's deadline passed",
+                link_lost_s=round(now - self.connection_lost_at, 3),
+            )
         commands: list[Command] = []
+        if self.settle_at is not None and now >= self.settle_at:
+            self.settle_at = None
+            if self.connection_lost_at is None:
+                commands.append(self._api("resync", build_dump(self.call_uuid)))
+            # else: resync() asks when the link is back
         if self.give_up_at is not None and now >= self.give_up_at:
             if self.connection_lost_at is not None:
                 # The hangup may be sitting in the dropped link, or the kill never left:
                 # resync decides (and kills again if the channel is still there).
-                return []
+                return commands
             return self._give_up(now, "no hangup after the kill")
-        if (
-            self.state is State.WAITING_KEY
-            and self.next_prompt_at is not None
-            and now >= self.next_prompt_at
-            and not self.kill_sent
-        ):
-            commands += self._prompt(now)
         if self.state is State.JOINING:
             if self.join_probe_at is not None and now >= self.join_probe_at:
                 self.join_probe_at = None
@@ -1107,7 +1231,6 @@ class Invite:
             self.safety_kill_sent = True
             self.kill_sent = True
             self.give_up_at = self.deadline + 2 * self.grace
-            self.next_prompt_at = None
             commands += [
                 self._api("kill", build_kill(self.call_uuid, self.spec.hangup_cause)),
                 WakeAt(self.give_up_at, "safety net: give up waiting for the hangup"),
@@ -1121,23 +1244,25 @@ class Invite:
         if self.state is State.ENDED or self.cancel_requested:
             return []
         self.cancel_requested = True
-        self.next_prompt_at = None
         if not self.channel_seen or self.kill_sent:
             return []  # killed when the channel appears; the originate error/hangup finishes
         return self._kill("ORIGINATOR_CANCEL", now, "operator cancel")
 
     def connection_lost(self, now: float) -> list[Command]:
-        """Events may be missed from now on; nothing to send until ``resync``."""
+        """Events may be missed from now on; nothing to send until ``resync``. If the link
+        never comes back, the invite ends ``lost`` once its deadline and two graces passed."""
         if self.state is State.ENDED:
             return []
         self.connection_lost_at = now
-        return []
+        bound = max(now, self.deadline + 2 * self.grace)
+        return [WakeAt(bound, "the link is down: stop waiting at the call's bound")]
 
     def resync(self, now: float) -> list[Command]:
         """After a reconnect: ask the switch what became of the channel (``uuid_dump``)."""
         if self.state is State.ENDED:
             return []
         self.connection_lost_at = None
+        self.settle_at = None
         return [self._api("resync", build_dump(self.call_uuid))]
 
     # ---------------------------------------------------------------------------- views

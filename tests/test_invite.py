@@ -10,6 +10,8 @@ from urllib.parse import unquote
 import pytest
 
 from confguard.invite import (
+    GRACE_S,
+    SETTLE_DELAY,
     AddFilter,
     BadInput,
     Command,
@@ -224,17 +226,29 @@ def test_press1_join_replayed_from_transcript_06(transcripts_dir: Path) -> None:
         now += 0.1
         out = invite.event(headers, body, now)
         sent += out
-        for command in apis(out):
-            if command.command.startswith("sched_del"):
+        todo = apis(out)
+        while todo:
+            command = todo.pop(0)
+            if command.command.startswith("show tasks"):
+                # The recording's originate armed no timer: nothing is scheduled.
+                out = invite.reply(command.tag, NO_TASKS, now)
+            elif command.command.startswith("sched_hangup"):
+                out = invite.reply(command.tag, "+OK Scheduled: 5\n", now)
+            elif command.command.startswith("sched_del"):
                 assert command.command == f"sched_del {call}"
-                sent += invite.reply(command.tag, "+OK Deleted: 1\n", now)
+                out = invite.reply(command.tag, "+OK Deleted: 1\n", now)
             elif command.command.startswith("uuid_transfer"):
                 assert command.command == f"uuid_transfer {call} conference:test1 inline"
-                sent += invite.reply(command.tag, "+OK\n", now)
+                out = invite.reply(command.tag, "+OK\n", now)
+            else:
+                out = []
+            sent += out
+            todo += apis(out)
         if invite.state is State.ENDED:
             break
     assert invite.outcome is Outcome.JOINED
     assert [c.command.split()[0] for c in apis(sent)] == [
+        "show",
         "sched_hangup",
         "sched_del",
         "uuid_transfer",
@@ -295,17 +309,56 @@ def test_dialplan_join_target_and_profile_room() -> None:
 # ------------------------------------------------------------------------------ timer
 
 
-def test_answer_without_add_schedule_arms_the_timer_ourselves() -> None:
+NO_TASKS = '{"row_count": 0}'  # `show tasks as json` with nothing scheduled (the simulator's)
+
+
+def tasks_reply(*groups: tuple[str, str]) -> str:
+    """`show tasks as json` listing (task_id, task_group) hangup tasks, as transcript 15 shows."""
+    rows = [
+        {"task_id": task_id, "task_desc": "switch_ivr_schedule_hangup", "task_group": group,
+         "task_runtime": "1796160346", "task_sql_manager": "0", "hostname": "vm"}
+        for task_id, group in groups
+    ]
+    return json.dumps({"row_count": len(rows), "rows": rows}, separators=(",", ":"))
+
+
+def test_answer_without_add_schedule_asks_the_switch_then_arms_the_timer_ourselves() -> None:
     invite, _ = make(timeout=30)
     invite.event(ev("CHANNEL_CREATE"), None, T0 + 0.1)
     out = invite.event(ev("CHANNEL_ANSWER"), None, T0 + 10.2)
+    tasks = api(out, "show tasks")
+    assert tasks.command == "show tasks as json" and not invite.timer_armed
+    out = invite.reply(tasks.tag, NO_TASKS, T0 + 10.3)
     assert api(out, "sched_hangup").command == f"sched_hangup +20 {U} ALLOTTED_TIMEOUT"
     assert invite.timer_armed
+
+
+def test_answer_without_add_schedule_arms_nothing_when_the_switch_lists_our_timer() -> None:
+    invite, _ = make(timeout=30)
+    out = invite.event(ev("CHANNEL_ANSWER"), None, T0 + 2)
+    tasks = api(out, "show tasks")
+    other = "0b0b0b0b-0000-4000-8000-000000000000"
+    out = invite.reply(tasks.tag, tasks_reply(("8", other), ("9", U)), T0 + 2.1)
+    assert apis(out) == [] and invite.timer_tasks == {"9"} and invite.timer_armed
+
+
+def test_a_lost_show_tasks_reply_is_asked_again_and_then_decides() -> None:
+    invite, _ = make(timeout=30)
+    tasks = api(invite.event(ev("CHANNEL_ANSWER"), None, T0 + 2), "show tasks")
+    out = invite.reply(tasks.tag, "-ERR confguard: EslTimeoutError: no reply", T0 + 12)
+    assert apis(out) == []
+    dump = api(invite.tick(T0 + 12.5), "uuid_dump")
+    out = invite.reply(
+        dump.tag, json.dumps({"Answer-State": "answered", "Channel-State": "CS_EXECUTE"}), T0 + 13
+    )
+    out = invite.reply(api(out, "show tasks").tag, NO_TASKS, T0 + 13.1)
+    assert api(out, "sched_hangup").command == f"sched_hangup +17 {U} ALLOTTED_TIMEOUT"
 
 
 def test_seconds_left_is_at_least_one() -> None:
     invite, _ = make(timeout=5)
     out = invite.event(ev("CHANNEL_ANSWER"), None, T0 + 7)
+    out = invite.reply(api(out, "show tasks").tag, NO_TASKS, T0 + 7)
     assert api(out, "sched_hangup").command == f"sched_hangup +1 {U} ALLOTTED_TIMEOUT"
 
 
@@ -402,20 +455,13 @@ def test_decline_key_kills_with_call_rejected_and_ignores_later_keys() -> None:
 # ------------------------------------------------------------------------------ prompt
 
 
-def test_prompt_is_broadcast_on_answer_and_repeated_while_waiting() -> None:
+def test_waiting_sends_nothing_the_prompt_loop_runs_inside_freeswitch() -> None:
     invite, _ = make(prompt="tone_stream://%(200,100,440)", reprompt_interval=5.0)
     invite.event(sched("ADD_SCHEDULE", "7"), None, T0)
     out = invite.event(ev("CHANNEL_ANSWER"), None, T0 + 1)
-    assert (
-        api(out, "uuid_broadcast").command
-        == f"uuid_broadcast {U} tone_stream://%(200,100,440) aleg"
-    )
-    assert WakeAt(T0 + 6, "re-prompt") in out
-    assert invite.tick(T0 + 5.9) == []
-    out = invite.tick(T0 + 6)
-    assert api(out, "uuid_broadcast") and WakeAt(T0 + 11, "re-prompt") in out
-    invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 7)
-    assert invite.tick(T0 + 12) == []  # no re-prompt once the key was accepted
+    assert apis(out) == [] and not [c for c in out if isinstance(c, WakeAt)]
+    for second in range(2, 30):
+        assert invite.tick(T0 + second) == []
 
 
 # ------------------------------------------------------------------------------ outcomes by cause
@@ -498,9 +544,10 @@ def test_originate_error_after_channel_waits_for_the_hangup() -> None:
 
 def test_background_job_ok_counts_as_answer() -> None:
     invite, _ = make()
+    invite.event(sched("ADD_SCHEDULE", "4"), None, T0 + 0.01)
     headers, body = job(f"+OK {U}\n")
     out = invite.event(headers, body, T0 + 1)
-    assert invite.state is State.WAITING_KEY and api(out, "sched_hangup")
+    assert invite.state is State.WAITING_KEY and apis(out) == [] and invite.timer_armed
 
 
 # ------------------------------------------------------------------------------ cancel
@@ -619,7 +666,7 @@ def test_joining_without_add_member_probes_the_channel() -> None:
 
 def test_resync_no_such_channel_is_lost() -> None:
     invite = answered()
-    assert invite.connection_lost(T0 + 2) == []
+    assert apis(invite.connection_lost(T0 + 2)) == []
     dump = api(invite.resync(T0 + 8), "uuid_dump")
     assert dump.command == f"uuid_dump {U} json"
     assert (
@@ -627,7 +674,7 @@ def test_resync_no_such_channel_is_lost() -> None:
     )
 
 
-def test_resync_adopts_answer_and_rearms() -> None:
+def test_resync_adopts_answer_and_rearms_when_the_switch_lists_no_timer() -> None:
     invite, _ = make(prompt="ivr/press-one.wav")
     invite.event(ev("CHANNEL_CREATE"), None, T0)
     invite.connection_lost(T0 + 0.5)
@@ -636,8 +683,10 @@ def test_resync_adopts_answer_and_rearms() -> None:
         dump.tag, json.dumps({"Answer-State": "answered", "Channel-State": "CS_EXECUTE"}), T0 + 4
     )
     assert invite.state is State.WAITING_KEY
+    # The prompt loop runs inside FreeSWITCH (build_waiting_app): no broadcast from confguard.
+    assert [c.command.split()[0] for c in apis(out)] == ["show"]
+    out = invite.reply(api(out, "show tasks").tag, NO_TASKS, T0 + 4)
     assert api(out, "sched_hangup").command == f"sched_hangup +26 {U} ALLOTTED_TIMEOUT"
-    assert api(out, "uuid_broadcast").command == f"uuid_broadcast {U} ivr/press-one.wav aleg"
 
 
 def test_resync_in_joining_finds_member_and_after_deleted_zero_keeps_timeout() -> None:
@@ -818,6 +867,7 @@ def test_adopt_answered_call_waits_for_the_key_with_a_timer_of_its_own() -> None
         dump.tag, json.dumps({"Answer-State": "answered", "Channel-State": "CS_EXECUTE"}), T0 + 10
     )
     assert invite.state is State.WAITING_KEY
+    out = invite.reply(api(out, "show tasks").tag, NO_TASKS, T0 + 10)
     # 30 s window, 10 s gone: the adopted call is bounded again (invariant 1).
     assert api(out, "sched_hangup").command == f"sched_hangup +20 {U} ALLOTTED_TIMEOUT"
     out = invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 12)
@@ -909,3 +959,167 @@ def test_adopt_call_seen_alive_then_hung_up_maps_its_cause() -> None:
     )
     out = invite.event(hangup("NO_ANSWER"), None, T0 + 12)
     assert finished(out).outcome is Outcome.NO_ANSWER
+
+
+# ------------------------------------------------------------------------------ nothing lost
+# The switch keeps what decides an invite (the key, in confguard_key), and a command whose reply
+# was lost is settled by asking the switch (invariants 6 and 7).
+
+LOST = "-ERR confguard: EslConnectionLost: ESL 127.0.0.1:8021: connection lost during api"
+
+
+def waiting_dump(**variables: str) -> str:
+    dump = {"Answer-State": "answered", "Channel-State": "CS_EXECUTE"}
+    dump.update({f"variable_{name}": value for name, value in variables.items()})
+    return json.dumps(dump)
+
+
+def test_a_key_pressed_while_the_link_was_down_is_read_back_and_joins() -> None:
+    invite = answered()
+    invite.connection_lost(T0 + 2)  # the DTMF event of the key falls in the gap
+    dump = api(invite.resync(T0 + 3), "uuid_dump")
+    out = invite.reply(
+        dump.tag,
+        waiting_dump(confguard_key="1", current_application="park"),
+        T0 + 3.1,
+    )
+    assert invite.state is State.CANCELLING
+    change = next(c for c in out if isinstance(c, StateChanged))
+    assert change.detail["source"] == "switch"
+    out = invite.reply(api(out, "sched_del").tag, "+OK Deleted: 2\n", T0 + 3.2)
+    transfer = api(out, "uuid_transfer")
+    invite.reply(transfer.tag, "+OK\n", T0 + 3.3)
+    assert finished(invite.event(add_member(), None, T0 + 3.4)).outcome is Outcome.JOINED
+
+
+def test_a_decline_key_recorded_in_the_gap_declines() -> None:
+    invite = answered(decline_key="9")
+    invite.connection_lost(T0 + 2)
+    dump = api(invite.resync(T0 + 3), "uuid_dump")
+    out = invite.reply(dump.tag, waiting_dump(confguard_key="9"), T0 + 3.1)
+    assert api(out, "uuid_kill").command == f"uuid_kill {U} CALL_REJECTED"
+    out = invite.event(hangup("CALL_REJECTED"), None, T0 + 3.2)
+    assert finished(out).outcome is Outcome.DECLINED
+
+
+def test_no_key_in_the_dump_keeps_waiting_and_sends_nothing() -> None:
+    invite = answered()
+    invite.connection_lost(T0 + 2)
+    dump = api(invite.resync(T0 + 3), "uuid_dump")
+    out = invite.reply(dump.tag, waiting_dump(current_application="play_and_get_digits"), T0 + 3)
+    assert apis(out) == [] and invite.state is State.WAITING_KEY
+
+
+def test_a_lost_sched_del_reply_is_settled_by_asking_again_then_joins() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 3), "sched_del")
+    out = invite.reply(sched_del.tag, LOST, T0 + 3.1)
+    assert apis(out) == [] and invite.state is State.CANCELLING  # never "failed"
+    invite.connection_lost(T0 + 3.1)
+    dump = api(invite.resync(T0 + 4), "uuid_dump")
+    out = invite.reply(dump.tag, waiting_dump(confguard_key="1"), T0 + 4.1)
+    again = api(out, "sched_del")
+    # The first sched_del ran before the link went: nothing left to delete.
+    out = invite.reply(again.tag, "+OK Deleted: 0\n", T0 + 4.2)
+    confirm = api(out, "uuid_dump")
+    out = invite.reply(confirm.tag, waiting_dump(confguard_key="1"), T0 + 4.3)
+    assert invite.state is State.JOINING
+    out = invite.reply(api(out, "uuid_transfer").tag, "+OK\n", T0 + 4.4)
+    assert finished(invite.event(add_member(), None, T0 + 4.5)).outcome is Outcome.JOINED
+
+
+def test_a_lost_sched_del_reply_whose_timer_fired_never_transfers() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 3), "sched_del")
+    invite.reply(sched_del.tag, LOST, T0 + 3.1)
+    invite.connection_lost(T0 + 3.1)
+    dump = api(invite.resync(T0 + 4), "uuid_dump")
+    out = invite.reply(dump.tag, waiting_dump(confguard_key="1"), T0 + 4.1)
+    out = invite.reply(api(out, "sched_del").tag, "+OK Deleted: 0\n", T0 + 4.2)
+    confirm = api(out, "uuid_dump")
+    out = invite.reply(
+        confirm.tag, json.dumps({"Answer-State": "hangup", "Channel-State": "CS_HANGUP"}), T0 + 4.3
+    )
+    assert not [c for c in apis(out) if c.command.startswith("uuid_transfer")]
+    out = invite.event(hangup("ALLOTTED_TIMEOUT"), None, T0 + 4.4)
+    assert finished(out).outcome is Outcome.TIMEOUT
+
+
+def test_a_lost_sched_del_reply_with_the_channel_gone_is_lost_not_guessed() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 3), "sched_del")
+    invite.reply(sched_del.tag, LOST, T0 + 3.1)
+    invite.connection_lost(T0 + 3.1)
+    dump = api(invite.resync(T0 + 4), "uuid_dump")
+    out = invite.reply(dump.tag, "-ERR No such channel!\n", T0 + 4.1)
+    assert finished(out).outcome is Outcome.LOST
+
+
+def test_a_lost_sched_del_reply_while_the_link_stays_up_asks_after_a_moment() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 3), "sched_del")
+    out = invite.reply(sched_del.tag, "-ERR confguard: EslTimeoutError: no reply", T0 + 13)
+    assert WakeAt(T0 + 13 + SETTLE_DELAY, "settle a lost sched_del reply: ask the switch") in out
+    dump = api(invite.tick(T0 + 13 + SETTLE_DELAY), "uuid_dump")
+    out = invite.reply(dump.tag, waiting_dump(confguard_key="1"), T0 + 14)
+    out = invite.reply(api(out, "sched_del").tag, "+OK Deleted: 1\n", T0 + 14.1)
+    assert api(out, "uuid_transfer")
+
+
+def test_a_lost_transfer_reply_resends_it_while_the_call_is_still_parked() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 3), "sched_del")
+    out = invite.reply(sched_del.tag, "+OK Deleted: 2\n", T0 + 3.1)
+    invite.reply(api(out, "uuid_transfer").tag, LOST, T0 + 3.2)
+    invite.connection_lost(T0 + 3.2)
+    dump = api(invite.resync(T0 + 4), "uuid_dump")
+    out = invite.reply(dump.tag, waiting_dump(current_application="park"), T0 + 4.1)
+    resent = api(out, "uuid_transfer")
+    assert resent.command == f"uuid_transfer {U} conference:test1 inline"
+    invite.reply(resent.tag, "+OK\n", T0 + 4.2)
+    assert finished(invite.event(add_member(), None, T0 + 4.3)).outcome is Outcome.JOINED
+
+
+def test_a_lost_transfer_reply_whose_transfer_ran_finds_the_member() -> None:
+    invite = answered()
+    sched_del = api(invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 3), "sched_del")
+    out = invite.reply(sched_del.tag, "+OK Deleted: 2\n", T0 + 3.1)
+    invite.reply(api(out, "uuid_transfer").tag, LOST, T0 + 3.2)
+    invite.connection_lost(T0 + 3.2)
+    dump = api(invite.resync(T0 + 4), "uuid_dump")
+    out = invite.reply(
+        dump.tag,
+        waiting_dump(current_application="conference", conference_name="test1"),
+        T0 + 4.1,
+    )
+    assert finished(out).outcome is Outcome.JOINED
+
+
+def test_an_invite_whose_link_never_comes_back_ends_lost_after_its_bound() -> None:
+    invite = answered()  # timeout 30 s from T0
+    out = invite.connection_lost(T0 + 5)
+    bound = T0 + 30 + 2 * GRACE_S
+    assert WakeAt(bound, "the link is down: stop waiting at the call's bound") in out
+    assert [c for c in invite.tick(bound - 0.01) if isinstance(c, Finished)] == []
+    done = finished(invite.tick(bound))
+    assert done.outcome is Outcome.LOST
+    assert done.detail["gave_up"] == "no link to FreeSWITCH since the call's deadline passed"
+
+
+def test_adopted_call_with_the_key_recorded_and_its_timer_deleted_by_the_previous_daemon_joins(
+) -> None:
+    invite, dump = adopted()
+    out = invite.reply(dump.tag, waiting_dump(confguard_key="1"), T0 + 10)
+    sched_del = api(out, "sched_del")
+    out = invite.reply(sched_del.tag, "+OK Deleted: 0\n", T0 + 10.1)  # the previous daemon's
+    confirm = api(out, "uuid_dump")
+    out = invite.reply(confirm.tag, waiting_dump(confguard_key="1"), T0 + 10.2)
+    out = invite.reply(api(out, "uuid_transfer").tag, "+OK\n", T0 + 10.3)
+    assert finished(invite.event(add_member(), None, T0 + 10.4)).outcome is Outcome.JOINED
+
+
+def test_adopted_answered_call_arms_no_second_timer_when_the_switch_lists_one() -> None:
+    invite, dump = adopted()
+    out = invite.reply(dump.tag, waiting_dump(), T0 + 10)
+    out = invite.reply(api(out, "show tasks").tag, tasks_reply(("4", U)), T0 + 10.1)
+    assert apis(out) == [] and invite.timer_tasks == {"4"}

@@ -4,6 +4,10 @@ The model executes the machine's commands (FIFO, like api replies on one connect
 the events FreeSWITCH would, and hypothesis interleaves everything: answer, DTMF (right, wrong,
 decline), the timer firing, callee hangups, command execution, reply and event delivery (replies
 before or after the events a command caused), ticks, operator cancel, link loss and resync.
+Like FreeSWITCH running the waiting app (invite.build_waiting_app), the model records the first
+key or decline key the callee presses in ``confguard_key`` -- also while the link is down, when
+the DTMF event is lost -- and uuid_dump shows it. Replies lost with the link come back as the
+engine gives them (``LOST_REPLY``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from confguard.invite import (
+    LOST_REPLY,
     AddFilter,
     BadInput,
     Command,
@@ -64,6 +69,10 @@ class Model:
         self.finished: list[Finished] = []
         self.last_deleted: int | None = None
         self.sched_del_replied_ok = False
+        self.key_variable: str | None = None  # what the switch recorded (confguard_key)
+        self.key_recorded_before_fire = False
+        self.callee_hung_up = False
+        self.killed = False
 
     # ------------------------------------------------------------------ machine side
 
@@ -87,7 +96,7 @@ class Model:
                 if self.link_up:
                     self.inflight.append(command)
                 else:
-                    self.replies.append((command.tag, "-ERR not connected"))
+                    self.replies.append((command.tag, f"{LOST_REPLY} EslConnectionLost: down"))
             elif isinstance(command, Finished):
                 self.finished.append(command)
                 assert len(self.finished) == 1, "more than one Finished"
@@ -119,7 +128,9 @@ class Model:
             and self.channel == "answered"
             and not invite.kill_sent
         ):
-            arming = any(c.command.startswith("sched_hangup") for c in self.inflight)
+            arming = any(
+                c.command.startswith(("sched_hangup", "show tasks")) for c in self.inflight
+            ) or any(tag.startswith(("arm", "tasks")) for tag in invite.pending_tags)
             assert self.tasks or arming, "answered call waiting for the key without a timer"
 
     def feed_event(self) -> None:
@@ -240,14 +251,30 @@ class Model:
                 reply = "+OK\n"
         elif verb == "uuid_kill":
             if self.alive():
+                self.killed = True
                 self.end_call(words[2] if len(words) > 2 else "NORMAL_CLEARING", False)
                 reply = "+OK\n"
+        elif command.command == "show tasks as json":
+            rows = [
+                {"task_id": task, "task_desc": "switch_ivr_schedule_hangup", "task_group": U}
+                for task in sorted(self.tasks)
+            ]
+            reply = json.dumps({"row_count": len(rows), "rows": rows}) if rows else (
+                '{"row_count": 0}'
+            )
         elif verb == "uuid_broadcast":
             if self.alive():
                 reply = "+OK Message queued\n"
         elif verb == "uuid_dump":
             if self.alive():
                 dump = {"Answer-State": self.channel, "Channel-State": "CS_EXECUTE"}
+                if self.channel == "answered":
+                    dump["variable_current_application"] = (
+                        "conference" if self.in_conference
+                        else "park" if self.key_variable else "play_and_get_digits"
+                    )
+                if self.key_variable is not None:
+                    dump["variable_confguard_key"] = self.key_variable
                 if self.in_conference:
                     dump["variable_conference_name"] = "test1"
                 reply = json.dumps(dump)
@@ -255,11 +282,20 @@ class Model:
             raise AssertionError(f"unexpected command {command.command!r}")
         self.replies.append((command.tag, reply))
 
+    def press(self, digit: str) -> None:
+        """The callee presses a key: FreeSWITCH's play_and_get_digits records the first key or
+        decline key (then parks), and a DTMF event goes out (lost if the link is down)."""
+        if self.key_variable is None and not self.in_conference and digit in ("1", "9"):
+            self.key_variable = digit
+            self.key_recorded_before_fire = digit == "1" and not self.fired
+        self.channel_event("DTMF", **{"DTMF-Digit": digit})
+
     def drop_link(self) -> None:
         self.link_up = False
         self.events.clear()
-        lost = [(c.tag, "-ERR connection lost") for c in self.inflight]
-        lost += [(tag, "-ERR connection lost") for tag, _ in self.replies]
+        lost_text = f"{LOST_REPLY} EslConnectionLost: connection lost"
+        lost = [(c.tag, lost_text) for c in self.inflight]
+        lost += [(tag, lost_text) for tag, _ in self.replies]
         self.inflight.clear()
         self.replies = deque(lost)
         self.take(self.invite.connection_lost(self.now))
@@ -279,6 +315,7 @@ ACTIONS = (
     + ["dtmf_wrong", "dtmf_decline", "fire", "callee_hangup", "ring_fail"]
     + ["originate_fail", "tick", "tick", "cancel", "drop", "restore", "restore"]
     + ["fire_before_sched_del"] * 4
+    + ["press_in_gap"] * 3
 )
 
 
@@ -295,9 +332,14 @@ def step(model: Model, action: str, data: st.DataObject) -> None:
         model.answer()
     elif action == "ring_fail" and model.channel == "ringing":
         model.end_call(data.draw(st.sampled_from(["NO_ANSWER", "USER_BUSY", "CALL_REJECTED"])))
+    elif action == "press_in_gap" and model.channel == "answered":
+        # The link drops and the key comes while confguard cannot see the switch.
+        if model.link_up:
+            model.drop_link()
+        model.press("1")
     elif action.startswith("dtmf") and model.channel == "answered":
         digit = {"dtmf_key": "1", "dtmf_wrong": "2", "dtmf_decline": "9"}[action]
-        model.channel_event("DTMF", **{"DTMF-Digit": digit})
+        model.press(digit)
     elif action == "fire" and model.alive() and model.tasks and not model.in_conference:
         model.fire()
     elif (
@@ -312,6 +354,7 @@ def step(model: Model, action: str, data: st.DataObject) -> None:
             model.execute()
         model.execute()
     elif action == "callee_hangup" and model.channel == "answered":
+        model.callee_hung_up = True
         model.end_call("NORMAL_CLEARING")
     elif action == "execute" and model.inflight:
         model.execute()
@@ -360,7 +403,7 @@ def drain(model: Model, callee: str = "ring_out") -> None:
             and model.invite.state is State.WAITING_KEY
         ):
             pressed = True
-            model.channel_event("DTMF", **{"DTMF-Digit": "1" if callee == "press" else "9"})
+            model.press("1" if callee == "press" else "9")
         elif model.alive() and model.tasks and not model.in_conference and model.now >= TIMEOUT:
             model.fire()
         else:
@@ -401,6 +444,18 @@ def test_interleavings_keep_the_invariants(
         assert model.in_conference and not model.tasks
     if model.fired:
         assert outcome is not Outcome.JOINED
+    # Invariant 6: a key the switch recorded before its timer fired counts, even if its DTMF
+    # event was lost -- unless something else ended the call first.
+    excused = (
+        model.fired
+        or model.callee_hung_up
+        or model.killed
+        or invite.cancel_requested
+        or broken_sched_del
+        or model.now >= TIMEOUT  # the model's timer is late only because no action fired it
+    )
+    if model.key_recorded_before_fire and not excused:
+        assert outcome is Outcome.JOINED, (outcome, model.finished[0].detail)
     # after ended, nothing the switch says produces anything
     for headers, body in list(model.events):
         assert invite.event(headers, body, model.now) == []
