@@ -224,3 +224,113 @@ async def test_an_add_restarts_the_pass_cycle() -> None:
         ]
     finally:
         await scheduler.stop()
+
+
+class NaiveScheduler(Scheduler):
+    """The scheduler as it was before its indexes: every pass and every group delete walks the
+    whole task table in id order. The reference the indexed one must match event for event."""
+
+    def _mark_deleted(self, task: Task) -> None:
+        task.deleted = True
+
+    def delete_group(self, group: str, *, channel_bound_only: bool = False) -> int:
+        count = 0
+        for task in sorted(self.tasks.values(), key=lambda t: t.task_id):
+            if task.group != group or task.deleted or task.done:
+                continue
+            if channel_bound_only and not task.channel_bound:
+                continue
+            self._mark_deleted(task)
+            count += 1
+        return count
+
+    def check(self) -> None:
+        now = int(self.clock.now())
+        for task in sorted(self.tasks.values(), key=lambda t: t.task_id):
+            self._visit(task, now)
+
+
+async def test_indexed_passes_match_the_whole_table_walk() -> None:
+    """Random adds, deletes (by id, by group, channel-bound only, from inside a running task's
+    callback: of a task the pass has yet to reach, and of one it has passed), recurring tasks
+    and `show tasks` reads: the indexed scheduler publishes the same events in the same order,
+    runs the same callbacks and shows the same rows as a walk over the whole table."""
+    for seed in range(12):
+        outcomes = []
+        for kind in (Scheduler, NaiveScheduler):
+            clock = ManualClock()
+            factory = EventFactory(clock, core_uuid="core", hostname="confguard-sim")
+            published: list[SimEvent] = []
+            scheduler = kind(clock, lambda f=factory: f, published.append, rng=random.Random(seed))
+            ops = random.Random(seed)
+            trace: list[object] = []
+
+            def callback(
+                task: Task,
+                s: Scheduler = scheduler,
+                r: random.Random = ops,
+                trace: list[object] = trace,
+            ) -> None:
+                trace.append(("ran", task.task_id))
+                if r.random() < 0.3 and s.tasks:  # delete some other task from inside the pass
+                    victim = r.choice(sorted(s.tasks))
+                    trace.append(("inner-del", victim, s.delete_id(victim)))
+
+            await scheduler.start()
+            try:
+                for _ in range(400):
+                    roll = ops.random()
+                    now = int(clock.now())
+                    if roll < 0.45:
+                        scheduler.add(
+                            "t", f"g{ops.randrange(8)}", now + ops.randrange(-1, 4), callback,
+                            interval=ops.choice([None, None, None, 1, 2]),
+                            channel_bound=ops.random() < 0.5,
+                        )  # fmt: skip
+                    elif roll < 0.6 and scheduler.tasks:
+                        target = ops.choice(sorted(scheduler.tasks))
+                        trace.append(("del", target, scheduler.delete_id(target)))
+                    elif roll < 0.7:
+                        group = f"g{ops.randrange(8)}"
+                        bound = ops.random() < 0.5
+                        count = scheduler.delete_group(group, channel_bound_only=bound)
+                        trace.append(("del-group", group, bound, count))
+                    elif roll < 0.8:
+                        trace.append(("rows", scheduler.mirror_rows()))
+                    else:
+                        clock.advance(ops.choice([0.01, 0.3, 0.5, 1.0, 2.5]))
+                clock.advance(10.0)
+                trace.append(("rows", scheduler.mirror_rows()))
+            finally:
+                await scheduler.stop()
+            events = [(e.name, e.get("Task-ID"), e.get("Task-Runtime")) for e in published]
+            outcomes.append((events, trace))
+        assert outcomes[0] == outcomes[1], f"seed {seed}"
+        assert any(name == "DEL_SCHEDULE" for name, _, _ in outcomes[0][0])
+        assert any(step[0] == "inner-del" and step[2] for step in outcomes[0][1])
+
+
+async def test_finished_tasks_leave_no_trace_behind() -> None:
+    """Thousands of long timers deleted early and swept: the runtime heap, the groups and the
+    `show tasks` copy shrink back (nothing waits for a runtime an hour away, nor for a read
+    of `show tasks`)."""
+    clock = ManualClock()
+    factory = EventFactory(clock, core_uuid="core", hostname="confguard-sim")
+    scheduler = Scheduler(clock, lambda: factory, lambda event: None, rng=random.Random(3))
+    await scheduler.start()
+    try:
+        for number in range(5000):
+            group = f"call-{number}"
+            scheduler.add("switch_ivr_schedule_hangup", group, int(clock.now()) + 3600, None)
+            assert scheduler.delete_group(group) == 1
+            clock.advance(0.01)
+        clock.advance(1.0)
+        assert [t.desc for t in scheduler.live_tasks()] == ["limit_hash_cleanup"]
+        assert len(scheduler._due) <= 2 * len(scheduler.tasks) + 64
+        assert scheduler._groups.keys() == {"mod_hash"}
+        # Without a `show tasks`, only the rows gone within the last mirror lag are still kept.
+        assert len(scheduler._mirror) <= 1 + MIRROR_LAG[1] / 0.01 + 1
+        assert [row[1] for row in scheduler.mirror_rows()] == ["limit_hash_cleanup"]
+        assert len(scheduler._mirror) == 1
+    finally:
+        await scheduler.stop()

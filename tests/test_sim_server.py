@@ -499,3 +499,52 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_indexed_filters_decide_as_the_filter_list() -> None:
+    """`EventFilters` (indexed by header and value) against `filter_allows` over the plain
+    list the server used to keep: random adds and deletes (by name and value, by name, all) of
+    exact, negative, sign-prefixed and regex filters in mixed case, random events with repeated
+    and missing headers -- the same decision every time."""
+    import random
+
+    from confguard.sim.server import EventFilters, filter_allows
+
+    names = ["Unique-ID", "unique-id", "Job-UUID", "Task-Group", "Event-Name", "X-Other"]
+    values = ["aaa", "AAA", "bbb", "job-1", "job-x", "DTMF", "dtmf", "HEARTBEAT", ""]
+    raw_values = [*values, "-DTMF", "-aaa", "+bbb", " -+aaa", "/^job-[0-9]+$/", "/^A/i", "/(/"]
+    for seed in range(40):
+        ops = random.Random(seed)
+        indexed = EventFilters()
+        reference: list[tuple[str, str]] = []
+        decisions = set()
+        for _ in range(300):
+            roll = ops.random()
+            if roll < 0.35:
+                name, value = ops.choice(names), ops.choice(raw_values)
+                indexed.add(name, value)
+                reference.append((name, value))
+            elif roll < 0.45 and reference:
+                name, value = ops.choice(reference)
+                name = ops.choice([name, name.upper()])
+                only = None if ops.random() < 0.3 else value
+                indexed.delete(name, only)
+                reference = [
+                    (key, existing)
+                    for key, existing in reference
+                    if not (key.lower() == name.lower() and (only is None or existing == only))
+                ]
+            elif roll < 0.47:
+                indexed.clear()
+                reference.clear()
+            else:
+                headers = [
+                    (ops.choice(names), ops.choice(values)) for _ in range(ops.randrange(0, 6))
+                ]
+                event = SimEvent("CUSTOM", headers)
+                decision = indexed.allows(event)
+                assert decision == filter_allows(reference, headers), (seed, reference, headers)
+                decisions.add(decision)
+            assert len(indexed) == len(reference)
+            assert sorted(indexed.items()) == sorted((k.lower(), v) for k, v in reference)
+        assert decisions == {True, False}

@@ -91,12 +91,31 @@ CAUSE_NAMES: dict[int, str] = {code: name for name, code in CAUSE_CODES.items()}
 
 @dataclass
 class SimEvent:
-    """One event as the switch fires it (decoded values; the server encodes and frames)."""
+    """One event as the switch fires it (decoded values; the server encodes and frames).
+
+    Once published an event is not changed: the server keeps what it derives from it (the
+    header lookup of the filters, each format's encoded frame) in `derived`."""
 
     name: str  # Event-Name ("CHANNEL_CREATE", "CUSTOM", ...)
     headers: Headers  # complete and ordered, no Content-Length/Content-Type
     body: str | None = None  # BACKGROUND_JOB result etc.
     subclass: str | None = None  # Event-Subclass for CUSTOM
+    derived: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    def first_values(self) -> dict[str, str]:
+        """Lower-cased header name -> its first value (FreeSWITCH looks headers up ignoring
+        case); computed once per event."""
+        values = self.derived.get("first_values")
+        if values is None:
+            # One lower() over all the names at once; a header name never holds a newline.
+            backwards = self.headers[::-1]
+            names = "\n".join([name for name, _ in backwards]).lower().split("\n")
+            if len(names) == len(backwards):
+                values = dict(zip(names, [value for _, value in backwards], strict=True))
+            else:  # no headers at all (or, impossible on the wire, a newline in a name)
+                values = {name.lower(): value for name, value in backwards}
+            self.derived["first_values"] = values
+        return values  # type: ignore[return-value]
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """The first value of header `key` (case-sensitive), or `default`."""

@@ -14,14 +14,21 @@ shows a row `mirror_lag` (default 0.05-0.2 s) after the task was added and drops
 after DEL_SCHEDULE. Every random choice comes from `rng` (seed it for repeatable runs).
 
 It knows nothing about channels: a task is a description, a group and a callback.
+
+Costs stay flat with the number of tasks: a pass looks only at the tasks that are due (a heap
+by runtime) and at those marked deleted since the last pass, in task-id order as FreeSWITCH
+walks its list; deleting a group looks only at that group's tasks; the mirror forgets its rows
+as they go (a heap by the time they go).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,11 +82,18 @@ class Scheduler:
     rng: random.Random = field(default_factory=random.Random)
     mirror_lag: tuple[float, float] = MIRROR_LAG
     add_event_delay: tuple[float, float] = ADD_EVENT_DELAY
-    tasks: dict[int, Task] = field(default_factory=dict)
+    tasks: dict[int, Task] = field(default_factory=dict)  # not yet finished, by id (ascending)
     _next_id: int = FIRST_TASK_ID
     _last_add_due: float = 0.0
-    _pending_adds: list[tuple[float, SimEvent]] = field(default_factory=list)
+    _pending_adds: deque[tuple[float, SimEvent]] = field(default_factory=deque)
     _mirror: dict[int, _MirrorRow] = field(default_factory=dict)
+    _mirror_going: list[tuple[float, int]] = field(default_factory=list)  # heap (gone_at, id)
+    _groups: dict[str, dict[int, Task]] = field(default_factory=dict)  # group -> its tasks
+    _due: list[tuple[int, int]] = field(default_factory=list)  # heap (runtime, id); stale ok
+    _deleted: list[int] = field(default_factory=list)  # ids marked deleted, not yet swept
+    _pass_ids: list[int] | None = None  # heap of the ids the running pass still has to visit
+    _pass_position: int = 0  # the id the running pass is at
+    _pass_limit: int = 0  # the running pass visits ids below this (tasks added later wait)
     _pass_handle: asyncio.TimerHandle | None = None
     _running: bool = False
     _handles: set[asyncio.TimerHandle] = field(default_factory=set)
@@ -111,7 +125,11 @@ class Scheduler:
         self._handles.clear()
         self._pending_adds.clear()
         self.tasks.clear()
+        self._groups.clear()
+        self._due.clear()
+        self._deleted.clear()
         self._mirror.clear()
+        self._mirror_going.clear()
         self._next_id = FIRST_TASK_ID
         self._add_permanent()
 
@@ -144,6 +162,8 @@ class Scheduler:
         task = Task(self._next_id, desc, group, int(runtime), callback, interval, channel_bound)
         self._next_id += 1
         self.tasks[task.task_id] = task
+        self._groups.setdefault(group, {})[task.task_id] = task
+        heapq.heappush(self._due, (task.runtime, task.task_id))
         if self._running:  # the loop passes now and restarts its 0.5 s cycle from here
             self._arm_pass(0.0)
         now = self.clock.monotonic()
@@ -165,20 +185,29 @@ class Scheduler:
         task = self.tasks.get(task_id)
         if task is None or task.deleted or task.done:
             return 0
-        task.deleted = True
+        self._mark_deleted(task)
         return 1
 
     def delete_group(self, group: str, *, channel_bound_only: bool = False) -> int:
         """Mark every live task of `group` deleted; how many were marked."""
         count = 0
-        for task in self.tasks.values():
-            if task.group != group or task.deleted or task.done:
+        for task in list(self._groups.get(group, {}).values()):
+            if task.deleted or task.done:
                 continue
             if channel_bound_only and not task.channel_bound:
                 continue
-            task.deleted = True
+            self._mark_deleted(task)
             count += 1
         return count
+
+    def _mark_deleted(self, task: Task) -> None:
+        """Deleted tasks are swept by the next pass -- or by the running one, when it has not
+        reached the task yet (FreeSWITCH's loop meets the mark further down its list)."""
+        task.deleted = True
+        if self._pass_ids is not None and self._pass_position < task.task_id < self._pass_limit:
+            heapq.heappush(self._pass_ids, task.task_id)
+        else:
+            self._deleted.append(task.task_id)
 
     def delete(self, id_or_group: str) -> int:
         """`sched_del`: a number is a task id, anything else a group."""
@@ -188,10 +217,11 @@ class Scheduler:
 
     def live_tasks(self, group: str | None = None) -> list[Task]:
         """Tasks not yet run nor deleted (optionally of one group), by id."""
+        tasks = self.tasks if group is None else self._groups.get(group, {})
         return [
             task
-            for task in sorted(self.tasks.values(), key=lambda t: t.task_id)
-            if not task.deleted and not task.done and (group is None or task.group == group)
+            for task in sorted(tasks.values(), key=lambda t: t.task_id)
+            if not task.deleted and not task.done
         ]
 
     # -- show tasks --------------------------------------------------------------------------
@@ -199,8 +229,7 @@ class Scheduler:
     def mirror_rows(self) -> list[tuple[int, str, str, int]]:
         """Rows of the lagging database copy: (id, desc, group, runtime)."""
         now = self.clock.monotonic()
-        for task_id in [tid for tid, row in self._mirror.items() if row.gone_at <= now]:
-            del self._mirror[task_id]
+        self._forget_gone_rows(now)
         return [
             (row.task_id, row.desc, row.group, row.runtime)
             for row in sorted(self._mirror.values(), key=lambda r: r.task_id)
@@ -226,41 +255,77 @@ class Scheduler:
             logging.getLogger(__name__).exception("scheduler pass failed")
 
     def check(self) -> None:
-        """One pass: sweep deleted tasks, run due ones, reschedule recurring ones."""
+        """One pass: sweep deleted tasks, run due ones, reschedule recurring ones -- in task-id
+        order, as FreeSWITCH walks its task list."""
         now = int(self.clock.now())
-        for task in sorted(self.tasks.values(), key=lambda t: t.task_id):
-            if task.done:
-                continue
-            if task.deleted:
-                self._finish(task)
-                continue
-            if task.runtime > now:
-                continue
-            if task.interval:
-                task.runtime = now + task.interval
-                if task.callback is not None:
-                    task.callback(task)
-                row = self._mirror.get(task.task_id)
-                if row is not None:
-                    row.runtime = task.runtime
-                self.publish(
-                    self.events().schedule(
-                        "RE_SCHEDULE",
-                        task.task_id,
-                        task.desc,
-                        task.group,
-                        task.runtime,
-                        origin="DEL_SCHEDULE",
-                    )
-                )
-                continue
+        visit = self._deleted
+        self._deleted = []
+        due = self._due
+        while due and due[0][0] <= now:
+            runtime, task_id = heapq.heappop(due)
+            task = self.tasks.get(task_id)
+            if task is not None and task.runtime == runtime:  # else finished or rescheduled
+                visit.append(task_id)
+        if not visit:
+            return
+        heapq.heapify(visit)
+        self._pass_ids, self._pass_limit, self._pass_position = visit, self._next_id, 0
+        try:
+            while visit:
+                task_id = heapq.heappop(visit)
+                if task_id == self._pass_position:
+                    continue  # listed twice (due and deleted)
+                self._pass_position = task_id
+                task = self.tasks.get(task_id)
+                if task is not None:
+                    self._visit(task, now)
+        finally:
+            self._pass_ids = None
+
+    def _visit(self, task: Task, now: int) -> None:
+        if task.done:
+            return
+        if task.deleted:
+            self._finish(task)
+            return
+        if task.runtime > now:
+            return
+        if task.interval:
+            task.runtime = now + task.interval
+            heapq.heappush(self._due, (task.runtime, task.task_id))
             if task.callback is not None:
                 task.callback(task)
-            self._finish(task)
+            row = self._mirror.get(task.task_id)
+            if row is not None:
+                row.runtime = task.runtime
+            self.publish(
+                self.events().schedule(
+                    "RE_SCHEDULE",
+                    task.task_id,
+                    task.desc,
+                    task.group,
+                    task.runtime,
+                    origin="DEL_SCHEDULE",
+                )
+            )
+            return
+        if task.callback is not None:
+            task.callback(task)
+        self._finish(task)
 
     def _finish(self, task: Task) -> None:
         task.done = True
         self.tasks.pop(task.task_id, None)
+        group = self._groups.get(task.group)
+        if group is not None:
+            group.pop(task.task_id, None)
+            if not group:
+                del self._groups[task.group]
+        if len(self._due) > 2 * len(self.tasks) + 64:
+            # Entries of finished tasks wait in the heap until their runtime; a long timer
+            # deleted early would keep its entry for as long: rebuild from the live tasks.
+            self._due = [(live.runtime, live.task_id) for live in self.tasks.values()]
+            heapq.heapify(self._due)
         self.publish(
             self.events().schedule(
                 "DEL_SCHEDULE", task.task_id, task.desc, task.group, task.runtime
@@ -268,12 +333,23 @@ class Scheduler:
         )
         row = self._mirror.get(task.task_id)
         if row is not None:
-            row.gone_at = self.clock.monotonic() + self.rng.uniform(*self.mirror_lag)
+            now = self.clock.monotonic()
+            row.gone_at = now + self.rng.uniform(*self.mirror_lag)
+            heapq.heappush(self._mirror_going, (row.gone_at, task.task_id))
+            self._forget_gone_rows(now)
+
+    def _forget_gone_rows(self, now: float) -> None:
+        going = self._mirror_going
+        while going and going[0][0] <= now:
+            gone_at, task_id = heapq.heappop(going)
+            row = self._mirror.get(task_id)
+            if row is not None and row.gone_at == gone_at:
+                del self._mirror[task_id]
 
     def _flush_adds(self, up_to: float) -> None:
         """Publish the queued ADD_SCHEDULE events due by `up_to`, in the order added."""
         while self._pending_adds and self._pending_adds[0][0] <= up_to:
-            self.publish(self._pending_adds.pop(0)[1])
+            self.publish(self._pending_adds.popleft()[1])
 
     def _later(self, sim_seconds: float, fn: Callable[[], None]) -> None:
         def run() -> None:
