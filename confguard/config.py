@@ -119,6 +119,9 @@ class EslConfig:
     heartbeat_interval: float = 20.0
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
+    # While reconnecting, a new invite (and an originate not yet written) waits this long for
+    # the link before it is refused (503) / ends failed, never sent.
+    reconnect_wait: float = 5.0
 
     def settings_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `confguard.esl.EslSettings` (password revealed)."""
@@ -472,6 +475,7 @@ SETTINGS: dict[str, dict[str, _Setting]] = {
         "heartbeat_interval": _Setting(_number(float, 1, 3600, " seconds"), numeric=True),
         "reconnect_initial": _Setting(_number(float, 0.01, 60, " seconds"), numeric=True),
         "reconnect_max": _Setting(_number(float, 0.1, 3600, " seconds"), numeric=True),
+        "reconnect_wait": _Setting(_number(float, 0, 300, " seconds"), numeric=True),
     },
     "invite": {
         "timeout": _Setting(_number(int, 1, 86400, " seconds"), numeric=True),

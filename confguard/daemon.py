@@ -79,7 +79,9 @@ class Daemon:
             host, port = config.metrics.host_port
             await self.metrics.start_server(host, port)
             log.info("metrics.listening", listen=config.metrics.listen)
-        self.engine = Engine(journal=self.journal, metrics=self.metrics)
+        self.engine = Engine(
+            journal=self.journal, metrics=self.metrics, reconnect_wait=config.esl.reconnect_wait
+        )
         self.session = EslSession(
             esl_settings(config),
             on_reconnect=self.engine.esl_reconnected,

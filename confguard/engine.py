@@ -25,7 +25,10 @@ from typing import Any, Protocol
 
 import structlog
 
+from confguard.esl import EslCommandError, EslConnectionLost, EslError, EslNotConnected
 from confguard.invite import (
+    LOST_REPLY,
+    SHOW_TASKS,
     AddFilter,
     DelFilter,
     Finished,
@@ -77,10 +80,13 @@ class UnknownInvite(EngineError):
 
 
 class Session(Protocol):
-    """What the engine needs of `confguard.esl.EslSession`."""
+    """What the engine needs of `confguard.esl.EslSession`. Its errors are confguard.esl's:
+    `EslNotConnected` (nothing written), `EslConnectionLost` / `EslTimeoutError` (the answer was
+    lost: written or not, unknown), `EslCommandError` (FreeSWITCH refused the command)."""
 
     connected: bool
 
+    async def wait_connected(self, timeout: float) -> bool: ...
     async def subscribe(self, events: Sequence[str]) -> None: ...
     async def add_filter(self, header: str, value: str) -> None: ...
     async def del_filter(self, header: str, value: str) -> None: ...
@@ -114,6 +120,9 @@ class InviteRun:
     key_mark: float | None = None
     sched_del_mark: float | None = None
     final: asyncio.Future[dict[str, Any]] | None = None
+    # The originate reached the switch (its bgapi was answered, or the channel was found), or
+    # there is none to send (adopted). Until then a resync has nothing to ask about.
+    originate_out: bool = False
 
     @property
     def call_uuid(self) -> str:
@@ -148,8 +157,11 @@ class Engine:
         journal: Any = None,
         metrics: Any = None,
         wall: Callable[[], float] = time.time,
+        reconnect_wait: float = 5.0,
     ) -> None:
         self._session: Session | None = None
+        self._reconnect_wait = reconnect_wait
+        self._shared: dict[str, asyncio.Future[str]] = {}  # in-flight read-only api commands
         self._journal = journal
         self._metrics = metrics
         self._wall = wall
@@ -221,8 +233,14 @@ class Engine:
         """Place one invite. Raises NotConnected (nothing sent) when ESL is down."""
         if not self._accepting:
             raise EngineError("confguard is shutting down; not taking new invites")
-        if not getattr(self.session, "connected", False):
-            raise NotConnected("not connected to FreeSWITCH; nothing was sent")
+        if not self.session.connected and not await self.session.wait_connected(
+            self._reconnect_wait
+        ):
+            raise NotConnected(
+                f"not connected to FreeSWITCH (waited {self._reconnect_wait:g} s); nothing was sent"
+            )
+        if not self._accepting:
+            raise EngineError("confguard is shutting down; not taking new invites")
         loop = asyncio.get_running_loop()
         invite_id = uuidlib.uuid4().hex[:12]
         machine = Invite(
@@ -272,6 +290,7 @@ class Engine:
             started=loop.time() - age,
             started_wall=record.created_at,
             final=loop.create_future(),
+            originate_out=True,
         )
         self._register(run)
         log.info("invite.adopted", uuid=run.call_uuid, ext=spec.extension, room=spec.room,
@@ -330,7 +349,8 @@ class Engine:
         self._metric("esl_reconnected")
         now = asyncio.get_running_loop().time()
         for run in list(self._by_id.values()):
-            self._apply(run, run.machine.resync(now))
+            if run.originate_out:  # an originate still queued is sent now, then followed
+                self._apply(run, run.machine.resync(now))
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -430,8 +450,6 @@ class Engine:
             self._unregister(run)
 
     async def _execute(self, run: InviteRun, command: Any) -> None:
-        from confguard.esl import EslCommandError, EslError
-
         session = self.session
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -441,27 +459,18 @@ class Engine:
             elif isinstance(command, DelFilter):
                 await session.del_filter(command.header, command.value)
             elif isinstance(command, SendBgapi):
-                try:
-                    await session.bgapi_start(command.command, command.job_uuid)
-                except EslCommandError as exc:
-                    # FreeSWITCH refused the bgapi itself: no job will ever report back.
-                    self._feed(
-                        run,
-                        "bgapi refused",
-                        run.machine.event,
-                        {"Event-Name": "BACKGROUND_JOB", "Job-UUID": command.job_uuid},
-                        f"-ERR {exc}\n",
-                        loop.time(),
-                    )
+                await self._originate(run, command)
             elif isinstance(command, SendApi):
                 if run.sched_del_mark is None and command.tag.startswith("sched_del#"):
                     run.sched_del_mark = time.perf_counter()
                 try:
-                    reply = await session.api(command.command)
+                    reply = await self._api(command.command)
+                except EslCommandError as exc:
+                    reply = f"-ERR {exc}"  # refused by FreeSWITCH: its answer
                 except EslError as exc:
-                    # Unknown whether it ran: the machine treats this as a failed command and
-                    # never assumes success (a transfer needs a real `Deleted: N>=1`).
-                    reply = f"-ERR confguard: {type(exc).__name__}: {exc}"
+                    # Written or not, its answer is lost: the machine settles it by asking the
+                    # switch, and never takes this for the switch's word.
+                    reply = f"{LOST_REPLY} {type(exc).__name__}: {exc}"
                 verb = command.command.split(" ", 1)[0]
                 self._metric("command_done", verb, loop.time() - started)
                 self._feed(run, "reply", run.machine.reply, command.tag, reply, loop.time())
@@ -472,6 +481,87 @@ class Engine:
                 command=type(command).__name__,
                 error=str(exc),
             )
+
+    async def _api(self, command: str) -> str:
+        """`api`; a read-only query already in flight (``show tasks``) is shared, not repeated."""
+        if command != SHOW_TASKS:
+            return await self.session.api(command)
+        shared = self._shared.get(command)
+        if shared is None:
+            shared = asyncio.ensure_future(self.session.api(command))
+            self._shared[command] = shared
+            shared.add_done_callback(lambda done: self._shared.pop(command, None))
+        return await asyncio.shield(shared)
+
+    async def _originate(self, run: InviteRun, command: SendBgapi) -> None:
+        """Write the originate once. Not connected: wait for the link (up to reconnect_wait),
+        then send it. Lost while being written: after the reconnect, our origination uuid tells
+        whether it reached the switch (the channel exists: follow it) or not (ends lost)."""
+        session = self.session
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._reconnect_wait
+        while True:
+            if not session.connected and not await session.wait_connected(
+                give_up_at - loop.time()
+            ):
+                log.warning("invite.originate_not_sent", uuid=run.call_uuid,
+                            invite=run.invite_id, waited_s=self._reconnect_wait)
+                self._job_result(run, command, "-ERR confguard: NOT_SENT (no link to FreeSWITCH)")
+                return
+            try:
+                await session.bgapi_start(command.command, command.job_uuid)
+            except EslNotConnected:
+                continue  # not written: wait for the link again, then send
+            except EslCommandError as exc:
+                # FreeSWITCH refused the bgapi itself: no job will ever report back.
+                run.originate_out = True
+                self._job_result(run, command, f"-ERR {exc}")
+                return
+            except EslConnectionLost:
+                await self._find_originate(run)
+                return
+            except EslError as exc:  # a timeout with the link up: the switch has it, or not
+                log.warning("invite.originate_unanswered", uuid=run.call_uuid, error=str(exc))
+                await self._find_originate(run)
+                return
+            run.originate_out = True
+            return
+
+    async def _find_originate(self, run: InviteRun) -> None:
+        """The originate's answer was lost: ask the switch whether our channel exists."""
+        session = self.session
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + max(self._reconnect_wait, 2 * run.machine.grace)
+        while loop.time() < give_up_at:
+            if not await session.wait_connected(give_up_at - loop.time()):
+                break
+            try:
+                exists = (await session.api(f"uuid_exists {run.call_uuid}")).strip()
+            except EslError:
+                await asyncio.sleep(0.1)
+                continue
+            run.originate_out = True
+            if exists == "true":
+                # It went out: its events of the gap are lost, the dump tells what happened.
+                self._feed(run, "resync", run.machine.resync, loop.time())
+            else:
+                # No channel: never arrived, or already over -- unknown, so `lost`.
+                self._feed(run, "originate lost", run.machine.give_up, loop.time(),
+                           "the originate's answer was lost and no channel of it exists")
+            return
+        run.originate_out = True
+        self._feed(run, "originate lost", run.machine.give_up, loop.time(),
+                   "the originate's answer was lost with the link, which did not come back")
+
+    def _job_result(self, run: InviteRun, command: SendBgapi, body: str) -> None:
+        self._feed(
+            run,
+            "bgapi result",
+            run.machine.event,
+            {"Event-Name": "BACKGROUND_JOB", "Job-UUID": command.job_uuid},
+            body + "\n",
+            asyncio.get_running_loop().time(),
+        )
 
     def _base_update(self, run: InviteRun, now: float) -> dict[str, Any]:
         return {

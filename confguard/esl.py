@@ -82,6 +82,10 @@ class EslConnectionLost(EslError):
     """The connection dropped (or was found dead) while we were waiting, or is not up."""
 
 
+class EslNotConnected(EslConnectionLost):
+    """The command was not written: the session was not connected (reconnecting, or closed)."""
+
+
 class EslCommandError(EslError):
     """A ``command/reply`` with ``-ERR ...`` for a non-api command."""
 
@@ -463,6 +467,7 @@ class EslSession:
         self._resync: asyncio.Task[None] | None = None
         self._closed = False
         self.connected = False
+        self._up = asyncio.Event()  # set while connected: wait_connected()
         self.connected_since: float | None = None
         self.reconnects = 0
         self.last_disconnect_reason: str | None = None
@@ -501,6 +506,16 @@ class EslSession:
         self._fail_jobs(EslConnectionLost(f"ESL {self.host_port}: session closed"))
         self._events.put_nowait(_CLOSED)
         self._state("closed")
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the session to be connected; whether it is."""
+        if self.connected:
+            return True
+        if self._closed or timeout <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up.wait(), timeout)
+        return self.connected
 
     async def __aenter__(self) -> EslSession:
         await self.connect()
@@ -650,6 +665,7 @@ class EslSession:
     def _set_disconnected(self, reason: str) -> None:
         was = self.connected
         self.connected = False
+        self._up.clear()
         self.connected_since = None
         if was:
             self.last_disconnect_reason = reason
@@ -657,14 +673,14 @@ class EslSession:
     def _live_or_pending(self) -> _Connection | None:
         """The live connection; None while (re)connecting or before connect(); raises if closed."""
         if self._closed:
-            raise EslConnectionLost(f"ESL {self.host_port}: session is closed")
+            raise EslNotConnected(f"ESL {self.host_port}: session is closed")
         return self._conn
 
     def _require_conn(self) -> _Connection:
         conn = self._live_or_pending()
         if conn is None or conn.lost.is_set():
             state = "reconnecting" if self._supervisor is not None else "connect() not done"
-            raise EslConnectionLost(f"ESL {self.host_port}: not connected ({state})")
+            raise EslNotConnected(f"ESL {self.host_port}: not connected ({state})")
         return conn
 
     def _check_job(self, command: str, job_uuid: str) -> None:
@@ -764,6 +780,7 @@ class EslSession:
             await self._stop_conn(conn)
             raise
         self.connected = True
+        self._up.set()
         self.connected_since = time.time()
         if reconnect:
             self.reconnects += 1

@@ -1237,6 +1237,13 @@ class Invite:
             ]
         return commands
 
+    def give_up(self, now: float, why: str) -> list[Command]:
+        """The engine can no longer follow the call (its originate's answer was lost and no
+        channel of it exists): finish with what is already known, else ``lost``."""
+        if self.state is State.ENDED:
+            return []
+        return self._give_up(now, why)
+
     def cancel(self, now: float) -> list[Command]:
         """Operator cancel. Refused (UsageError) once the call has joined the room."""
         if self.outcome is Outcome.JOINED or self.state is State.JOINED:

@@ -37,10 +37,14 @@ class DownSession:
     async def bgapi_start(self, command: str, job_uuid: str) -> None:
         self.sent.append(command)
 
+    async def wait_connected(self, timeout: float) -> bool:
+        await asyncio.sleep(timeout)  # the link never comes back
+        return False
+
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[ControlServer, DownSession]]:
-    engine = Engine()
+    engine = Engine(reconnect_wait=0.2)
     session = DownSession()
     engine.attach(session)  # type: ignore[arg-type]
     control = ControlServer(engine, str(tmp_path / "run" / "confguard.sock"))

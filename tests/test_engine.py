@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from confguard.engine import Engine, InviteRun
+from confguard.engine import SUBSCRIBED_EVENTS, Engine, InviteRun, NotConnected
+from confguard.esl import EslConnectionLost, EslNotConnected
 from confguard.invite import InviteSpec
 
 
@@ -37,6 +39,9 @@ class RecordingSession:
 
     async def bgapi_start(self, command: str, job_uuid: str) -> None:
         self.sent.append(f"bgapi {command}")
+
+    async def wait_connected(self, timeout: float) -> bool:
+        return self.connected
 
     async def events(self) -> AsyncIterator[Any]:
         while True:
@@ -168,3 +173,160 @@ async def test_adopted_call_whose_hangup_tail_beats_the_dump_is_lost() -> None:
         ]
     finally:
         await running.stop()
+
+
+class LinkSession(RecordingSession):
+    """A session whose link the test drops and restores, with the errors confguard.esl raises:
+    EslNotConnected while down (nothing written), EslConnectionLost for a command the link
+    dropped under (written, its answer lost)."""
+
+    def __init__(self, *, connected: bool = True) -> None:
+        super().__init__()
+        self.connected = connected
+        self.up = asyncio.Event()
+        if connected:
+            self.up.set()
+        self.lose_next_bgapi = False  # drop the link while the next bgapi is being written
+        self.exists = "false"
+        self.api_delay = 0.0
+
+    def drop(self) -> None:
+        self.connected = False
+        self.up.clear()
+
+    def restore(self) -> None:
+        self.connected = True
+        self.up.set()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.up.wait(), max(0.0, timeout))
+        return self.connected
+
+    async def bgapi_start(self, command: str, job_uuid: str) -> None:
+        if not self.connected:
+            raise EslNotConnected("ESL 127.0.0.1:8021: not connected (reconnecting)")
+        self.sent.append(f"bgapi {command}")
+        if self.lose_next_bgapi:
+            self.lose_next_bgapi = False
+            self.drop()
+            raise EslConnectionLost("ESL 127.0.0.1:8021: connection lost during bgapi")
+
+    async def api(self, command: str) -> str:
+        if not self.connected:
+            raise EslNotConnected("ESL 127.0.0.1:8021: not connected (reconnecting)")
+        self.sent.append(f"api {command}")
+        if self.api_delay:
+            await asyncio.sleep(self.api_delay)
+        if command.startswith("uuid_exists "):
+            return self.exists
+        if command.startswith("uuid_dump "):
+            return '{"Answer-State":"ringing","Channel-State":"CS_CONSUME_MEDIA"}'
+        if command == "show tasks as json":
+            return '{"row_count": 0}'
+        return "+OK\n"
+
+
+@contextlib.asynccontextmanager
+async def link_engine(
+    session: LinkSession, reconnect_wait: float = 2.0
+) -> AsyncIterator[Engine]:
+    running = Engine(reconnect_wait=reconnect_wait)
+    running.attach(session)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+def bgapis(session: LinkSession) -> list[str]:
+    return [line for line in session.sent if line.startswith("bgapi ")]
+
+
+async def test_a_new_invite_waits_for_the_reconnect_then_goes_out() -> None:
+    session = LinkSession(connected=False)
+    async with link_engine(session) as running:
+        placing = asyncio.ensure_future(
+            running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+        )
+        await asyncio.sleep(0.1)
+        assert not placing.done() and bgapis(session) == []
+        session.restore()
+        run = await asyncio.wait_for(placing, 2)
+        await settle()
+        assert len(bgapis(session)) == 1 and run.call_uuid in bgapis(session)[0]
+
+
+async def test_a_new_invite_is_refused_once_the_reconnect_wait_is_over() -> None:
+    session = LinkSession(connected=False)
+    async with link_engine(session, reconnect_wait=0.1) as running:
+        with pytest.raises(NotConnected, match=r"waited 0\.1 s"):
+            await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+        assert session.sent == ["event plain " + " ".join(SUBSCRIBED_EVENTS)]
+
+
+async def test_an_originate_not_written_when_the_link_went_is_sent_after_the_reconnect() -> None:
+    session = LinkSession()
+    async with link_engine(session) as running:
+        run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+        session.drop()  # after the invite was taken, before its worker wrote the originate
+        await asyncio.sleep(0.1)
+        assert bgapis(session) == []
+        running.esl_state_changed("disconnected")
+        session.restore()
+        await running.esl_reconnected()  # nothing to ask yet: the originate was never out
+        await settle()
+        assert len(bgapis(session)) == 1
+        assert not [line for line in session.sent if "uuid_dump" in line]
+        assert run.outcome is None and run.originate_out
+
+
+async def test_an_originate_never_sent_ends_failed_saying_so() -> None:
+    session = LinkSession()
+    async with link_engine(session, reconnect_wait=0.2) as running:
+        run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+        session.drop()
+        assert run.final is not None
+        final = await asyncio.wait_for(asyncio.shield(run.final), 2)
+        assert final["outcome"] == "failed" and "NOT_SENT" in final["cause"]
+        assert bgapis(session) == []
+
+
+async def test_an_originate_lost_in_the_write_whose_channel_exists_is_followed() -> None:
+    session = LinkSession()
+    session.lose_next_bgapi = True
+    session.exists = "true"
+    async with link_engine(session) as running:
+        run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+        await asyncio.sleep(0.05)
+        session.restore()
+        await asyncio.sleep(0.1)
+        assert len(bgapis(session)) == 1  # never sent twice
+        assert f"api uuid_exists {run.call_uuid}" in session.sent
+        assert f"api uuid_dump {run.call_uuid} json" in session.sent
+        assert run.machine.state == "ringing" and run.outcome is None
+
+
+async def test_an_originate_lost_in_the_write_without_a_channel_ends_lost() -> None:
+    session = LinkSession()
+    session.lose_next_bgapi = True
+    async with link_engine(session) as running:
+        run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+        await asyncio.sleep(0.05)
+        session.restore()
+        assert run.final is not None
+        final = await asyncio.wait_for(asyncio.shield(run.final), 2)
+        assert final["outcome"] == "lost" and "no channel" in final["gave_up"]
+        assert len(bgapis(session)) == 1
+
+
+async def test_concurrent_show_tasks_queries_share_one_command() -> None:
+    session = LinkSession()
+    session.api_delay = 0.05
+    async with link_engine(session) as running:
+        replies = await asyncio.gather(*(running._api("show tasks as json") for _ in range(5)))
+        assert replies == ['{"row_count": 0}'] * 5
+        assert session.sent.count("api show tasks as json") == 1
+        await running._api("show tasks as json")  # a later query is asked afresh
+        assert session.sent.count("api show tasks as json") == 2
