@@ -15,8 +15,9 @@ Owns the machinery of tests/test_chaos.py and of the stand-alone measurement
   mixed callee behaviours (per-call `sim_*` variables) through the control API, faults at seeded
   random moments (ESL reset, ESL stall, garbage frame, daemon SIGKILL and restart, switch
   restart), then the drain and `analyse`, which checks every invite the journal knows:
-  exactly one outcome; joined ⇔ an add-member for its uuid; a key the switch recorded before the
-  call's timer fired ⇒ joined; an answered, live, not-yet-joined call always has a task; nothing
+  exactly one outcome; joined ⇔ an add-member for its uuid; `lost` only for a call the switch
+  no longer had (or a switch restart took); a key the switch recorded before the call's timer
+  fired ⇒ joined; an answered, live, not-yet-joined call always has a task; nothing
   (filter, task, channel) left at the end.
 `Report.table()` prints invites, faults by kind, outcomes, violations.
 """
@@ -483,6 +484,7 @@ class Soak:
         self.restarts: list[float] = []  # when the switch went down
         self.end_state: dict[str, Any] = {}
         self.serve: ServeProcess | None = None
+        self.wall_minus_mono = time.time() - time.monotonic()  # journal times -> monotonic
         self._posts: set[asyncio.Task[None]] = set()
 
     # --- running -------------------------------------------------------------------------
@@ -543,7 +545,7 @@ class Soak:
             hit = not detail.startswith("0 ")
             self.faults.append(FaultRecord(kind, begin, time.monotonic(), detail, hit))
 
-    async def _until_linked(self, seconds: float = 10.0) -> None:
+    async def _until_linked(self, seconds: float = 30.0) -> None:
         """A link fault waits (a bounded while) for a daemon connection to act on."""
         deadline = time.monotonic() + seconds
         while not self.relay.live() and time.monotonic() < deadline:
@@ -721,6 +723,14 @@ class Soak:
             if not joined and seen.add_member is not None:
                 flag("joined_is_member", uuid, f"add-member seen, outcome {outcome}")
             restart = self._restart_during(seen)
+            if outcome == "lost" and row["ended_at"] is not None and restart is None:
+                verdict = row["ended_at"] - self.wall_minus_mono
+                if seen.created is not None and (seen.hangup is None or seen.hangup > verdict + 1):
+                    after = ("still up at the end" if seen.hangup is None else
+                             f"hung up {seen.hangup - verdict:.2f} s later ({seen.cause})")
+                    flag("lost_matches_switch", uuid,
+                         f"outcome lost at +{self._since(seen, verdict)} but the call was up: "
+                         f"{after}")
             presses = [at for digit, at in seen.dtmf if digit == key]
             if presses and not joined and restart is None:
                 pressed = presses[0]
