@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TextIO
 
+from confguard.config import FLAG_KEYS, FLAG_NAMES, esl_settings
 from confguard.invite import BadInput, Outcome
 
 # Exit codes: 0 joined; one code per other outcome; then the errors of the command itself.
@@ -156,20 +157,6 @@ def _load_config(args: argparse.Namespace) -> Any:
     )
 
 
-# The dotted configuration key of each flag, and the flag's name as the user typed it.
-FLAG_KEYS = {
-    "esl_host": ("esl.host", "--esl-host"),
-    "esl_port": ("esl.port", "--esl-port"),
-    "socket": ("api.socket", "--socket"),
-    "log_format": ("log.format", "--log-format"),
-    "log_level": ("log.level", "--log-level"),
-    "log_file": ("log.file", "--log-file"),
-    "metrics_listen": ("metrics.listen", "--metrics-listen"),
-    "journal": ("journal.path", "--journal"),
-}
-FLAG_NAMES = dict(FLAG_KEYS.values())
-
-
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         key: getattr(args, name)
@@ -273,13 +260,6 @@ async def _invite_direct(
     finally:
         await engine.stop()
         await session.close()
-
-
-def esl_settings(config: Any) -> Any:
-    """The ESL session's settings from the configuration (the password stays inside them)."""
-    from confguard.esl import EslSettings
-
-    return EslSettings(**config.esl.settings_kwargs())
 
 
 async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:

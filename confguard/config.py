@@ -21,7 +21,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from confguard.esl import EslSettings
 
 try:
     import tomllib
@@ -777,3 +780,26 @@ def render_config(config: Config) -> str:
         width = max(len(text) for text, _ in rows)
         lines.extend(f"{text.ljust(width)}  # {source}" for text, source in rows)
     return "\n".join(lines) + "\n"
+
+
+# The dotted configuration key of each command-line flag, and the flag as the user types it
+# (cli.py maps its flags through this; the daemon's SIGHUP reload names them the same way).
+FLAG_KEYS = {
+    "esl_host": ("esl.host", "--esl-host"),
+    "esl_port": ("esl.port", "--esl-port"),
+    "socket": ("api.socket", "--socket"),
+    "log_format": ("log.format", "--log-format"),
+    "log_level": ("log.level", "--log-level"),
+    "log_file": ("log.file", "--log-file"),
+    "metrics_listen": ("metrics.listen", "--metrics-listen"),
+    "journal": ("journal.path", "--journal"),
+}
+FLAG_NAMES = dict(FLAG_KEYS.values())
+
+
+def esl_settings(config: Config) -> EslSettings:
+    """The ESL session's settings from the configuration (the password stays inside them).
+    (confguard.esl, and genesis with it, is imported here only: `confguard --help` stays quick.)"""
+    from confguard.esl import EslSettings
+
+    return EslSettings(**config.esl.settings_kwargs())

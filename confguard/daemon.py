@@ -61,7 +61,7 @@ class Daemon:
 
     async def run(self) -> int:
         from confguard.api import ControlServer
-        from confguard.cli import esl_settings
+        from confguard.config import esl_settings
         from confguard.engine import SUBSCRIBED_EVENTS, Engine
         from confguard.esl import EslSession
         from confguard.journal import Journal
@@ -187,8 +187,7 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: log level, invite defaults, log file reopened. ESL/socket changes need a
         restart."""
-        from confguard.cli import FLAG_NAMES
-        from confguard.config import ConfigError, load_config
+        from confguard.config import FLAG_NAMES, ConfigError, load_config
         from confguard.logs import reopen, set_level
 
         self.notifier.reloading()
