@@ -221,6 +221,8 @@ class Channel:
     joined_at: float = 0.0  # simulated epoch seconds it joined its conference
     last_app: str | None = None  # the last application run (last_app / last_arg at hangup)
     last_arg: str | None = None
+    inline_apps: list[tuple[str, str | None]] = field(default_factory=list)  # still to run
+    collector: DigitCollector | None = None  # a running play_and_get_digits
 
     @property
     def uuid(self) -> str:
@@ -240,6 +242,8 @@ class Switch:
         self.config = config
         self.clock = clock
         self._publish = publish
+        # Set by the Simulator to its server's `wants`: events no client takes are not built.
+        self.event_wanted: Callable[[str, str | None], bool] | None = None
         self.events = self._event_factory()
         self.scheduler = Scheduler(
             clock,
@@ -302,6 +306,8 @@ class Switch:
             hostname=config.hostname,
             ipv4=config.ipv4,
             ipv6=config.ipv6,
+            wants=lambda name, subclass: self.event_wanted is None
+            or self.event_wanted(name, subclass),
         )
 
     # -- life cycle --------------------------------------------------------------------------
@@ -630,16 +636,26 @@ class Switch:
                 facts.set_var(var_name, value)
         facts.set_var("originate_early_media", _early_media(variables))
         facts.set_var("originate_endpoint", "user")
-        facts.set_var("pre_transfer_caller_id_number", "0000000000")
-        facts.set_var("channel_cid_flipped", "yes")
-        facts.set_var("call_uuid", channel.uuid)
+
+        def flipped() -> None:
+            facts.set_var("pre_transfer_caller_id_number", "0000000000")
+            facts.set_var("channel_cid_flipped", "yes")
+            facts.set_var("call_uuid", channel.uuid)
+
         first = app[0] if app else "&park()"
+        dialplan = app[1] if len(app) > 1 else "XML"
+        context = app[2] if len(app) > 2 else "default"
+        if not first.startswith("&") and dialplan == "inline":
+            # The originate transfers the answered channel to its extension: the apps run
+            # with a bl_xfer caller profile, dialplan inline, whose variables come before the
+            # caller id flip's (transcript 18).
+            self._transfer(channel, [_unquote(first), dialplan, context], before_app=flipped)
+            return
+        flipped()
         if first.startswith("&"):
             name, _, rest = first[1:].partition("(")
             self._start_app(channel, name, rest.rstrip(")") or None)
         else:
-            dialplan = app[1] if len(app) > 1 else "XML"
-            context = app[2] if len(app) > 2 else "default"
             self._route(channel, first, dialplan, context)
 
     def _press(self, channel: Channel, digit: str) -> None:
@@ -647,6 +663,8 @@ class Switch:
             return
         channel.digits_dialed.append(digit)
         self.publish(self.events.dtmf(channel.facts, digit))
+        if channel.collector is not None:
+            channel.collector.digit(digit)
 
     # -- applications ------------------------------------------------------------------------
 
@@ -656,16 +674,51 @@ class Switch:
         channel.application_data = data
         channel.application_uuid = str(uuidlib.uuid4())
         channel.last_app, channel.last_arg = name, data
+        # As switch_core_session_exec: the name, the arguments (none clears the previous
+        # app's: park after play_and_get_digits, transcript 18), no response; the event; the
+        # name set again (so it follows the arguments from then on).
+        facts = channel.facts
+        facts.set_var("current_application", name)
         if data:
-            channel.facts.set_var("current_application_data", data)
-        channel.facts.set_var("current_application", name)
-        self.publish(
-            self.events.channel_execute(channel.facts, name, data, channel.application_uuid)
-        )
+            facts.set_var("current_application_data", data)
+        else:
+            facts.variables.pop("current_application_data", None)
+        facts.variables.pop("current_application_response", None)
+        self.publish(self.events.channel_execute(facts, name, data, channel.application_uuid))
+        facts.set_var("current_application", name)
         if name == "conference" and data:
             self._join_conference(channel, data)
         elif name == "hangup":
             self.hangup(channel, parse_cause(data, "NORMAL_CLEARING"))
+        elif name == "play_and_get_digits":
+            channel.collector = DigitCollector(self, channel, data or "")
+            channel.collector.start()
+        elif name != "park" and channel.inline_apps:
+            # Anything else the simulator does not model ends at once; the next app runs.
+            self._app_done(channel)
+
+    def _run_inline(self, channel: Channel, target: str) -> None:
+        """Run an inline dialplan (`app:args,app:args`, or `m:X:app:args Xapp:args` with the
+        separator X, mod_dptools' inline_dialplan_hunt) on the channel, app after app."""
+        channel.inline_apps = parse_inline_dialplan(target)
+        self._next_inline(channel)
+
+    def _next_inline(self, channel: Channel) -> None:
+        if not channel.alive:
+            return
+        if not channel.inline_apps:
+            # Out of dialplan: the channel hangs up.
+            self.hangup(channel, "NORMAL_CLEARING")
+            return
+        name, data = channel.inline_apps.pop(0)
+        self._start_app(channel, name, data)
+
+    def _app_done(self, channel: Channel) -> None:
+        """The running application ended by itself: its completion, then the next inline app
+        at once (transcript 18: park's CHANNEL_EXECUTE in the same millisecond)."""
+        channel.collector = None
+        self._complete_app(channel)
+        self._next_inline(channel)
 
     def _complete_app(self, channel: Channel) -> None:
         if channel.application is None:
@@ -885,11 +938,28 @@ class Switch:
         channel.facts.variables.pop("conference_call_key", None)
         channel.facts.set_var("read_codec", "L16")
         channel.facts.set_var("read_rate", "8000")
+        if channel in conference.members:
+            conference.members.remove(channel)
         if conference.floor is channel:
             conference.floor = None
             self.publish(self.events.floor_change(conference.facts))
-        if channel in conference.members:
-            conference.members.remove(channel)
+            if conference.members:
+                # The conference thread gives the floor to the oldest member left on its next
+                # pass, 20 ms on, even to one that is hanging up meanwhile (transcript 18).
+                heir = conference.members[0]
+
+                def pass_floor() -> None:
+                    if conference.floor is None and heir in conference.members:
+                        conference.floor = heir
+                        self.publish(
+                            self.events.floor_change(
+                                conference.facts,
+                                member=MemberFacts(heir.member_id, floor=True),
+                                ch=heir.facts,
+                            )
+                        )
+
+                self.clock.call_later(STEP, pass_floor)
         conference.facts.size = len(conference.members)
         self.publish(
             self.events.conference(
@@ -1031,7 +1101,12 @@ class Switch:
         self._later(channel, STEP, lambda: self._transfer(channel, rest))
         return "+OK\n"
 
-    def _transfer(self, channel: Channel, target: list[str]) -> None:
+    def _transfer(
+        self,
+        channel: Channel,
+        target: list[str],
+        before_app: Callable[[], None] | None = None,
+    ) -> None:
         if not channel.alive:
             return
         exten = target[0]
@@ -1048,17 +1123,33 @@ class Switch:
         channel.listed_destination = None
         facts.dialplan = dialplan
         facts.context = context
-        facts.logical_direction = "inbound"
+        if before_app is None:
+            # uuid_transfer turns the outbound leg's logical direction around (transcripts 05,
+            # 06); the originate's own transfer to its extension does not (transcript 18).
+            facts.logical_direction = "inbound"
         facts.transfer_source = source
         facts.profile_index += 1
         facts.profile_created = now
         facts.set_var("max_forwards", "70")
-        facts.set_var("transfer_history", source)
+        history = facts.variables.get("transfer_history")
+        if history is None:
+            facts.set_var("transfer_history", source)
+        else:
+            # Each transfer pushes onto the history, which stays where it was (an array
+            # header: transcript 18's second transfer).
+            previous = history.removeprefix(wire.ARRAY_PREFIX)
+            facts.variables["transfer_history"] = f"{wire.ARRAY_PREFIX}{previous}|:{source}"
         facts.set_var("transfer_source", source)
         # The parked app completes after the new caller profile is in place (transcript 06).
         facts.state_number = 2
+        channel.inline_apps = []
+        if channel.collector is not None:
+            channel.collector.interrupt()
+            channel.collector = None
         self._complete_app(channel)
         facts.state_number = None
+        if before_app is not None:
+            before_app()
         facts.set_var("call_uuid", channel.uuid)
         if dialplan == "inline":
             # The parked app's completion shows the new profile; then the inline app runs
@@ -1066,8 +1157,7 @@ class Switch:
             # new destination (transcripts 05, 06).
             facts.destination_number, facts.rdnis = previous_destination, previous_rdnis
             channel.listed_destination = exten
-            app, _, data = exten.partition(":")
-            self._start_app(channel, app, data or None)
+            self._run_inline(channel, exten)
         else:
             self._route(channel, exten, dialplan, context)
 
@@ -1512,3 +1602,189 @@ def prompt_length_ms(path: str) -> int | None:
             return audio.getnframes() * 1000 // max(1, audio.getframerate())
     except (wave.Error, EOFError, OSError):
         return 0
+
+
+def _unquote(text: str) -> str:
+    """An originate argument without the single quotes that grouped it."""
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "'" else text
+
+
+def parse_inline_dialplan(target: str) -> list[tuple[str, str | None]]:
+    """`app:args,app(args)` -> [(app, args)]; `m:X:...` makes X the separator instead of `,`
+    (mod_dptools' inline_dialplan_hunt), so that arguments may hold commas."""
+    separator = ","
+    if target.startswith("m:") and len(target) > 3:
+        separator, target = target[2], target[4:]
+    apps: list[tuple[str, str | None]] = []
+    for line in target.split(separator):
+        line = line.strip()
+        if not line:
+            continue
+        colon, paren = line.find(":"), line.find("(")
+        if paren >= 0 and (colon < 0 or paren < colon):
+            name, data = line[:paren], line[paren + 1 :].rstrip(")")
+        else:
+            name, _, data = line.partition(":")
+        apps.append((name, data or None))
+    return apps
+
+
+class DigitCollector:
+    """`play_and_get_digits MIN MAX TRIES MS TERMINATORS PROMPT INVALID VAR REGEX` on one
+    channel, as switch_play_and_get_digits / switch_ivr_read run it (transcript 18).
+
+    Each try clears `read_result` and VAR, plays PROMPT (`silence`: nothing; a key stops it)
+    and waits MS (at least 1000) for the key; every try that did not end with a key matching
+    REGEX plays INVALID, and a key that does not match is kept in VAR_invalid. A key pressed
+    while INVALID plays waits in the channel's queue and ends the next try's prompt at once.
+    A matching key: VAR set, `read_result` success, the app completes (the next inline app runs
+    at once). TRIES spent: the app completes. Playing a file leaves the playback_* variables.
+    The simulator collects one digit (MAX 1)."""
+
+    def __init__(self, switch: Switch, channel: Channel, data: str) -> None:
+        args = data.split()
+
+        def arg(index: int, default: str) -> str:
+            return args[index] if len(args) > index else default
+
+        self.switch = switch
+        self.channel = channel
+        self.tries = max(0, _atoi(arg(2, "1")))
+        self.timeout_ms = max(1000, _atoi(arg(3, "0")))
+        self.terminators = arg(4, "#")
+        self.prompt = arg(5, "silence")
+        self.invalid = arg(6, "")
+        self.var_name = arg(7, "")
+        self.regex = arg(8, "")
+        self.phase = ""  # prompt | wait | invalid | done
+        self.queued: list[str] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.phase_started = 0.0
+
+    @property
+    def facts(self) -> ChannelFacts:
+        return self.channel.facts
+
+    def start(self) -> None:
+        if self.var_name and self.regex:
+            self.facts.variables.pop(f"{self.var_name}_invalid", None)
+        self._try()
+
+    def _after(self, seconds: float, fn: Callable[[], None]) -> None:
+        self._cancel()
+        self.timer = self.switch.clock.call_later(seconds, fn)
+        self.channel.timers.append(self.timer)
+        self.phase_started = self.switch.clock.now()
+
+    def _cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _try(self) -> None:
+        if not self.channel.alive or self.phase == "done":
+            return
+        if self.tries <= 0:
+            self._finish()
+            return
+        self.facts.variables.pop("read_result", None)
+        if self.var_name:
+            self.facts.variables.pop(self.var_name, None)
+        if self.prompt.lower() == "silence" or not self.prompt:
+            self._wait()
+            return
+        length_ms = prompt_length_ms(self.prompt)
+        if length_ms is None:  # the prompt cannot be played: the try fails at once
+            self._failed()
+            return
+        self.phase = "prompt"
+        if self.queued:
+            self._played(self.prompt, 0)
+            self._key(self.queued.pop(0))
+            return
+        self._after(length_ms / 1000, lambda: self._prompt_played(length_ms))
+
+    def _prompt_played(self, length_ms: int) -> None:
+        self._played(self.prompt, length_ms)
+        self._wait()
+
+    def _wait(self) -> None:
+        self.phase = "wait"
+        if self.queued:
+            self._key(self.queued.pop(0))
+            return
+        self._after(self.timeout_ms / 1000, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.facts.set_var("read_result", "failure")  # TIMEOUT with too few digits
+        self._failed()
+
+    def digit(self, digit: str) -> None:
+        """A key reaches the channel (its DTMF event already fired)."""
+        if self.phase in ("prompt", "wait"):
+            self._key(digit)
+        elif self.phase == "invalid":
+            self.queued.append(digit)
+
+    def _key(self, digit: str) -> None:
+        self._cancel()
+        if self.phase == "prompt":
+            elapsed = self.switch.clock.now() - self.phase_started
+            self._played(self.prompt, max(0, round(elapsed * 1000)))
+        if digit in self.terminators:
+            # A terminator: no digit. During the prompt the read succeeds with an empty
+            # buffer; during the wait it ends the collection, too few digits.
+            if self.phase == "wait":
+                self.facts.set_var("read_terminator_used", digit)
+                self.facts.set_var("read_result", "failure")
+            else:
+                self.facts.set_var("read_result", "success")
+            self._failed()
+            return
+        self.facts.set_var("read_result", "success")
+        if self.var_name:
+            self.facts.set_var(self.var_name, digit)
+        if not self.regex or re.search(self.regex, digit):
+            self._finish()
+            return
+        if self.var_name:
+            self.facts.variables.pop(self.var_name, None)
+            self.facts.set_var(f"{self.var_name}_invalid", digit)
+        self._failed()
+
+    def _failed(self) -> None:
+        """The try did not give the key: INVALID plays, then the next try."""
+        self.phase = "invalid"
+        length_ms = prompt_length_ms(self.invalid) if self.invalid else None
+
+        def played() -> None:
+            if length_ms is not None:
+                self._played(self.invalid, length_ms)
+            self.tries -= 1
+            self._try()
+
+        if length_ms is None:
+            played()
+        else:
+            self._after(length_ms / 1000, played)
+
+    def _played(self, path: str, length_ms: int) -> None:
+        """What playing a file leaves in the channel's variables (as the broadcast's playback)."""
+        samples = length_ms * SAMPLE_RATE // 1000
+        self.facts.set_var("playback_last_offset_pos", str(samples))
+        self.facts.set_var("playback_seconds", str(length_ms // 1000))
+        self.facts.set_var("playback_ms", str(length_ms))
+        self.facts.set_var("playback_samples", str(samples))
+
+    def _finish(self) -> None:
+        self.phase = "done"
+        self._cancel()
+        if self.channel.collector is self:
+            self.switch._app_done(self.channel)
+
+    def interrupt(self) -> None:
+        """A transfer (or hangup) ends the app where it is: a wait ends without a digit."""
+        if self.phase == "wait":
+            self.facts.set_var("read_result", "failure")
+        self.phase = "done"
+        self._cancel()
