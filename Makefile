@@ -24,6 +24,17 @@ demo-real: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
+# Performance figures, not tests (bench/README.md): the daemon against the simulator, and against
+# a real FreeSWITCH when one is found; one table, bench/results/<timestamp>.json and .png (~4 min).
+# matplotlib (the `bench` extra) only draws the plot: without it the run says so and goes on.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' || echo "bench: matplotlib not installed, no plot"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run
+
 lint: $(STAMP)
 	$(BIN)/ruff check confguard tests
 	$(BIN)/mypy

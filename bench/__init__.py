@@ -1,0 +1,1 @@
+"""confguard's benchmark (`make bench`): performance figures, not tests. See bench/README.md."""
