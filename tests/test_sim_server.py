@@ -548,3 +548,45 @@ def test_indexed_filters_decide_as_the_filter_list() -> None:
             assert len(indexed) == len(reference)
             assert sorted(indexed.items()) == sorted((k.lower(), v) for k, v in reference)
         assert decisions == {True, False}
+
+
+def test_events_no_client_takes_are_stand_ins_that_keep_their_sequence_number() -> None:
+    """With `wants` saying no, a channel or conference event is a stand-in (never offered, its
+    headers never built) that still takes its Event-Sequence number; CHANNEL_DATA (what
+    `uuid_dump` prints) is always built; with `wants` saying yes the event is whole."""
+    from confguard.sim.clock import SimClock
+    from confguard.sim.events import ChannelFacts, ConferenceFacts, EventFactory
+
+    wanted = {"CHANNEL_ANSWER"}
+    factory = EventFactory(
+        SimClock(1.0), core_uuid="core", hostname="h", wants=lambda name, sub: name in wanted
+    )
+    facts = ChannelFacts(uuid="u-1", name="loopback/x-a", created=1.0)
+    execute = factory.channel_execute(facts, "park", None, "app-1")
+    room = factory.conference("add-member", ConferenceFacts("r", "c-1", "d"))
+    assert execute.unsent and room.unsent and execute.get("Unique-ID") is None
+    dump = factory.channel_event("CHANNEL_DATA", facts)
+    answer = factory.channel_answer(facts)
+    assert not dump.unsent and dump.get("Unique-ID") == "u-1"
+    assert not answer.unsent and answer.get("Unique-ID") == "u-1"
+    assert [dump.get("Event-Sequence"), answer.get("Event-Sequence")] == ["3", "4"]
+    wanted.add("CUSTOM")
+    assert factory.conference("add-member", ConferenceFacts("r", "c-1", "d")).get(
+        "Event-Sequence"
+    ) == "5"
+
+
+async def test_server_wants_follows_the_subscriptions(stub_sim: Simulator) -> None:
+    """`EslServer.wants` is true once some authenticated client subscribes to the type (or
+    subclass, or ALL), false again after `noevents`."""
+    server = stub_sim.server
+    assert not server.wants("CHANNEL_EXECUTE")
+    client = await Client.connect(stub_sim.port)
+    await client.command("event plain CHANNEL_ANSWER CUSTOM conference::maintenance")
+    assert server.wants("CHANNEL_ANSWER") and not server.wants("CHANNEL_EXECUTE")
+    assert server.wants("CUSTOM", "conference::maintenance")
+    assert not server.wants("CUSTOM", "other::thing")
+    await client.command("event plain ALL")
+    assert server.wants("CHANNEL_EXECUTE")
+    await client.command("noevents")
+    assert not server.wants("CHANNEL_ANSWER")

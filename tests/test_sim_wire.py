@@ -220,3 +220,41 @@ def test_fixed_server_messages() -> None:
         b"Content-Type: text/disconnect-notice\nContent-Length: 31\n\n"
         b"The system is being shut down.\n"
     )
+
+
+def test_url_encode_fast_paths_match_the_byte_loop() -> None:
+    """ASCII values take `str.translate` (no `%`) or a regex (with `%`); both must give what the
+    byte-by-byte reference gives, for every printable and control character, the `%XX` rule
+    (upper-case hex kept, anything else encoded) and non-ASCII / surrogate-escaped text."""
+    import random
+
+    alphabet = [chr(code) for code in range(0x80)]
+    alphabet += ["%41", "%4", "%4g", "%AF", "%af", "é", "\udcff"]
+    ops = random.Random(5)
+    samples = ["", "%", "%%", "%41", "a%4", "2026-12-01 23:24:06", "Sat, 28 Nov 2026 08:17:55 GMT"]
+    for _ in range(3000):
+        samples.append("".join(ops.choice(alphabet) for _ in range(ops.randrange(12))))
+    for value in samples:
+        assert wire.url_encode(value) == wire.url_encode_bytes(value), repr(value)
+    assert wire.url_encode("a b%41%4g") == "a%20b%41%254g"
+
+
+def test_json_events_match_json_dumps() -> None:
+    """The json serialiser (encoded names kept, one C call per string) writes exactly what
+    `json.dumps(..., ensure_ascii=False)` writes for each name and value, repeats and order kept."""
+    import json as json_module
+
+    headers = [
+        ("Event-Name", "CUSTOM"),
+        ("Hangup-Cause", "X"),
+        ("Hangup-Cause", "Y"),
+        ("variable_x", 'quote " back \\ tab \t é \u2028'),
+        ("Arr", 'ARRAY::a|:b"'),
+    ]
+    expected = ",".join(
+        [json_module.dumps(n, ensure_ascii=False) + ":" + json_module.dumps(v, ensure_ascii=False)
+         for n, v in headers[:4]]
+        + ['"Arr":["a","b\\""]', '"Content-Length":"2"', '"_body":"ok"']
+    )  # fmt: skip
+    for _ in range(2):  # the second time from the kept names
+        assert wire.serialize_json(headers, "ok") == ("{" + expected + "}").encode()

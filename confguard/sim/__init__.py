@@ -45,6 +45,7 @@ class Simulator:
 
             switch_factory = Switch
         self.switch: Switch = switch_factory(self.config, self.clock, self.server.publish)
+        self.switch.event_wanted = self.server.wants  # no client takes it: not built
         self.server.switch = self.switch
         self.faults = Faults(self.server, self.switch, self.config.time_scale)
         self._started = False

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from confguard.sim.clock import SimClock
@@ -100,6 +100,7 @@ class SimEvent:
     headers: Headers  # complete and ordered, no Content-Length/Content-Type
     body: str | None = None  # BACKGROUND_JOB result etc.
     subclass: str | None = None  # Event-Subclass for CUSTOM
+    unsent: bool = False  # a stand-in for an event no client takes (EventFactory.wants)
     derived: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     def first_values(self) -> dict[str, str]:
@@ -344,13 +345,25 @@ class EventFactory:
         hostname: str,
         ipv4: str = SIM_IPV4,
         ipv6: str = SIM_IPV6,
+        wants: Callable[[str, str | None], bool] | None = None,
     ) -> None:
         self.clock = clock
         self.core_uuid = core_uuid
         self.hostname = hostname
         self.ipv4 = ipv4
         self.ipv6 = ipv6
+        # Does anyone take events of this name (and CUSTOM subclass)? None: everyone does.
+        self.wants = wants
         self._sequence = itertools.count(1)
+
+    def _unwanted(self, name: str, subclass: str | None = None) -> SimEvent | None:
+        """For a channel or conference event that no client is subscribed to: a stand-in that
+        only names it (it still takes its Event-Sequence number, as in FreeSWITCH every fired
+        event does), so that its hundred-odd headers are never built. None: build it."""
+        if self.wants is None or self.wants(name, subclass):
+            return None
+        next(self._sequence)
+        return SimEvent(name, [("Event-Name", name)], subclass=subclass, unsent=True)
 
     # -- common block ------------------------------------------------------------------------
 
@@ -447,7 +460,12 @@ class EventFactory:
         with_variables: bool = True,
         extra: Headers | None = None,
     ) -> SimEvent:
-        """A CHANNEL_* / DTMF event: common block, channel block, variables, then `extra`."""
+        """A CHANNEL_* / DTMF event: common block, channel block, variables, then `extra`.
+        (CHANNEL_DATA is not fired but read: `uuid_dump` serialises it, so it is always built.)"""
+        if name != "CHANNEL_DATA":
+            stand_in = self._unwanted(name)
+            if stand_in is not None:
+                return stand_in
         headers = self.common(name, ORIGINS[name])
         if name == "CHANNEL_HANGUP_COMPLETE" and ch.hangup_cause is not None:
             headers.append(("Hangup-Cause", ch.hangup_cause))
@@ -516,6 +534,9 @@ class EventFactory:
     ) -> SimEvent:
         """conference::maintenance floor-change, as recorded: Old-ID is always `none`; with a
         new holder the conference block repeats, then the member's blocks and New-ID."""
+        stand_in = self._unwanted("CUSTOM", CONFERENCE_SUBCLASS)
+        if stand_in is not None:
+            return stand_in
         headers = self.common("CUSTOM", ORIGINS["floor-change"], subclass=CONFERENCE_SUBCLASS)
         headers += _conference_block(conf)
         headers += [("Action", "floor-change"), ("Old-ID", "none")]
@@ -536,6 +557,9 @@ class EventFactory:
         ch: ChannelFacts | None = None,
     ) -> SimEvent:
         """CUSTOM conference::maintenance: conference-create/-destroy, add-/del-member."""
+        stand_in = self._unwanted("CUSTOM", CONFERENCE_SUBCLASS)
+        if stand_in is not None:
+            return stand_in
         headers = self.common("CUSTOM", ORIGINS[action], subclass=CONFERENCE_SUBCLASS)
         headers += _conference_block(conf)
         if member is not None and ch is not None:

@@ -66,6 +66,7 @@ MAX_QUEUED_EVENTS = 100_000  # FreeSWITCH's per-listener event queue
 MAX_LOST_EVENTS = 500  # consecutive drops before FreeSWITCH kills the listener
 JOB_UUID_MAX = 36  # FreeSWITCH copies the client's Job-UUID into a 37-byte buffer
 READ_CHUNK = 65536
+WRITE_BATCH_BYTES = 256 * 1024  # queued events go out in writes of about this size
 
 REPLY_NOT_FOUND = "-ERR command not found"
 REPLY_NO_KEYWORDS = "-ERR no keywords supplied"
@@ -287,16 +288,19 @@ class _Subscription:
     subclasses: set[str] = field(default_factory=set)
 
     def wants(self, event: SimEvent) -> bool:
+        return self.wants_type(event.name, event.subclass)
+
+    def wants_type(self, event_name: str, subclass: str | None) -> bool:
         if not self.enabled:
             return False
         if self.all_events:
             return True
-        name = event.name.upper()
+        name = event_name.upper()
         if name not in self.types:
             return False
-        if name != "CUSTOM" or not event.subclass:
+        if name != "CUSTOM" or not subclass:
             return True
-        return event.subclass in self.subclasses
+        return subclass in self.subclasses
 
 
 _WAKE = object()  # inbox token: events are waiting
@@ -333,6 +337,9 @@ class Connection:
     def offer(self, event: SimEvent) -> None:
         """Queue `event` if this connection is subscribed to it and its filters let it through."""
         if self.closed or not self.authed or not self.subscription.wants(event):
+            return
+        if event.unsent:  # a stand-in: EslServer.wants said no one would take it
+            log.error("event %s was not built but %s takes it", event.name, self.peer)
             return
         if not self.filters.allows(event):
             return
@@ -417,17 +424,29 @@ class Connection:
                     return
 
     async def _flush_events(self) -> None:
+        """Write every queued event, in order, as one write per batch (not a send per event)."""
         self._wake_pending = False
         while self.events and not self.closed:
-            item = self.events.popleft()
-            if isinstance(item, bytes):
-                await self._write(item)
-            else:
-                await self._write(
-                    wire.encode_event(item.headers, item.body, self.subscription.event_format)
-                )
+            batch: list[bytes] = []
+            size = 0
+            while self.events and size < WRITE_BATCH_BYTES:
+                item = self.events.popleft()
+                frame = item if isinstance(item, bytes) else self._frame(item)
+                batch.append(frame)
+                size += len(frame)
+            await self._write(b"".join(batch))
         if self._close_after_flush:
             await self.close()
+
+    def _frame(self, event: SimEvent) -> bytes:
+        """The event's frame in this connection's format, encoded once per event and format
+        (every connection that takes the event shares it)."""
+        event_format = self.subscription.event_format
+        frame = event.derived.get(event_format)
+        if frame is None:
+            frame = wire.encode_event(event.headers, event.body, event_format)
+            event.derived[event_format] = frame
+        return frame  # type: ignore[return-value]
 
     async def _write(self, data: bytes) -> None:
         await self.server.wait_unstalled()
@@ -685,6 +704,16 @@ class EslServer:
         self.connections.discard(connection)
 
     # ----------------------------------------------------------------- switch side
+
+    def wants(self, event_name: str, subclass: str | None = None) -> bool:
+        """Would some connection take an event of this name (and CUSTOM subclass)? The switch
+        asks before building a channel or conference event (its filters may still drop it)."""
+        return any(
+            connection.authed
+            and not connection.closed
+            and connection.subscription.wants_type(event_name, subclass)
+            for connection in self.connections
+        )
 
     def publish(self, event: SimEvent) -> None:
         """Offer one switch event to every connection (each applies its subscription/filters)."""

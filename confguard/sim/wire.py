@@ -57,6 +57,15 @@ def to_bytes(text: str) -> bytes:
 
 def url_encode(value: str) -> str:
     """Encode one header value the way FreeSWITCH serialises plain and xml events."""
+    if value.isascii():
+        if "%" not in value:
+            return value.translate(_URL_TABLE)  # one C pass for the usual value
+        return _ASCII_UNSAFE_RE.sub(_percent_escape, value)
+    return url_encode_bytes(value)
+
+
+def url_encode_bytes(value: str) -> str:
+    """`url_encode` byte by byte (the reference the ASCII fast paths are tested against)."""
     raw = to_bytes(value)
     out: list[str] = []
     last = len(raw) - 1
@@ -73,6 +82,23 @@ def url_encode(value: str) -> str:
         else:
             out.append(chr(byte))
     return "".join(out)
+
+
+_URL_TABLE = {
+    code: f"%{code:02X}"
+    for code in range(0x80)
+    if code < 0x20 or code > 0x7E or code in _URL_UNSAFE
+}
+# In ASCII text: a `%` not already followed by two upper-case hex digits, or any unsafe byte.
+_ASCII_UNSAFE_RE = re.compile(
+    "%(?![0-9A-F]{2})|["
+    + "".join(re.escape(chr(code)) for code in _URL_TABLE if code != 0x25)
+    + "]"
+)
+
+
+def _percent_escape(match: re.Match[str]) -> str:
+    return f"%{ord(match.group()):02X}"
 
 
 # --------------------------------------------------------------------------- server frames
@@ -143,18 +169,30 @@ def serialize_json(headers: Sequence[tuple[str, str]], body: str | None) -> byte
     if body is not None:
         pairs.append(("Content-Length", str(len(to_bytes(body)))))
         pairs.append(("_body", body))
-    members = ",".join(
-        json.dumps(name, ensure_ascii=False) + ":" + _json_value(value) for name, value in pairs
-    )
-    return to_bytes("{" + members + "}")
+    names = _JSON_NAMES
+    members: list[str] = []
+    for name, value in pairs:
+        key = names.get(name)
+        if key is None:
+            key = _json_string(name) + ":"
+            if len(names) < _JSON_NAMES_KEPT:
+                names[name] = key
+        members.append(key + _json_value(value))
+    return to_bytes("{" + ",".join(members) + "}")
+
+
+# `json.dumps(text, ensure_ascii=False)` for a str, without building an encoder per call.
+_json_string = json.encoder.encode_basestring
+_JSON_NAMES: dict[str, str] = {}  # header name -> its encoded `"name":`
+_JSON_NAMES_KEPT = 4096  # names come from the switch and the clients' variables: keep a bound
 
 
 def _json_value(value: str) -> str:
     """A string, or for FreeSWITCH's array headers (`ARRAY::a|:b`) a JSON array of strings."""
     if value.startswith(ARRAY_PREFIX):
         items = value[len(ARRAY_PREFIX) :].split(ARRAY_SEPARATOR)
-        return "[" + ",".join(json.dumps(item, ensure_ascii=False) for item in items) + "]"
-    return json.dumps(value, ensure_ascii=False)
+        return "[" + ",".join(_json_string(item) for item in items) + "]"
+    return _json_string(value)
 
 
 def _xml_text(text: str) -> str:
