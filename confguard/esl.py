@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import unquote
 
 import structlog
 from genesis import Inbound
@@ -54,6 +55,11 @@ PERMANENT_FILTERS: tuple[tuple[str, str], ...] = (
 """Kept on every connection so deleting the last per-call filter never floods (FACTS.md)."""
 
 _ENVELOPE_TYPES = ("text/event-plain", "text/event-json")
+_KNOWN_TYPES = frozenset({
+    *_ENVELOPE_TYPES, "text/event-xml", "auth/request", "command/reply", "api/response",
+    "text/disconnect-notice", "text/rude-rejection", "log/data",
+})
+"""Every Content-Type FreeSWITCH's mod_event_socket sends."""
 _TOKEN = re.compile(r"\S+")  # use fullmatch: "$" would accept a trailing newline
 
 
@@ -296,6 +302,63 @@ def _check_token(what: str, text: str) -> None:
         raise ValueError(f"{what} must be one non-empty word without spaces: {text!r}")
 
 
+# ------------------------------------------------------------------------ frame limits
+MAX_HEADER_BLOCK_BYTES = 1 << 20
+"""Longest frame header block accepted. FreeSWITCH's envelopes are a few hundred bytes (event
+headers travel in the body); genesis itself would keep appending lines until a blank one."""
+MAX_BODY_BYTES = 16 << 20
+"""Largest ``Content-Length`` accepted (a ``show channels as json`` of a busy switch is a few MB).
+genesis itself would buffer whatever length the peer announces."""
+HEADER_LINE_LIMIT = 64 * 1024
+"""The StreamReader's limit: one header line longer than this ends the connection."""
+
+
+class _FrameRejected(Exception):
+    """A frame broke a limit or announced a length that is not a byte count."""
+
+
+class _GuardedReader:
+    """The byte stream genesis reads frames from (it calls only ``readline``/``readexactly``),
+    with the checks genesis does not make: a header block is at most ``MAX_HEADER_BLOCK_BYTES``,
+    ``Content-Length`` is plain digits and at most ``MAX_BODY_BYTES``. A breach calls
+    ``on_violation`` (the connection is marked lost with the reason) and raises, which ends
+    genesis's reader."""
+
+    def __init__(self, reader: asyncio.StreamReader, on_violation: Callable[[str], None]) -> None:
+        self._reader = reader
+        self._on_violation = on_violation
+        self._block_bytes = 0
+        self._tail = b""  # the block's last bytes: its end is found as genesis finds it
+
+    def _reject(self, reason: str) -> _FrameRejected:
+        self._on_violation(f"protocol error: {reason}")
+        return _FrameRejected(reason)
+
+    async def readline(self) -> bytes:
+        line = await self._reader.readline()
+        self._block_bytes += len(line)
+        self._tail = (self._tail + line)[-4:]
+        if self._tail.endswith((b"\n\n", b"\r\n\r\n")):
+            self._block_bytes, self._tail = 0, b""
+        elif self._block_bytes > MAX_HEADER_BLOCK_BYTES:
+            raise self._reject(f"a header block over {MAX_HEADER_BLOCK_BYTES} bytes")
+        # genesis splits the block with str.splitlines() and unquotes the names: do the same
+        for piece in line.decode("utf-8", errors="replace").splitlines():
+            name, colon, value = piece.partition(": ")
+            if colon and unquote(name.strip()) == "Content-Length":
+                length = unquote(value.strip())
+                if not (length.isascii() and length.isdigit()):
+                    raise self._reject(f"Content-Length {length[:40]!r} is not a byte count")
+                if int(length) > MAX_BODY_BYTES:
+                    raise self._reject(f"Content-Length {length[:40]} over {MAX_BODY_BYTES}")
+        return line
+
+    async def readexactly(self, n: int) -> bytes:
+        if not 0 <= n <= MAX_BODY_BYTES:
+            raise self._reject(f"a body of {n} bytes")
+        return await self._reader.readexactly(n)
+
+
 # ------------------------------------------------------------------------------ connection
 class _Connection(Inbound):
     """One TCP connection (a new genesis ``Inbound`` each time) with our frame processor.
@@ -325,10 +388,13 @@ class _Connection(Inbound):
     async def _connect(self) -> None:
         where = self.settings.host_port
         try:
-            self.reader, self.writer = await asyncio.wait_for(
-                asyncio.open_connection(self.settings.host, self.settings.port),
+            reader, self.writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    self.settings.host, self.settings.port, limit=HEADER_LINE_LIMIT
+                ),
                 self.settings.connect_timeout,
             )
+            self.reader = _GuardedReader(reader, self.mark_lost)
         except TimeoutError:
             raise EslTimeoutError(
                 f"ESL {where}: TCP connect timed out after {self.settings.connect_timeout:g} s"
@@ -397,6 +463,14 @@ class _Connection(Inbound):
         if content_type == "command/reply" and auth_reply is not None and not auth_reply.done():
             auth_reply.set_result(_first(frame.get("Reply-Text", "")))
             return
+        if not content_type:
+            # FreeSWITCH types every frame: this is stray bytes or a body read as headers, and
+            # the replies after it would be matched to the wrong commands
+            self.mark_lost("protocol error: a frame without Content-Type")
+            return
+        if content_type in ("command/reply", "api/response") and self.exchange.depth == 0:
+            self.mark_lost(f"protocol error: {content_type} to no command")
+            return
         if content_type == "text/rude-rejection":
             self.rejected = True
             self.mark_lost("rude-rejection")
@@ -415,6 +489,10 @@ class _Connection(Inbound):
                 self._on_event(self, event)
         elif content_type == "text/event-xml":
             log.warning("esl.xml_event_ignored", where=self.settings.host_port)
+        elif content_type not in _KNOWN_TYPES:
+            # a body read as headers, most likely: its reply is gone and every later reply
+            # would go to the command after its own
+            self.mark_lost(f"protocol error: unknown Content-Type {content_type[:60]!r}")
 
     def mark_lost(self, reason: str) -> None:
         if self.lost_reason is None:
