@@ -23,7 +23,7 @@ Examples::
 
     .venv/bin/python bench/sim_load.py waiting 2000
     .venv/bin/python bench/sim_load.py rate 500 --window 15
-    .venv/bin/python bench/sim_load.py waiting 500 --profile /tmp/sim.prof   # cProfile the sim
+    .venv/bin/python bench/sim_load.py waiting 500 --profile /tmp/sim.prof  # the window only
 
 Figures are for one machine at one moment; nothing here asserts a speed.
 """
@@ -78,10 +78,11 @@ class SimProcess:
     def start(self) -> None:
         password_file = Path(self._dir.name) / "password"
         password_file.write_text(PASSWORD + "\n")
-        prefix = [sys.executable]
-        if self.profile is not None:
-            prefix += ["-m", "cProfile", "-o", str(self.profile)]
-        args = [*prefix, "-m", "confguard.sim", "--host", HOST, "--port", str(self.port),
+        prefix = [sys.executable, "-m", "confguard.sim"]
+        if self.profile is not None:  # this script's own entry: cProfile during the window only
+            prefix = [sys.executable, str(Path(__file__).resolve()), "profiled-sim", "0",
+                      "--profile", str(self.profile), "--"]  # fmt: skip
+        args = [*prefix, "--host", HOST, "--port", str(self.port),
                 "--password-file", str(password_file), "--heartbeat", "20"]  # fmt: skip
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
@@ -93,6 +94,11 @@ class SimProcess:
                 return
             time.sleep(0.1)
         raise RuntimeError("the simulator did not start listening")
+
+    def profiling(self, on: bool) -> None:
+        """Start (on) or stop and write (off) the profile of a `--profile` simulator."""
+        if self.profile is not None and self.proc is not None:
+            self.proc.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
 
     @property
     def pid(self) -> int:
@@ -266,11 +272,34 @@ class Bench:
         self.finished.append(call)
 
 
-async def measure_cpu(pid: int, window: float) -> float:
+async def measure_cpu(sim: SimProcess, window: float) -> float:
     """The simulator's CPU % (of one core) over the next `window` seconds."""
-    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+    sim.profiling(True)
+    cpu0, wall0 = cpu_seconds(sim.pid), time.monotonic()
     await asyncio.sleep(window)
-    return 100.0 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+    cpu = 100.0 * (cpu_seconds(sim.pid) - cpu0) / (time.monotonic() - wall0)
+    sim.profiling(False)
+    return cpu
+
+
+def profiled_sim(profile: Path, sim_args: list[str]) -> int:
+    """Run `confguard sim` with a profiler that SIGUSR1 starts and SIGUSR2 stops and writes."""
+    import cProfile
+
+    from confguard.sim.cli import main as sim_main
+
+    profiler = cProfile.Profile()
+
+    def start(signum: int, frame: object) -> None:
+        profiler.enable()
+
+    def stop(signum: int, frame: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    return sim_main(sim_args)
 
 
 async def run_waiting(sim: SimProcess, args: argparse.Namespace) -> dict[str, object]:
@@ -298,7 +327,7 @@ async def run_waiting(sim: SimProcess, args: argparse.Namespace) -> dict[str, ob
         prompter = asyncio.create_task(reprompt(client, waiting, args.reprompt_every))
     await asyncio.sleep(args.settle)
     events0 = client.events_seen
-    cpu = await measure_cpu(sim.pid, args.window)
+    cpu = await measure_cpu(sim, args.window)
     events = client.events_seen - events0
     if prompter is not None:
         prompter.cancel()
@@ -351,8 +380,10 @@ async def run_rate(sim: SimProcess, args: argparse.Namespace) -> dict[str, objec
             owed -= 1
         if not wall0 and time.monotonic() - started >= 1.0:
             cpu0, wall0, finished0 = cpu_seconds(sim.pid), time.monotonic(), len(bench.finished)
+            sim.profiling(True)
         await asyncio.sleep(max(0.0, started + (placed / args.rate) - time.monotonic()))
     cpu1, wall1, finished1 = cpu_seconds(sim.pid), time.monotonic(), len(bench.finished)
+    sim.profiling(False)
     drain_deadline = time.monotonic() + args.ramp_timeout
     while bench.calls and time.monotonic() < drain_deadline:
         await asyncio.sleep(0.2)
@@ -393,6 +424,9 @@ async def run_rate(sim: SimProcess, args: argparse.Namespace) -> dict[str, objec
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["profiled-sim"]:
+        rest = sys.argv[sys.argv.index("--") + 1 :]
+        return profiled_sim(Path(sys.argv[sys.argv.index("--profile") + 1]), rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=("waiting", "rate"))
     parser.add_argument("amount", type=float, help="waiting: N calls; rate: R invites/s")

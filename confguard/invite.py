@@ -460,7 +460,9 @@ def _uuid(value: str) -> str:
 def build_originate(
     spec: InviteSpec, *, call_uuid: str, invite_id: str, wall_deadline: int
 ) -> str:
-    """``originate {vars}user/<ext> &park()`` with the hangup timer armed at invite time."""
+    """``originate {vars}user/<ext> '<waiting app>' inline`` with the hangup timer armed at
+    invite time: the answered call runs ``build_waiting_app``'s inline dialplan inside FreeSWITCH
+    (transcript 18: the originate transfers the answered leg to it)."""
     uuid = _uuid(call_uuid)
     if not _INVITE_ID_RE.fullmatch(invite_id):
         raise UsageError(f"invite_id must be 1-64 of 0-9 A-Z a-z _ . -: {invite_id!r}")
@@ -478,7 +480,9 @@ def build_originate(
         parts.append(f"origination_caller_id_number={spec.caller_id_number}")
     parts.extend(f"{name}={value}" for name, value in spec.variables.items())
     parts.append(f"api_on_originate='sched_hangup +{spec.timeout} {uuid} {spec.hangup_cause}'")
-    return "originate {" + ",".join(parts) + "}user/" + spec.extension + " &park()"
+    return (
+        "originate {" + ",".join(parts) + "}user/" + spec.extension + " " + build_waiting_app(spec)
+    )
 
 
 KEY_VARIABLE = "confguard_key"

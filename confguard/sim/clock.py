@@ -5,13 +5,24 @@ second lasts 0.1 real seconds, so a 30 s hangup timer fires after 3 real seconds
 time (`now`) starts at the real wall clock when the clock is made and then runs at the scaled
 rate; `monotonic` is the simulated seconds elapsed since then. Everything in the switch (event
 dates, scheduler runtimes, callee behaviour) reads this clock and waits through it.
+
+`call_later` keeps its own timers (a heap of (deadline, order) tuples, compared in C) and one
+event-loop timer for the earliest of them, instead of one event-loop timer each: with ten
+thousand calls each waiting on a timer, asyncio's heap of TimerHandles (compared by a Python
+`__lt__`) and its re-heaping of cancelled ones are most of the cost of waiting. Timers still run
+at their deadlines, in deadline order (equal deadlines: in the order set), each through its
+TimerHandle (its context, cancel(), and the loop's exception handler).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from collections.abc import Callable
+
+COMPACT_ABOVE = 1024  # cancelled timers are swept from the heap once it doubles past this
 
 
 class SimClock:
@@ -23,6 +34,12 @@ class SimClock:
         self.time_scale = float(time_scale)
         self._real_start = time.monotonic()
         self._epoch_start = time.time() if start_epoch is None else float(start_epoch)
+        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []  # (loop time, order, h)
+        self._order = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._wakeup_at = 0.0
+        self._compact_at = COMPACT_ABOVE
 
     def monotonic(self) -> float:
         """Simulated seconds since the clock was made (never goes back)."""
@@ -43,4 +60,46 @@ class SimClock:
     def call_later(self, sim_seconds: float, fn: Callable[[], object]) -> asyncio.TimerHandle:
         """Run `fn()` on the running loop after `sim_seconds` simulated seconds."""
         loop = asyncio.get_running_loop()
-        return loop.call_later(self.to_real(sim_seconds), fn)
+        if loop is not self._loop:  # a new loop (tests): the old one's timers are gone with it
+            self._timers.clear()
+            self._loop, self._wakeup = loop, None
+        when = loop.time() + self.to_real(sim_seconds)
+        handle = asyncio.TimerHandle(when, fn, (), loop)
+        heapq.heappush(self._timers, (when, next(self._order), handle))
+        if self._wakeup is None or when < self._wakeup_at:
+            self._arm(loop, when)
+        elif len(self._timers) > self._compact_at:
+            self._compact()
+        return handle
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+        self._wakeup_at = when
+        self._wakeup = loop.call_at(when, self._run_due)
+
+    def _run_due(self) -> None:
+        """The loop's timer for the earliest deadline: run every timer due by now, in order.
+        Timers set meanwhile (even with no delay) wait for the next loop iteration, as the
+        loop's own would."""
+        self._wakeup = None
+        loop = self._loop
+        if loop is None:
+            return
+        timers = self._timers
+        now = loop.time()
+        set_before = next(self._order)
+        while timers:
+            when, order, handle = timers[0]
+            if when > now or order > set_before:
+                self._arm(loop, when)
+                return
+            heapq.heappop(timers)
+            if not handle.cancelled():
+                handle._run()
+
+    def _compact(self) -> None:
+        """Drop cancelled timers (amortised: only when the heap has doubled since last time)."""
+        self._timers = [entry for entry in self._timers if not entry[2].cancelled()]
+        heapq.heapify(self._timers)
+        self._compact_at = max(COMPACT_ABOVE, 2 * len(self._timers))

@@ -331,6 +331,9 @@ class Connection:
         self._close_after_flush = False
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
         self._wake_pending = False
+        self._out: list[bytes] = []  # written this pass of the loop, not yet sent
+        self._out_size = 0
+        self._out_scheduled = False
 
     # ----------------------------------------------------------------- fan-in from the switch
 
@@ -449,11 +452,31 @@ class Connection:
         return frame  # type: ignore[return-value]
 
     async def _write(self, data: bytes) -> None:
+        """Queue `data` for the socket. What one pass of the event loop writes to this client
+        (the replies to a pipelined run of commands, events) goes out in one send at the end
+        of the pass instead of a send each; order is kept, and the transport's back-pressure
+        still holds this connection up when the client does not read."""
         await self.server.wait_unstalled()
         if self.closed or self.writer.is_closing():
             raise ConnectionResetError("connection closed")
-        self.writer.write(data)
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= WRITE_BATCH_BYTES:
+            self._send_out()
+        elif not self._out_scheduled:
+            self._out_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_out)
         await self.writer.drain()
+
+    def _send_out(self) -> None:
+        self._out_scheduled = False
+        if not self._out:
+            return
+        data = b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        if not self.writer.is_closing():
+            self.writer.write(data)
 
     async def _reply(self, text: str, extra: Sequence[tuple[str, str]] = ()) -> None:
         await self._write(wire.encode_command_reply(text, extra))
@@ -470,6 +493,7 @@ class Connection:
         self.closed = True
         self.server.forget(self)
         with contextlib.suppress(Exception):
+            self._send_out()
             self.writer.close()
         self._inbox.put_nowait(_EOF)
 
@@ -480,6 +504,7 @@ class Connection:
         self.closed = True
         self.server.forget(self)
         with contextlib.suppress(Exception):
+            self._send_out()  # what was written reaches the socket, as the transport would
             self.writer.transport.abort()
         self._inbox.put_nowait(_EOF)
 

@@ -1,0 +1,87 @@
+"""Tests of the simulator's clock (confguard.sim.clock): its own heap of timers behind one
+event-loop timer must run them as the loop's own timers would."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from confguard.sim.clock import COMPACT_ABOVE, SimClock
+
+
+async def test_timers_run_in_deadline_order_then_in_the_order_set() -> None:
+    clock = SimClock(0.001)  # a simulated second lasts 1 ms
+    ran: list[int] = []
+    delays = [random.Random(1).choice([0.0, 1.0, 2.0, 3.0]) for _ in range(200)]
+    for index, delay in enumerate(delays):
+        clock.call_later(delay, lambda index=index: ran.append(index))
+    await asyncio.sleep(0.02)
+    assert ran == sorted(range(200), key=lambda index: (delays[index], index))
+
+
+async def test_a_timer_runs_no_sooner_than_its_deadline_and_cancel_stops_it() -> None:
+    clock = SimClock(0.01)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    fired: list[float] = []
+    clock.call_later(2.0, lambda: fired.append(loop.time() - start))
+    cancelled = clock.call_later(1.0, lambda: fired.append(-1.0))
+    cancelled.cancel()
+    assert cancelled.cancelled()
+    await asyncio.sleep(0.05)
+    assert len(fired) == 1 and fired[0] >= 0.02
+
+
+async def test_a_timer_set_by_a_running_timer_waits_for_the_next_loop_iteration() -> None:
+    """As with loop.call_later(0, ...): a callback already ready (call_soon) runs first."""
+    clock = SimClock(1.0)
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    def first() -> None:
+        order.append("first")
+        loop.call_soon(lambda: order.append("soon"))
+        clock.call_later(0.0, lambda: order.append("zero-delay"))
+
+    clock.call_later(0.0, first)
+    await asyncio.sleep(0.01)
+    assert order == ["first", "soon", "zero-delay"]
+
+
+async def test_an_exception_goes_to_the_loop_handler_and_later_timers_still_run() -> None:
+    clock = SimClock(0.001)
+    loop = asyncio.get_running_loop()
+    errors: list[object] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+    ran: list[str] = []
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    clock.call_later(0.0, boom)
+    clock.call_later(0.0, lambda: ran.append("after"))
+    await asyncio.sleep(0.01)
+    assert ran == ["after"]
+    assert isinstance(errors[0], RuntimeError)
+
+
+async def test_cancelled_timers_do_not_pile_up() -> None:
+    clock = SimClock(1.0)
+    kept = [clock.call_later(3600.0, lambda: None) for _ in range(10)]
+    for _ in range(20 * COMPACT_ABOVE):
+        clock.call_later(3600.0, lambda: None).cancel()
+    assert len(clock._timers) <= 2 * COMPACT_ABOVE + len(kept)
+    assert not any(handle.cancelled() for handle in kept)
+
+
+def test_a_clock_moves_to_a_new_loop() -> None:
+    clock = SimClock(0.001)
+    ran: list[int] = []
+
+    async def use(tag: int) -> None:
+        clock.call_later(1.0, lambda: ran.append(tag))
+        await asyncio.sleep(0.01)
+
+    asyncio.run(use(1))
+    asyncio.run(use(2))
+    assert ran == [1, 2]
