@@ -209,19 +209,24 @@ async def test_join_target_missing_is_failed(peer, daemon) -> None:  # type: ign
     await assert_settled(peer, daemon, updates[0]["uuid"], "failed")
 
 
-async def test_prompt_is_played_until_the_key(peer, daemon, link) -> None:  # type: ignore[no-untyped-def]
+async def test_prompt_is_played_by_freeswitch_until_the_key(peer, daemon, link) -> None:  # type: ignore[no-untyped-def]
+    """The originate hands the prompt loop to FreeSWITCH (play_and_get_digits, then park): the
+    prompt is in the waiting app, the daemon sends no uuid_broadcast, and the key pressed 1.5 s
+    after the answer, inside the loop, joins the callee."""
     prompt = "tone_stream://%(100,100,350)"
     status, updates = await invite(
         daemon, "1000", "--room", ROOM, "--timeout", "10", "--prompt", prompt
     )
     assert status == 0
     call_uuid = updates[0]["uuid"]
-    broadcasts = [
-        (cmd, reply) for cmd, reply in link.api_replies()
-        if cmd.startswith(f"api uuid_broadcast {call_uuid} ")
-    ]
-    assert broadcasts, link.commands()
-    assert broadcasts[0] == (f"api uuid_broadcast {call_uuid} {prompt} aleg", "+OK Message sent\n")
+    originates = [cmd for cmd in link.commands() if f"origination_uuid={call_uuid}," in cmd]
+    assert len(originates) == 1, link.commands()
+    assert originates[0].endswith(
+        f"}}user/1000 'm:|:play_and_get_digits:1 1 11 5000 # {prompt} silence_stream://250 "
+        "confguard_key ^[1]$|park' inline"
+    )
+    assert not [cmd for cmd in link.commands() if cmd.startswith("api uuid_broadcast ")]
+    await assert_settled(peer, daemon, call_uuid, "joined")
 
 
 async def test_several_extensions_at_once(peer, daemon) -> None:  # type: ignore[no-untyped-def]

@@ -183,7 +183,8 @@ def test_start_adds_filters_before_the_originate_and_arms_the_timer_inside_frees
         "origination_caller_id_name='Conf Guard',origination_caller_id_number=+4930,"
         "sim_answer_after=1,"
         f"api_on_originate='sched_hangup +30 {U} ALLOTTED_TIMEOUT'"
-        "}user/1000 &park()"
+        "}user/1000 'm:|:play_and_get_digits:1 1 31 5000 # silence silence_stream://250 "
+        "confguard_key ^[1]$|park' inline"
     )
     assert commands[4] == StateChanged(State.PLACING, State.PLACING, commands[4].detail)  # type: ignore[union-attr]
     assert commands[5] == WakeAt(T0 + 30 + 3.0, commands[5].reason)  # type: ignore[union-attr]
@@ -191,17 +192,27 @@ def test_start_adds_filters_before_the_originate_and_arms_the_timer_inside_frees
 
 
 def test_originate_has_the_shape_of_the_recorded_one(transcripts_dir: Path) -> None:
-    """Same framing as 02-events-plain: `originate {origination_uuid=U,...}user/1000 &park()`."""
-    recorded = next(
-        json.loads(line)["data"]
-        for line in (transcripts_dir / "02-events-plain.jsonl").read_text().splitlines()
-        if json.loads(line)["dir"] == "C->S" and "originate" in json.loads(line)["data"]
-    )
-    recorded_line = recorded.split("\n", 1)[0]
+    """Same framing as 18-waiting-app-play-and-get-digits, which the real switch ran (the key,
+    then park): `originate {origination_uuid=U,...}user/EXT 'm:|:...|park' inline`."""
+    recorded_lines = [
+        json.loads(line)["data"].split("\n", 1)[0]
+        for line in (transcripts_dir / "18-waiting-app-play-and-get-digits.jsonl")
+        .read_text()
+        .splitlines()
+        if json.loads(line)["dir"].startswith("C->S") and "originate" in json.loads(line)["data"]
+    ]
+    assert len(recorded_lines) == 2
+    # The recording's second call: the daemon's default prompt, reprompt_interval 1 s.
+    recorded_line = recorded_lines[1]
     assert recorded_line.startswith("bgapi originate {origination_uuid=")
-    ours = build_originate(spec(), call_uuid=U, invite_id="x", wall_deadline=1)
+    ours = build_originate(
+        spec(extension="1001", reprompt_interval=1.0), call_uuid=U, invite_id="x", wall_deadline=1
+    )
     assert ("bgapi " + ours).split("{", 1)[0] == recorded_line.split("{", 1)[0]
-    assert ours.rsplit("}", 1)[1] == recorded_line.rsplit("}", 1)[1] == "user/1000 &park()"
+    assert ours.rsplit("}", 1)[1] == recorded_line.rsplit("}", 1)[1] == (
+        "user/1001 'm:|:play_and_get_digits:1 1 31 1000 # silence silence_stream://250 "
+        "confguard_key ^[1]$|park' inline"
+    )
     assert ours.count("{") == ours.count("}") == 1
 
 

@@ -307,12 +307,26 @@ async def login(
     return conn
 
 
-def daemon_originate(call_uuid: str, extension: str, *, timeout: int = 30) -> str:
+def daemon_originate(
+    call_uuid: str,
+    extension: str,
+    *,
+    timeout: int = 30,
+    prompt: str | None = None,
+    reprompt_interval: float = 5.0,
+) -> str:
     """The originate confguard's daemon sends (`invite.build_originate`), for invite `rec1`.
 
     Transcripts 13, 14 and 16 were recorded before this called the builder, with the timer
-    cause NO_USER_RESPONSE; the builder gives the daemon's own (ALLOTTED_TIMEOUT)."""
-    spec = InviteSpec(extension=extension, room="test1", timeout=timeout)
+    cause NO_USER_RESPONSE and `&park()`; the builder gives the daemon's own (ALLOTTED_TIMEOUT,
+    the waiting app `invite.build_waiting_app`, from transcript 18 on)."""
+    spec = InviteSpec(
+        extension=extension,
+        room="test1",
+        timeout=timeout,
+        prompt=prompt,
+        reprompt_interval=reprompt_interval,
+    )
     return build_originate(spec, call_uuid=call_uuid, invite_id="rec1",
                            wall_deadline=1_900_000_000)
 
@@ -578,6 +592,130 @@ async def scenario_xml_locate(recorder: Recorder) -> None:
     await conn.close()
 
 
+WAITING_APP_COMMENT = """\
+18 The daemon's originate with the waiting app (invite.build_originate / build_waiting_app):
+`originate {...}user/EXT 'm:|:play_and_get_digits:1 1 TRIES MS # PROMPT silence_stream://250
+confguard_key ^[1]$|park' inline` -- FreeSWITCH plays the prompt, waits MS for one key, stores
+a matching key in confguard_key (a wrong one in confguard_key_invalid, then the invalid file and
+another try), then parks.
+conn 'watcher': event plain CHANNEL_EXECUTE CHANNEL_EXECUTE_COMPLETE CHANNEL_HANGUP_COMPLETE (the
+app sequence). conn 'daemon': the daemon's subscription (engine.SUBSCRIBED_EVENTS) and filters
+(esl.PERMANENT_FILTERS, then Unique-ID U, Job-UUID J, Task-Group U per call).
+Call A: user 1001 with sim_dtmf=9@1.5;1@3.5 (a wrong key, then the key; seconds after the
+answer), prompt tone_stream://%(250,250,440);loops=2 (1 s), MS 5000: `uuid_dump A json` and
+`uuid_getvar A confguard_key` while the first try runs, the DTMF 9 (confguard_key_invalid=9, the
+invalid file, a new try), the DTMF 1 (play_and_get_digits completes, park runs), `uuid_dump A
+json` and uuid_getvar of confguard_key / confguard_key_invalid while parked; then what the daemon
+does on the key: `sched_del A`, `uuid_transfer A conference:test1 inline`; `uuid_exists A` (after
+the floor-change).
+Call B: user 1001 silent, the daemon's default prompt (`silence`: nothing played), MS 1000: no
+key for 4.5 s (several tries), `uuid_dump B json`, then `sched_del B`, `uuid_transfer B
+conference:test1 inline` (play_and_get_digits completes, park never runs). Then both calls are
+killed, 0.3 s apart (B gets the floor when A leaves); `uuid_exists` of a dead uuid (A) and of one
+that never existed."""
+
+WAITING_PROMPT = "tone_stream://%(250,250,440);loops=2"
+
+
+async def waiting_call(
+    recorder: Recorder,
+    daemon: Connection,
+    call_uuid: str,
+    command: str,
+    note: str,
+) -> None:
+    """The daemon's filters for a new call, then its bgapi originate, until the BACKGROUND_JOB."""
+    job_uuid = str(uuidlib.uuid4())
+    for header, value in (("Unique-ID", call_uuid), ("Job-UUID", job_uuid),
+                          ("Task-Group", call_uuid)):  # fmt: skip
+        await daemon.command(f"filter {header} {value}")
+    recorder.note(f"originate with origination_uuid={call_uuid} Job-UUID={job_uuid} {note}")
+    since = len(daemon.events)
+    reply = await daemon.command(f"bgapi {command}", [("Job-UUID", job_uuid)])
+    if not reply.startswith("+OK Job-UUID"):
+        raise RecordingError(f"bgapi: {reply!r}")
+    job = await daemon.wait_event("BACKGROUND_JOB", since=since, Job_UUID=job_uuid)
+    if job.body is None or not job.body.startswith(b"+OK"):
+        raise RecordingError(f"originate failed: {job.body!r}")
+
+
+async def transfer_to_room(daemon: Connection, watcher: Connection, call_uuid: str) -> None:
+    """What the daemon does once it has the key: delete the timers, transfer into the room."""
+    await daemon.api(f"sched_del {call_uuid}")
+    since = len(watcher.events)
+    reply = await daemon.api(f"uuid_transfer {call_uuid} conference:test1 inline")
+    if reply != "+OK\n":
+        raise RecordingError(f"uuid_transfer: {reply!r}")
+    await watcher.wait_event(
+        "CHANNEL_EXECUTE", since=since, Unique_ID=call_uuid, Application="conference"
+    )
+
+
+async def scenario_waiting_app(recorder: Recorder) -> None:
+    watcher = await login(
+        recorder, "watcher", "CHANNEL_EXECUTE CHANNEL_EXECUTE_COMPLETE CHANNEL_HANGUP_COMPLETE"
+    )
+    daemon = await login(recorder, "daemon")
+    for header, value in PERMANENT_FILTERS:
+        await daemon.command(f"filter {header} {value}")
+
+    call_a = str(uuidlib.uuid4())
+    command = daemon_originate(call_a, "1001", prompt=WAITING_PROMPT).replace(
+        "}user/", ",sim_dtmf=9@1.5;1@3.5}user/"
+    )
+    since = len(daemon.events)
+    await waiting_call(recorder, daemon, call_a, command, "user 1001 (presses 9, then 1)")
+    await watcher.wait_event(
+        "CHANNEL_EXECUTE", Unique_ID=call_a, Application="play_and_get_digits"
+    )
+    await asyncio.sleep(0.3)
+    await daemon.api(f"uuid_dump {call_a} json")
+    await daemon.api(f"uuid_getvar {call_a} confguard_key")
+    await daemon.wait_event("DTMF", since=since, Unique_ID=call_a, DTMF_Digit="9")
+    await daemon.wait_event("DTMF", since=since, Unique_ID=call_a, DTMF_Digit="1")
+    await watcher.wait_event("CHANNEL_EXECUTE", Unique_ID=call_a, Application="park")
+    await asyncio.sleep(0.3)
+    await daemon.api(f"uuid_dump {call_a} json")
+    key = await daemon.api(f"uuid_getvar {call_a} confguard_key")
+    invalid = await daemon.api(f"uuid_getvar {call_a} confguard_key_invalid")
+    if (key, invalid) != ("1", "9"):
+        raise RecordingError(f"confguard_key {key!r}, confguard_key_invalid {invalid!r}")
+    since = len(daemon.events)
+    await transfer_to_room(daemon, watcher, call_a)
+    # After the conference's floor-change (which comes some 20-30 ms after add-member), so the
+    # recorded order of reply and event is not a race.
+    await daemon.wait_event("CUSTOM", since=since, Unique_ID=call_a, Action="floor-change")
+    await daemon.api(f"uuid_exists {call_a}")
+    await asyncio.sleep(0.5)
+
+    call_b = str(uuidlib.uuid4())
+    command = daemon_originate(call_b, "1001", reprompt_interval=1.0)
+    await waiting_call(recorder, daemon, call_b, command, "user 1001 (silent)")
+    await watcher.wait_event(
+        "CHANNEL_EXECUTE", Unique_ID=call_b, Application="play_and_get_digits"
+    )
+    await asyncio.sleep(4.5)
+    await daemon.api(f"uuid_dump {call_b} json")
+    await transfer_to_room(daemon, watcher, call_b)
+    await asyncio.sleep(0.5)
+
+    for call_uuid in (call_a, call_b):
+        since = len(watcher.events)
+        await hang_up(daemon, call_uuid)
+        await watcher.wait_event("CHANNEL_HANGUP_COMPLETE", since=since, Unique_ID=call_uuid)
+        # The floor passes to B 20-30 ms after A left: B's hangup waits for that.
+        await asyncio.sleep(0.3)
+    dead = await daemon.api(f"uuid_exists {call_a}")
+    never = str(uuidlib.uuid4())
+    recorder.note(f"a uuid that never existed: {never}")
+    await daemon.api(f"uuid_exists {never}")
+    if dead != "false":
+        raise RecordingError(f"uuid_exists of a dead call: {dead!r}")
+    await asyncio.sleep(0.3)
+    await daemon.close()
+    await watcher.close()
+
+
 Scenario = Callable[[Recorder], Awaitable[None]]
 SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "13-broadcast-tone-stream-aleg": (scenario_broadcast, BROADCAST_COMMENT),
@@ -585,6 +723,7 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "15-show-tasks-two-in-group-sched-del": (scenario_tasks, TASKS_COMMENT),
     "16-callees-that-do-not-stay": (scenario_failures, FAILURES_COMMENT),
     "17-xml-locate": (scenario_xml_locate, XML_LOCATE_COMMENT),
+    "18-waiting-app-play-and-get-digits": (scenario_waiting_app, WAITING_APP_COMMENT),
 }
 
 
