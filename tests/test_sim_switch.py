@@ -415,3 +415,99 @@ def test_ring_time_limit_counts_whole_seconds(start: float, timeout: int, rings:
     from confguard.sim.switch import ring_time_limit
 
     assert ring_time_limit(start, timeout) - start == pytest.approx(rings, abs=1e-6)
+
+
+# ------------------------------------------------------------------ the inline waiting app
+
+WAITING = (
+    "'m:|:play_and_get_digits:1 1 3 1000 # tone_stream://%(250,250,440);loops=2 "
+    "silence_stream://250 confguard_key ^[1]$|park' inline"
+)
+
+
+def executes(published: list[SimEvent]) -> list[tuple[str, str]]:
+    """(event name, Application) of the call's CHANNEL_EXECUTE / _COMPLETE events, in order."""
+    out = []
+    for event in published:
+        if event.name in ("CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE"):
+            out.append((event.name, dict(event.headers)["Application"]))
+    return out
+
+
+def test_inline_dialplan_parses_both_separators() -> None:
+    from confguard.sim.switch import parse_inline_dialplan
+
+    assert parse_inline_dialplan("m:|:play_and_get_digits:1 1 %(1,2,3)|park") == [
+        ("play_and_get_digits", "1 1 %(1,2,3)"), ("park", None),
+    ]  # fmt: skip
+    assert parse_inline_dialplan("set:a=b,conference(test1),park") == [
+        ("set", "a=b"), ("conference", "test1"), ("park", None),
+    ]  # fmt: skip
+
+
+async def test_waiting_app_refuses_a_wrong_key_then_takes_the_key_and_parks(switch) -> None:
+    sw, published = switch
+    reply = await sw.api(
+        f"originate {{origination_uuid={U},sim_answer_after=0,sim_dtmf=9@0.5;1@2.5}}user/1001 "
+        + WAITING
+    )
+    assert reply == f"+OK {U}\n"
+    assert executes(published) == [("CHANNEL_EXECUTE", "play_and_get_digits")]
+    assert await sw.api(f"uuid_getvar {U} current_application") == "play_and_get_digits"
+    assert await sw.api(f"uuid_getvar {U} confguard_key") == "_undef_"
+    await until(sw, lambda: len(executes(published)) == 3)
+    assert executes(published) == [
+        ("CHANNEL_EXECUTE", "play_and_get_digits"),
+        ("CHANNEL_EXECUTE_COMPLETE", "play_and_get_digits"),
+        ("CHANNEL_EXECUTE", "park"),
+    ]
+    names = [event.name for event in published]
+    # Every key fires DTMF; the key's comes just before the completion.
+    assert names.count("DTMF") == 2
+    assert names.index("CHANNEL_EXECUTE_COMPLETE") == len(names) - 2
+    assert names[-3] == "DTMF"
+    assert await sw.api(f"uuid_getvar {U} confguard_key") == "1"
+    assert await sw.api(f"uuid_getvar {U} confguard_key_invalid") == "9"
+    dump = json.loads(await sw.api(f"uuid_dump {U} json"))
+    assert dump["variable_current_application"] == "park"
+    assert "variable_current_application_data" not in dump
+    assert dump["variable_read_result"] == "success"
+    assert dump["Caller-Dialplan"] == "inline"
+    # A transfer moves the parked call on, as with &park().
+    assert await sw.api(f"uuid_transfer {U} conference:test1 inline") == "+OK\n"
+    await until(sw, lambda: sw.conferences.get("test1") is not None)
+    assert executes(published)[-2:] == [
+        ("CHANNEL_EXECUTE_COMPLETE", "park"), ("CHANNEL_EXECUTE", "conference"),
+    ]  # fmt: skip
+
+
+async def test_waiting_app_without_a_key_parks_after_its_tries(switch) -> None:
+    """Three tries of prompt 1 s + wait 1 s + invalid 0.25 s: park 6.75 s after the start."""
+    sw, published = switch
+    await sw.api(f"originate {{origination_uuid={U},sim_answer_after=0}}user/1001 " + WAITING)
+    started = sw.clock.now()
+    await until(sw, lambda: ("CHANNEL_EXECUTE", "park") in executes(published))
+    # (not a fourth try: that would end at 9 s)
+    assert 6.75 <= sw.clock.now() - started < 9.0
+    assert await sw.api(f"uuid_getvar {U} read_result") == "failure"
+    assert await sw.api(f"uuid_getvar {U} confguard_key") == "_undef_"
+    assert await sw.api(f"uuid_getvar {U} playback_ms") == "250"
+
+
+async def test_a_transfer_ends_the_waiting_app_and_park_never_runs(switch) -> None:
+    sw, published = switch
+    await sw.api(f"originate {{origination_uuid={U},sim_answer_after=0}}user/1001 " + WAITING)
+    await sw.clock.sleep(1.5)  # in the first try's wait
+    assert await sw.api(f"uuid_transfer {U} conference:test1 inline") == "+OK\n"
+    await until(sw, lambda: sw.conferences.get("test1") is not None)
+    await sw.clock.sleep(8.0)  # past where the tries would have ended
+    assert executes(published) == [
+        ("CHANNEL_EXECUTE", "play_and_get_digits"),
+        ("CHANNEL_EXECUTE_COMPLETE", "play_and_get_digits"),
+        ("CHANNEL_EXECUTE", "conference"),
+    ]
+    assert await sw.api(f"uuid_getvar {U} read_result") == "failure"
+    assert await sw.api(f"uuid_exists {U}") == "true"
+    await sw.api(f"uuid_kill {U}")
+    await until(sw, lambda: U not in sw.channels)
+    assert await sw.api(f"uuid_exists {U}") == "false"
