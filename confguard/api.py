@@ -62,7 +62,10 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
         raise BadInput("extensions", str(extensions)[:80], "a non-empty list of extensions")
     if len(extensions) > MAX_EXTENSIONS:
         raise BadInput("extensions", str(len(extensions)), f"at most {MAX_EXTENSIONS} at once")
-    if len(set(map(str, extensions))) != len(extensions):
+    for extension in extensions:
+        if not isinstance(extension, str):  # null would otherwise be dialled as user/None
+            raise BadInput("extension", str(extension)[:80], "each extension is a string")
+    if len(set(extensions)) != len(extensions):
         raise BadInput("extensions", ",".join(map(str, extensions))[:80], "listed twice")
     room = body.get("room")
     if not isinstance(room, str):
@@ -76,7 +79,8 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise BadInput(name, str(value), "a whole number of seconds")
-    variables = body.get("variables") or {}
+    variables = body.get("variables")
+    variables = {} if variables is None else variables
     if not isinstance(variables, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in variables.items()
     ):

@@ -47,6 +47,14 @@ USAGE_HINT_NO_DAEMON = (
 )
 
 
+def _seconds_flag(text: str) -> int:
+    """A whole number of seconds as typed: ASCII digits only (int() would also take ' 30\n',
+    '3_0' or other scripts' digits)."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text[:40]!r}")
+    return int(text)
+
+
 def _invite_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The control-API request body for `confguard invite` (absent flags are left to the daemon)."""
     from confguard.api import REQUEST_FIELDS
@@ -474,8 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("extensions", nargs="+", metavar="EXTENSION")
     p.add_argument("--room", required=True, help="conference room, e.g. test1 or test1@default")
-    p.add_argument("--timeout", type=int, help="seconds from the invite to press the key (1-3600)")
-    p.add_argument("--ring-timeout", type=int, help="seconds the phone may ring (<= --timeout)")
+    p.add_argument("--timeout", type=_seconds_flag,
+                   help="seconds from the invite to press the key (1-3600)")
+    p.add_argument("--ring-timeout", type=_seconds_flag,
+                   help="seconds the phone may ring (<= --timeout)")
     p.add_argument("--key", help="the key that joins (default 1)")
     p.add_argument("--decline-key", help="a key that declines (hangs up at once)")
     p.add_argument("--prompt", help="sound file or tone_stream:// / silence_stream:// URL")

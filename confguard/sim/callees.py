@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class CalleeMode(StrEnum):
@@ -105,6 +106,10 @@ def default_directory() -> dict[str, CalleeSpec]:
     return users
 
 
+_DEFAULT_DIRECTORY: Mapping[str, CalleeSpec] = MappingProxyType(default_directory())
+"""Read by every originate when the config names no users (the specs are frozen)."""
+
+
 def parse_dtmf_plan(text: str) -> tuple[tuple[str, float], ...]:
     """`1@2;2@3.5` -> (("1", 2.0), ("2", 3.5)); raises CalleeError."""
     plan: list[tuple[str, float]] = []
@@ -164,7 +169,7 @@ def resolve_callee(
     variables: Mapping[str, str],
 ) -> CalleeSpec | None:
     """The behaviour for one call to `extension`; None when the user does not exist."""
-    directory = default_directory() if users is None else users
+    directory = _DEFAULT_DIRECTORY if users is None else users
     base = directory.get(extension)
     if base is None:
         return None

@@ -110,10 +110,14 @@ class SimEvent:
         if values is None:
             # One lower() over all the names at once; a header name never holds a newline.
             backwards = self.headers[::-1]
-            names = "\n".join([name for name, _ in backwards]).lower().split("\n")
-            if len(names) == len(backwards):
-                values = dict(zip(names, [value for _, value in backwards], strict=True))
-            else:  # no headers at all (or, impossible on the wire, a newline in a name)
+            if backwards:
+                names, firsts = zip(*backwards, strict=True)
+                lowered = "\n".join(names).lower().split("\n")
+            else:
+                lowered, firsts = [], ()
+            if len(lowered) == len(backwards):
+                values = dict(zip(lowered, firsts, strict=True))
+            else:  # impossible on the wire: a newline in a header name
                 values = {name.lower(): value for name, value in backwards}
             self.derived["first_values"] = values
         return values  # type: ignore[return-value]

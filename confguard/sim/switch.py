@@ -80,28 +80,17 @@ ORIGINATE_USAGE = (
 )
 
 
+_ARG_RE = re.compile(r"(?:[^ ']+|'[^']*'?)+")  # a word: unquoted runs and 'quoted parts'
+_DIAL_MARKS_RE = re.compile(r"[{}']")
+_DIAL_COMMAS_RE = re.compile(r"[,']")
+
+
 def split_args(text: str, *, keep_quotes: bool = False) -> list[str]:
     """Split on spaces; single quotes group (and are removed unless `keep_quotes`)."""
-    args: list[str] = []
-    current: list[str] = []
-    quoted = False
-    has_token = False
-    for char in text:
-        if char == "'":
-            quoted = not quoted
-            has_token = True
-            if keep_quotes:
-                current.append(char)
-        elif char == " " and not quoted:
-            if has_token:
-                args.append("".join(current))
-            current, has_token = [], False
-        else:
-            current.append(char)
-            has_token = True
-    if has_token:
-        args.append("".join(current))
-    return args
+    if "'" not in text:
+        return [word for word in text.split(" ") if word]
+    words = _ARG_RE.findall(text)
+    return words if keep_quotes else [word.replace("'", "") for word in words]
 
 
 def parse_dial_string(dial: str) -> tuple[dict[str, str], str]:
@@ -110,7 +99,8 @@ def parse_dial_string(dial: str) -> tuple[dict[str, str], str]:
     if not dial.startswith("{"):
         return variables, dial
     depth, quoted, end = 0, False, -1
-    for index, char in enumerate(dial):
+    for mark in _DIAL_MARKS_RE.finditer(dial):  # only braces and quotes matter here
+        char = mark.group()
         if char == "'":
             quoted = not quoted
         elif not quoted and char == "{":
@@ -118,24 +108,20 @@ def parse_dial_string(dial: str) -> tuple[dict[str, str], str]:
         elif not quoted and char == "}":
             depth -= 1
             if depth == 0:
-                end = index
+                end = mark.start()
                 break
     if end < 0:
         return variables, dial
     body, rest = dial[1:end], dial[end + 1 :]
     parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in body:
-        if char == "'":
+    start, quoted = 0, False
+    for mark in _DIAL_COMMAS_RE.finditer(body):  # commas outside quotes split
+        if mark.group() == "'":
             quoted = not quoted
-            current.append(char)
-        elif char == "," and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
+        elif not quoted:
+            parts.append(body[start : mark.start()])
+            start = mark.end()
+    parts.append(body[start:])
     for part in parts:
         name, sep, value = part.partition("=")
         if not sep or not name.strip():

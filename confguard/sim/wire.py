@@ -154,7 +154,8 @@ def encode_event(
 
 def serialize_plain(headers: Sequence[tuple[str, str]], body: str | None) -> bytes:
     """`Name: url-encoded value` lines; a body follows its own Content-Length and a blank line."""
-    parts = [f"{name}: {url_encode(value)}\n" for name, value in headers]
+    names, values = _unzip(headers)
+    parts = list(map(_PLAIN_LINE.format, names, map(url_encode, values)))
     body_bytes = to_bytes(body) if body else b""
     if body_bytes:
         parts.append(f"Content-Length: {len(body_bytes)}\n\n")
@@ -169,16 +170,35 @@ def serialize_json(headers: Sequence[tuple[str, str]], body: str | None) -> byte
     if body is not None:
         pairs.append(("Content-Length", str(len(to_bytes(body)))))
         pairs.append(("_body", body))
-    names = _JSON_NAMES
-    members: list[str] = []
-    for name, value in pairs:
-        key = names.get(name)
-        if key is None:
-            key = _json_string(name) + ":"
-            if len(names) < _JSON_NAMES_KEPT:
-                names[name] = key
-        members.append(key + _json_value(value))
-    return to_bytes("{" + ",".join(members) + "}")
+    names, values = _unzip(pairs)
+    kept = _JSON_NAMES
+    keys = [kept.get(name) or _json_key(name) for name in names]
+    encoded = list(map(_json_string, values))
+    if any(map(_is_array, values)):
+        encoded = [_json_value(value) for value in values]
+    return to_bytes("{" + ",".join(map(str.__add__, keys, encoded)) + "}")
+
+
+def _unzip(pairs: Sequence[tuple[str, str]]) -> tuple[Sequence[str], Sequence[str]]:
+    """([names], [values]) of the header pairs, in one C pass."""
+    if not pairs:
+        return (), ()
+    names, values = zip(*pairs, strict=True)
+    return names, values
+
+
+_PLAIN_LINE = "{}: {}\n"
+
+
+def _is_array(value: str) -> bool:
+    return value.startswith(ARRAY_PREFIX)
+
+
+def _json_key(name: str) -> str:
+    key = _json_string(name) + ":"
+    if len(_JSON_NAMES) < _JSON_NAMES_KEPT:
+        _JSON_NAMES[name] = key
+    return key
 
 
 # `json.dumps(text, ensure_ascii=False)` for a str, without building an encoder per call.
