@@ -3,7 +3,7 @@
 Owns: placing invites at an offered rate (one `POST /invites` each, HTTP/JSON over the daemon's
 Unix socket, the way `confguard invite` does), telling when the daemon falls behind, filling the
 daemon with K callees that answer and wait, and reading the daemon's JSON log (outcomes,
-timestamps, the `key_to_sched_del_ms` / `key_to_joined_ms` fields) as it grows.
+timestamps, the `key_to_timers_gone_ms` / `key_to_joined_ms` fields) as it grows.
 
 Callees are directory users whose behaviour is set per call with `sim_*` variables in the
 originate's `{}` (the simulator and the real switch's callee.lua read the same names):
@@ -79,8 +79,8 @@ class DaemonLog:
             record = self.invites.setdefault(entry["invite"], {})
             state = entry.get("state")
             record[f"at_{state}"] = wall_of(entry["timestamp"])
-            if "key_to_sched_del_ms" in entry:
-                record["key_to_sched_del_ms"] = entry["key_to_sched_del_ms"]
+            if "key_to_timers_gone_ms" in entry:
+                record["key_to_timers_gone_ms"] = entry["key_to_timers_gone_ms"]
             if "key_to_joined_ms" in entry:
                 record["key_to_joined_ms"] = entry["key_to_joined_ms"]
             if entry.get("outcome"):

@@ -232,8 +232,8 @@ class Bench:
             "peer_ms_per_invite": 1000 * peer_cpu / done if done and peer_cpu > 0 else None,
             "daemon_ms_per_invite_raw": 1000 * (d1 - d0) / done if done else None,
             "peer_ms_per_invite_raw": 1000 * (p1 - p0) / done if done else None,
-            "key_to_sched_del_ms": percentiles(
-                [r["key_to_sched_del_ms"] for r in joined if "key_to_sched_del_ms" in r]),
+            "key_to_timers_gone_ms": percentiles(
+                [r["key_to_timers_gone_ms"] for r in joined if "key_to_timers_gone_ms" in r]),
             "key_to_joined_ms": percentiles(
                 [r["key_to_joined_ms"] for r in joined if "key_to_joined_ms" in r]),
         }
@@ -306,7 +306,7 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
 def table(results: dict[str, Any]) -> str:
     lines = []
     head = (f"{'peer':<5} {'K':>5} {'rate':>5} {'done/s':>7} {'daemon':>7} {'peer':>7} "
-            f"{'d/p':>5} {'key>sched_del ms':>20} {'key>joined ms':>20} {'joined':>9}  note")
+            f"{'d/p':>5} {'key>timers gone ms':>20} {'key>joined ms':>20} {'joined':>9}  note")
     lines += [head, f"{'':<5} {'':>5} {'/s':>5} {'':>7} {'ms/inv':>7} {'ms/inv':>7} {'':>5} "
               f"{'p50/p99/max':>20} {'p50/p99/max':>20} {'/offered':>9}", "-" * len(head)]
     for peer, data in results["peers"].items():
@@ -316,7 +316,7 @@ def table(results: dict[str, Any]) -> str:
         for step in data["steps"]:
             ratio = (step["daemon_ms_per_invite"] / step["peer_ms_per_invite"]
                      if step["daemon_ms_per_invite"] and step["peer_ms_per_invite"] else None)
-            sd, kj = step["key_to_sched_del_ms"], step["key_to_joined_ms"]
+            sd, kj = step["key_to_timers_gone_ms"], step["key_to_joined_ms"]
             lat = lambda p: f"{fmt(p['p50'])}/{fmt(p['p99'])}/{fmt(p['max'], '.1f')}"  # noqa: E731
             note = f"behind: {step['behind']}" if step["behind"] else ""
             others = {k: v for k, v in step["outcomes"].items() if k != "joined"}

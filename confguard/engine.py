@@ -28,7 +28,6 @@ import structlog
 from confguard.esl import EslCommandError, EslConnectionLost, EslError, EslNotConnected
 from confguard.invite import (
     LOST_REPLY,
-    SHOW_TASKS,
     AddFilter,
     DelFilter,
     Finished,
@@ -115,10 +114,9 @@ class InviteRun:
     outcome: Outcome | None = None
     cause: str | None = None
     key_at: float | None = None
-    # time.perf_counter() at the key and at handing its sched_del to the session: the latency
-    # fields of the joining/joined log lines (loop.time() under uvloop is cached, ms-coarse).
+    # time.perf_counter() when the key's news reached the engine: the latency fields of the
+    # joining/joined log lines (loop.time() under uvloop is cached, ms-coarse).
     key_mark: float | None = None
-    sched_del_mark: float | None = None
     final: asyncio.Future[dict[str, Any]] | None = None
     # The originate reached the switch (its bgapi was answered, or the channel was found), or
     # there is none to send (adopted). Until then a resync has nothing to ask about.
@@ -161,7 +159,6 @@ class Engine:
     ) -> None:
         self._session: Session | None = None
         self._reconnect_wait = reconnect_wait
-        self._shared: dict[str, asyncio.Future[str]] = {}  # in-flight read-only api commands
         self._journal = journal
         self._metrics = metrics
         self._wall = wall
@@ -461,10 +458,8 @@ class Engine:
             elif isinstance(command, SendBgapi):
                 await self._originate(run, command)
             elif isinstance(command, SendApi):
-                if run.sched_del_mark is None and command.tag.startswith("sched_del#"):
-                    run.sched_del_mark = time.perf_counter()
                 try:
-                    reply = await self._api(command.command)
+                    reply = await session.api(command.command)
                 except EslCommandError as exc:
                     reply = f"-ERR {exc}"  # refused by FreeSWITCH: its answer
                 except EslError as exc:
@@ -482,21 +477,10 @@ class Engine:
                 error=str(exc),
             )
 
-    async def _api(self, command: str) -> str:
-        """`api`; a read-only query already in flight (``show tasks``) is shared, not repeated."""
-        if command != SHOW_TASKS:
-            return await self.session.api(command)
-        shared = self._shared.get(command)
-        if shared is None:
-            shared = asyncio.ensure_future(self.session.api(command))
-            self._shared[command] = shared
-            shared.add_done_callback(lambda done: self._shared.pop(command, None))
-        return await asyncio.shield(shared)
-
     async def _originate(self, run: InviteRun, command: SendBgapi) -> None:
         """Write the originate once. Not connected: wait for the link (up to reconnect_wait),
-        then send it. Lost while being written: after the reconnect, our origination uuid tells
-        whether it reached the switch (the channel exists: follow it) or not (ends lost)."""
+        then send it; never sent by then: the invite ends failed, NOT_SENT. Lost while being
+        written: never sent twice -- followed as placed (see below)."""
         session = self.session
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._reconnect_wait
@@ -518,40 +502,18 @@ class Engine:
                 self._job_result(run, command, f"-ERR {exc}")
                 return
             except EslConnectionLost:
-                await self._find_originate(run)
+                # Written or not: unknown. FreeSWITCH may still run it (its bgapi queue), so
+                # the call is followed as if it went out: the reconnect's resync asks, and the
+                # BACKGROUND_JOB, the channel's events or the safety net at the deadline end it.
+                run.originate_out = True
                 return
             except EslError as exc:  # a timeout with the link up: the switch has it, or not
                 log.warning("invite.originate_unanswered", uuid=run.call_uuid, error=str(exc))
-                await self._find_originate(run)
+                run.originate_out = True
+                self._feed(run, "resync", run.machine.resync, loop.time())
                 return
             run.originate_out = True
             return
-
-    async def _find_originate(self, run: InviteRun) -> None:
-        """The originate's answer was lost: ask the switch whether our channel exists."""
-        session = self.session
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + max(self._reconnect_wait, 2 * run.machine.grace)
-        while loop.time() < give_up_at:
-            if not await session.wait_connected(give_up_at - loop.time()):
-                break
-            try:
-                exists = (await session.api(f"uuid_exists {run.call_uuid}")).strip()
-            except EslError:
-                await asyncio.sleep(0.1)
-                continue
-            run.originate_out = True
-            if exists == "true":
-                # It went out: its events of the gap are lost, the dump tells what happened.
-                self._feed(run, "resync", run.machine.resync, loop.time())
-            else:
-                # No channel: never arrived, or already over -- unknown, so `lost`.
-                self._feed(run, "originate lost", run.machine.give_up, loop.time(),
-                           "the originate's answer was lost and no channel of it exists")
-            return
-        run.originate_out = True
-        self._feed(run, "originate lost", run.machine.give_up, loop.time(),
-                   "the originate's answer was lost with the link, which did not come back")
 
     def _job_result(self, run: InviteRun, command: SendBgapi, body: str) -> None:
         self._feed(
@@ -597,7 +559,8 @@ class Engine:
             run.key_at = now
             run.key_mark = time.perf_counter()
         elif change.state is State.JOINING:
-            fields.update(_since_key(run, run.sched_del_mark, "key_to_sched_del_ms"))
+            # FreeSWITCH cancelled the call's timers itself (its DEL_SCHEDULE, or the member).
+            fields.update(_since_key(run, time.perf_counter(), "key_to_timers_gone_ms"))
         log.info("invite.state", **fields)
         self._journal_call("update_state", run, str(change.state))
         first = change.state is change.previous  # start() announces `placing` from `placing`

@@ -822,6 +822,10 @@ class EslSession:
             raise EslConnectionLost(
                 f"ESL {where}: connection lost during {verb} ({conn.lost_reason})"
             )
+        # Its reply may still come, and genesis matches replies to commands by order only: every
+        # later reply would go to the wrong command, for good. Drop the connection instead (the
+        # session reconnects, and the engine asks the switch what it missed).
+        conn.mark_lost(f"no reply to {verb} within {timeout:g} s")
         raise EslTimeoutError(f"ESL {where}: no reply to {verb} within {timeout:g} s")
 
     def _subscription_command(self) -> str:

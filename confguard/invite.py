@@ -11,25 +11,38 @@ four kinds of input and carries out the commands it returns:
   ``Task-Group`` equal to ``call_uuid``, or ``Job-UUID`` equal to ``job_uuid``);
 * ``reply(tag, text, now)`` -- the ``api/response`` body of a ``SendApi`` it returned earlier. The
   engine owes exactly one reply per ``SendApi``; when the command could not be sent or its answer
-  was lost it passes ``"-ERR <why>"``;
+  was lost it passes ``LOST_REPLY`` and why, which the machine never takes for the switch's word;
 * ``tick(now)`` -- time passing, called at or after every ``WakeAt`` it asked for;
-* operator and link news -- ``cancel``, ``connection_lost``, ``resync``.
+* operator and link news -- ``cancel``, ``connection_lost``, ``resync``, ``give_up``.
 
 Every input returns a list of commands (``SendApi``, ``SendBgapi``, ``AddFilter``, ``DelFilter``,
 ``WakeAt``) and notifications (``StateChanged``, ``Finished``), in the order they must be acted on.
 Time only ever comes in as arguments (``now`` is monotonic seconds, ``wall`` the epoch at start).
 
-The one promise the whole design protects: **a live call that has not been joined always has a
-hangup task inside FreeSWITCH** (``sched_hangup`` armed by ``api_on_originate`` at invite time,
-re-armed by us on answer when no ``ADD_SCHEDULE`` was seen), and **``uuid_transfer`` is sent only
-after ``sched_del`` answered ``+OK Deleted: N`` with N >= 1** -- so a call can never reach the room
-with a timer still pending, nor after the timer fired.
+**FreeSWITCH keeps the truth that decides an invite, and does the deciding step itself.** The
+originate carries everything (``build_originate``): ``api_on_originate`` arms the hangup timer at
+invite time, and the answered call runs the waiting app (``build_waiting_app``) inside the switch:
+a second timer of the same group, the prompt loop, the key recorded in ``confguard_key``, then --
+only after the key -- ``sched_cancel`` of the call's timers and the move into the room, in that
+order, on the call's own thread. So:
+
+* a live call that has not been joined always has a hangup task (invariant 1), whether or not
+  confguard runs; confguard never arms or deletes a timer itself;
+* the call reaches the room only after its timers were cancelled, and never after one fired (a
+  fired timer hangs the channel up, which ends the waiting app) (invariant 2);
+* a key pressed while confguard cannot see the switch still counts: the switch joins the call,
+  and the machine reads it back (``uuid_dump``: in the room, or ``confguard_key``) (invariant 6);
+* waiting costs confguard nothing: no command per waiting call (invariant 8).
+
+confguard watches (DTMF, DEL_SCHEDULE, add-member), probes a join that does not show up, hangs up
+on a decline key, an operator cancel or an overdue timer, and reports the outcome.
 
 States (``TRANSITIONS`` below lists every legal move; anything else is ignored, never guessed)::
 
     placing --channel--> ringing --answer--> waiting_key --key--> cancelling
-        --Deleted>=1--> joining --add-member--> joined --> ended
-    (placing --answer--> waiting_key when the ringing events were missed;
+        --timers gone--> joining --add-member--> joined --> ended
+    (placing --answer--> waiting_key when the ringing events were missed; cancelling ->
+     joined on add-member when the DEL_SCHEDULE events were missed;
      any state --hangup / originate error / give-up--> ended)
 
 Whose fault is it (as in h11):
@@ -75,15 +88,10 @@ __all__ = [
     "StateChanged",
     "UsageError",
     "WakeAt",
-    "build_arm_timer",
-    "build_broadcast",
     "build_dump",
     "build_kill",
     "build_originate",
-    "build_sched_del",
-    "build_transfer",
     "check_timer_cause",
-    "parse_deleted",
 ]
 
 GRACE_S = 3.0
@@ -94,9 +102,10 @@ LOST_REPLY = "-ERR confguard:"
 timed out, or it could not be written): the machine never takes it for the switch's answer."""
 
 SETTLE_DELAY = 0.5
-"""Seconds after a lost reply before the machine asks the switch (if the link is still up)."""
+"""Seconds after a lost dump answer before the machine asks again (if the link is still up)."""
 
-SHOW_TASKS = "show tasks as json"
+JOIN_DUE_S = 2 * GRACE_S
+"""Seconds after the key by which the switch's join (add-member) is due; then a probe decides."""
 
 
 class State(StrEnum):
@@ -460,9 +469,9 @@ def _uuid(value: str) -> str:
 def build_originate(
     spec: InviteSpec, *, call_uuid: str, invite_id: str, wall_deadline: int
 ) -> str:
-    """``originate {vars}user/<ext> '<waiting app>' inline`` with the hangup timer armed at
-    invite time: the answered call runs ``build_waiting_app``'s inline dialplan inside FreeSWITCH
-    (transcript 18: the originate transfers the answered leg to it)."""
+    """``originate {vars}user/<ext> '<waiting app>' inline``: the hangup timer armed at invite
+    time (``api_on_originate``), and the answered call running ``build_waiting_app`` inside
+    FreeSWITCH (the prompt, the key into ``confguard_key``, the timers cancelled, the join)."""
     uuid = _uuid(call_uuid)
     if not _INVITE_ID_RE.fullmatch(invite_id):
         raise UsageError(f"invite_id must be 1-64 of 0-9 A-Z a-z _ . -: {invite_id!r}")
@@ -487,29 +496,45 @@ def build_originate(
 
 KEY_VARIABLE = "confguard_key"
 """The channel variable in which FreeSWITCH itself records the key the callee pressed
-(``play_and_get_digits`` of the waiting app, below): set the moment the key comes, whether or
-not confguard can see the switch, and read back by ``uuid_dump`` on resync and adoption."""
+(``play_and_get_digits`` of the waiting app): set the moment the key comes, whether or not
+confguard can see the switch, and read back by ``uuid_dump`` on resync and adoption. A refused
+key (e.g. the decline key) lands in ``confguard_key_invalid``."""
 
 INVALID_PROMPT = "silence_stream://250"
-"""What ``play_and_get_digits`` plays after a key that is neither the key nor the decline key."""
+"""What ``play_and_get_digits`` plays after a key that is not the key."""
+
+
+def build_join_app(spec: InviteSpec) -> str:
+    """The dialplan application that moves an accepted call to its target."""
+    if spec.join.kind == "dialplan":
+        return f"transfer:{spec.join.extension} XML {spec.join.context}"
+    return f"conference:{spec.join.room or spec.room}"
 
 
 def build_waiting_app(spec: InviteSpec) -> str:
-    """The inline dialplan the answered call runs, inside FreeSWITCH, until confguard moves it.
+    """The inline dialplan the answered call runs inside FreeSWITCH: the whole "key -> cancel
+    the timer -> join" step, so that it holds whether or not confguard can see the switch::
 
-    ``'m:|:play_and_get_digits:1 1 TRIES MS TERM PROMPT INVALID confguard_key ^[KD]$|park' inline``
+        'm:|:sched_hangup:+T CAUSE
+            |play_and_get_digits:1 1 TRIES MS TERM PROMPT INVALID confguard_key ^[K]$ MS park inline
+            |sched_cancel|conference:ROOM' inline
 
-    * ``play_and_get_digits`` plays the prompt and waits ``MS`` for one key, ``TRIES`` times --
-      the re-prompt loop runs in the switch, so a waiting call costs confguard nothing;
-    * the key (or the decline key) is stored by FreeSWITCH in ``confguard_key`` (``KEY_VARIABLE``)
-      the moment it comes -- a key pressed while confguard cannot see the switch still counts;
-      any other key is refused by the regex (stored in ``confguard_key_invalid``) and retried;
-    * ``TRIES`` is one per second of the timeout plus one and each try lasts at least 1 s, so
-      the loop outlasts the hangup timer; ``park`` then holds the call (never a hangup by
-      running out of dialplan) until confguard's ``uuid_transfer`` or the timer;
+    * ``sched_hangup +T`` (the dialplan app) arms a second hangup task of the call's group at the
+      answer: the call stays bounded even if ``api_on_originate``'s task was never armed. The
+      first task still ends the call at the invite's deadline; this one at most T after answer.
+    * ``play_and_get_digits`` plays the prompt and waits ``MS`` for one key, ``TRIES`` times: the
+      re-prompt loop runs in the switch. Only the key matches the regex: FreeSWITCH stores it in
+      ``confguard_key`` and goes on to the next app; any other key is refused (stored in
+      ``confguard_key_invalid``) and retried. ``TRIES`` is one per second of the timeout plus one
+      and each try lasts at least 1 s, so the loop outlasts the timers; should it ever run out,
+      its failure transfer parks the call (``park inline``) -- it never reaches the join.
+    * ``sched_cancel`` (no argument: the call's own group, which holds both hangup tasks) runs
+      only after the key, on the call's thread, before ``conference``: the call can never be in
+      the room with a timer pending, and a timer that fired first has hung the channel up, which
+      ends the dialplan before the join.
     * ``m:|:`` makes ``|`` the inline dialplan's separator (mod_dptools' inline_dialplan_hunt):
       a prompt may contain commas (``tone_stream://%(250,250,440)``); ``|`` is in no validated
-      value, nor are the single quotes that group the app for ``originate``.
+      value, nor are the single quotes that group the extension for ``originate``.
     The terminator is a DTMF key that is neither the key nor the decline key (a terminator press
     ends a try with no digit: it is retried).
     """
@@ -520,38 +545,19 @@ def build_waiting_app(spec: InviteSpec) -> str:
     prompt = spec.prompt if spec.prompt is not None else "silence"
     if not _PROMPT_RE.fullmatch(prompt) or len(prompt) > _PROMPT_MAX:
         raise UsageError(f"prompt not validated: {prompt!r}")
+    if spec.hangup_cause not in KNOWN_HANGUP_CAUSES:
+        raise UsageError(f"unknown cause {spec.hangup_cause!r}")
     collect = (
         f"play_and_get_digits:1 1 {tries} {wait_ms} {terminator} {prompt} {INVALID_PROMPT} "
-        f"{KEY_VARIABLE} ^[{keys}]$"
+        f"{KEY_VARIABLE} ^[{spec.key}]$ {wait_ms} park inline"
     )
-    return f"'m:|:{collect}|park' inline"
-
-
-def build_arm_timer(call_uuid: str, seconds: int, cause: str) -> str:
-    """``sched_hangup +N U CAUSE`` -- always with the ``+`` (a bare N hangs up or repeats)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
-        raise UsageError(f"timer seconds must be a positive int: {seconds!r}")
-    if cause not in KNOWN_HANGUP_CAUSES:
-        raise UsageError(f"unknown cause {cause!r}")
-    return f"sched_hangup +{seconds} {_uuid(call_uuid)} {cause}"
-
-
-def build_sched_del(call_uuid: str) -> str:
-    """``sched_del U``: deletes every task of the call's group (ours and api_on_originate's)."""
-    return f"sched_del {_uuid(call_uuid)}"
-
-
-def build_transfer(spec: InviteSpec, call_uuid: str) -> str:
-    uuid = _uuid(call_uuid)
-    if spec.join.kind == "dialplan":
-        return f"uuid_transfer {uuid} {spec.join.extension} XML {spec.join.context}"
-    return f"uuid_transfer {uuid} conference:{spec.join.room or spec.room} inline"
-
-
-def build_broadcast(call_uuid: str, prompt: str) -> str:
-    if not _PROMPT_RE.fullmatch(prompt) or len(prompt) > _PROMPT_MAX:
-        raise UsageError(f"prompt not validated: {prompt!r}")
-    return f"uuid_broadcast {_uuid(call_uuid)} {prompt} aleg"
+    apps = (
+        f"sched_hangup:+{spec.timeout} {spec.hangup_cause}",
+        collect,
+        "sched_cancel",
+        build_join_app(spec),
+    )
+    return "'m:|:" + "|".join(apps) + "' inline"
 
 
 def build_kill(call_uuid: str, cause: str | None = None) -> str:
@@ -566,15 +572,6 @@ def build_dump(call_uuid: str) -> str:
     return f"uuid_dump {_uuid(call_uuid)} json"
 
 
-_DELETED_RE = re.compile(r"\+OK Deleted: (\d+)")
-
-
-def parse_deleted(text: str) -> int | None:
-    """The N of ``+OK Deleted: N``; None for anything else (``-ERR``, garbage)."""
-    match = _DELETED_RE.fullmatch(text.strip())
-    return int(match.group(1)) if match else None
-
-
 # --------------------------------------------------------------------------------------------
 # The transition table. Inputs are what the machine concluded from an event/reply/tick.
 
@@ -582,8 +579,8 @@ def parse_deleted(text: str) -> int | None:
 class Input(StrEnum):
     CHANNEL = "channel"  # CHANNEL_CREATE / PROGRESS / PROGRESS_MEDIA, resync says ringing
     ANSWER = "answer"  # CHANNEL_ANSWER, BACKGROUND_JOB +OK, resync says answered
-    KEY = "key"  # the confirmation key while waiting
-    DELETED = "deleted"  # sched_del answered Deleted >= 1 and nothing forbids joining
+    KEY = "key"  # the key: its DTMF event, or confguard_key in a dump
+    DELETED = "deleted"  # the last hangup task of the call is gone after the key (DEL_SCHEDULE)
     MEMBER = "member"  # conference::maintenance add-member, resync finds it in the room
 
 
@@ -606,7 +603,6 @@ _HANGUP_EVENTS = frozenset({"CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"})
 _TIMER_DESC = "switch_ivr_schedule_hangup"
 _NO_SUCH_CHANNEL = "-ERR No such channel"
 _FILTER_HEADERS = ("Unique-ID", "Job-UUID", "Task-Group")
-_WAITING_APPS = frozenset({"park", "play_and_get_digits"})  # build_waiting_app's apps
 _UNSEEN_END = "the call ended before this daemon saw it alive (adopted)"
 
 
@@ -646,10 +642,8 @@ class Invite:
         self.seen_alive = False
         self.channel_seen = False
         self.answered = False
-        self.timer_tasks: set[str] = set()  # live Task-IDs of our hangup timer (ADD_SCHEDULE)
+        self.timer_tasks: set[str] = set()  # live Task-IDs of our hangup timers (ADD_SCHEDULE)
         self.timer_task_seen = False  # any ADD_SCHEDULE of ours ever
-        self.timer_armed_by_us = False  # we sent sched_hangup (reply not -ERR)
-        self.timer_fired = False  # sched_del said Deleted: 0 -- the timer already ran
         self.declined = False
         self.cancel_requested = False
         self.kill_sent = False
@@ -660,15 +654,8 @@ class Invite:
         self.job_result: str | None = None
         self.job_cause: str | None = None
         self.connection_lost_at: float | None = None
-        self.join_probe_at: float | None = None
-        # Commands whose answer was lost (LOST_REPLY): settled by asking the switch.
-        self.unsettled: set[str] = set()
-        self.settle_at: float | None = None
-        self.settle_sched_del = False  # a sched_del's answer was lost: ask again after a dump
-        self.settle_transfer = False  # a uuid_transfer's answer was lost: the dump decides
-        self.transfer_resent = False
-        self.sched_del_repeated = False  # a second sched_del went out (settling a lost one)
-        self.tasks_query_pending = False
+        self.join_probe_at: float | None = None  # after the key: the member is due by then
+        self.settle_at: float | None = None  # a dump's answer was lost: ask again then
         self._pending: dict[str, str] = {}  # tag -> kind of every SendApi awaiting its reply
         self._tag_counter = 0
 
@@ -745,8 +732,6 @@ class Invite:
             return Outcome.CANCELLED, "ORIGINATOR_CANCEL"
         if self.verdict is not None:
             return self.verdict
-        if self.timer_fired:
-            return Outcome.TIMEOUT, self.spec.hangup_cause
         if self.kill_confirmed and self.safety_kill_sent:
             outcome = Outcome.TIMEOUT if self.answered else Outcome.NO_ANSWER
             return outcome, self.spec.hangup_cause
@@ -760,6 +745,8 @@ class Invite:
         return self._finish(*known, now, gave_up=why, **detail)
 
     def _on_answer(self, now: float, source: str) -> list[Command]:
+        """The callee answered: FreeSWITCH now runs the waiting app (build_waiting_app), which
+        arms a second hangup timer itself, prompts, and waits for the key. Nothing to send."""
         self.channel_seen = True
         self.seen_alive = True
         if self.answered:
@@ -769,31 +756,7 @@ class Invite:
         commands = self._fire(Input.ANSWER, now, source=source, seconds_left=left)
         if self.cancel_requested and not self.kill_sent:
             return commands + self._kill("ORIGINATOR_CANCEL", now, "operator cancel")
-        if self.state is State.WAITING_KEY and not self.kill_sent:
-            commands += self._arm_if_needed(now)
         return commands
-
-    def _arm_if_needed(self, now: float) -> list[Command]:
-        """At the answer: a timer exists if its ADD_SCHEDULE was seen; if none was (adopted,
-        or the events were lost with the link), ask ``show tasks`` before arming another."""
-        if self.timer_tasks or self.timer_armed_by_us:
-            return []
-        if not self.timer_task_seen:
-            return self._ensure_timer(now)
-        return self._arm(now)
-
-    def _ensure_timer(self, now: float) -> list[Command]:
-        if self.timer_tasks or self.timer_armed_by_us or self.tasks_query_pending:
-            return []
-        self.tasks_query_pending = True
-        return [self._api("tasks", SHOW_TASKS)]
-
-    def _arm(self, now: float) -> list[Command]:
-        self.timer_armed_by_us = True
-        seconds = self._seconds_left(now)
-        return [
-            self._api("arm", build_arm_timer(self.call_uuid, seconds, self.spec.hangup_cause))
-        ]
 
     def _map_cause(self, cause: str | None) -> Outcome:
         """The outcome of a call that ended with ``cause`` and nothing decided beforehand."""
@@ -816,16 +779,13 @@ class Invite:
         return Outcome.FAILED
 
     def _decide(self, cause: str | None) -> tuple[Outcome, str | None]:
-        """Outcome at the hangup: what we did first (decline, cancel, failure, known firing),
-        then the cause."""
+        """Outcome at the hangup: what we did first (decline, cancel, failure), then the cause."""
         if self.declined:
             return Outcome.DECLINED, cause
         if self.cancel_requested:
             return Outcome.CANCELLED, cause
         if self.verdict is not None:
             return self.verdict
-        if self.timer_fired:
-            return Outcome.TIMEOUT, cause
         return self._map_cause(cause), cause
 
     # ---------------------------------------------------------------------------- inputs
@@ -866,9 +826,9 @@ class Invite:
 
         The originate went out back then and the call's events since are lost, so instead of
         originating: the call's filters, then ``uuid_dump`` as after a reconnect. The dump decides:
-        no channel -> ``lost``; in a conference -> ``joined``; answered -> waiting for the key,
-        with a timer of our own armed because no ``ADD_SCHEDULE`` can be seen (invariant 1: two
-        tasks in the group are harmless, ``sched_del <uuid>`` removes both); ringing -> ringing.
+        no channel -> ``lost``; in a conference -> ``joined``; answered with the key recorded in
+        ``confguard_key`` -> the switch is joining it (``cancelling``); answered without -> waiting
+        for the key (the switch keeps its timers and its prompt loop); ringing -> ringing.
 
         Until the machine has seen the call alive itself (the dump, or a channel event), it does
         not know what happened while no daemon watched -- not even whether the call was answered
@@ -960,39 +920,42 @@ class Invite:
             return []
         task_id = headers.get("Task-ID", "")
         if name == "ADD_SCHEDULE":
+            if self.state in (State.CANCELLING, State.JOINING, State.JOINED):
+                return []  # a late event of a task the switch already cancelled
             self.timer_tasks.add(task_id)
             self.timer_task_seen = True
             return []
-        if task_id not in self.timer_tasks:
-            return []
         self.timer_tasks.discard(task_id)
-        # The last task vanished without our sched_del: fired (its hangup is on the way) or
-        # deleted by someone else. Belt and braces: a live unjoined call keeps a timer.
-        if (
-            not self.timer_tasks
-            and self.state in (State.RINGING, State.WAITING_KEY)
-            and not self.kill_sent
-        ):
-            self.timer_armed_by_us = False
-            return self._arm(now)
+        # The switch deletes a hangup task when it fires (the hangup follows) or when the
+        # waiting app cancels it after the key (sched_cancel; the join follows). Nothing to
+        # do either way -- except to note that, after the key, the timers are gone.
+        if self.state is State.CANCELLING and not self.timer_tasks:
+            return self._fire(Input.DELETED, now, task_id=task_id)
         return []
 
     def _on_digit(self, digit: str, now: float, **detail: object) -> list[Command]:
-        """The key or the decline key, from a DTMF event or from ``confguard_key`` in a dump."""
+        """The key or the decline key, from a DTMF event or from what a dump shows recorded."""
         if self.state is not State.WAITING_KEY or self.declined or self.kill_sent:
             return []
         if digit == self.spec.key:
-            commands = self._fire(
-                Input.KEY, now, digit=digit, seconds_left=self._seconds_left(now), **detail
-            )
-            return [*commands, self._api("sched_del", build_sched_del(self.call_uuid))]
+            # FreeSWITCH's waiting app recorded it and now cancels the call's timers itself,
+            # then moves it into the room (build_waiting_app); confguard only watches.
+            self.join_probe_at = now + JOIN_DUE_S
+            return [
+                *self._fire(
+                    Input.KEY, now, digit=digit, seconds_left=self._seconds_left(now), **detail
+                ),
+                WakeAt(self.join_probe_at, "add-member overdue: probe the channel"),
+            ]
         if self.spec.decline_key is not None and digit == self.spec.decline_key:
             self.declined = True
             return self._kill("CALL_REJECTED", now, "decline key")
         return []
 
     def _on_conference(self, headers: Mapping[str, str], now: float) -> list[Command]:
-        if headers.get("Action") != "add-member" or self.state is not State.JOINING:
+        if headers.get("Action") != "add-member":
+            return []
+        if self.state not in (State.CANCELLING, State.JOINING):
             return []
         expected = self.spec.conference_name
         conference = headers.get("Conference-Name")
@@ -1001,7 +964,13 @@ class Invite:
         return self._joined(now, conference=conference, member_id=headers.get("Member-ID"))
 
     def _joined(self, now: float, **detail: object) -> list[Command]:
-        commands = self._fire(Input.MEMBER, now, **detail)
+        """Into the room. Its timers were cancelled before the join (the waiting app's
+        sched_cancel runs first), even when their DEL_SCHEDULE events come later or not at all."""
+        self.timer_tasks.clear()
+        commands: list[Command] = []
+        if self.state is State.CANCELLING:
+            commands += self._fire(Input.DELETED, now, source="member")
+        commands += self._fire(Input.MEMBER, now, **detail)
         return commands + self._finish(Outcome.JOINED, None, now, **detail)
 
     def reply(self, tag: str, text: str, now: float) -> list[Command]:
@@ -1012,15 +981,7 @@ class Invite:
             raise UsageError(f"reply for tag {tag!r} that invite {self.invite_id} is not awaiting")
         text = text.strip()
         if text.startswith(LOST_REPLY):
-            return self._on_lost_reply(kind, text, now)
-        if kind == "sched_del":
-            return self._on_sched_del_reply(text, now)
-        if kind == "transfer":
-            if text.startswith("+OK"):
-                self.join_probe_at = now + self.grace
-                return [WakeAt(self.join_probe_at, "add-member overdue: probe the channel")]
-            self.verdict = (Outcome.FAILED, text or "empty reply")
-            return self._kill(None, now, "transfer failed")
+            return self._on_lost_reply(kind, now)
         if kind == "kill":
             if text.startswith("+OK"):
                 self.kill_confirmed = True
@@ -1028,96 +989,26 @@ class Invite:
             if text.startswith(_NO_SUCH_CHANNEL):
                 return self._give_up(now, "the channel is gone and its hangup was not seen")
             return []  # unknown: give_up_at decides
-        if kind == "arm":
-            if not text.startswith("+OK"):
-                self.timer_armed_by_us = False
-            return []
-        if kind == "tasks":
-            self.tasks_query_pending = False
-            return self._on_tasks(text, now)
-        if kind in ("resync", "probe", "confirm"):
+        if kind in ("resync", "probe"):
             return self._on_dump(kind, text, now)
         return []
 
-    def _on_lost_reply(self, kind: str, text: str, now: float) -> list[Command]:
+    def _on_lost_reply(self, kind: str, now: float) -> list[Command]:
         """The command went out (or may have) but its answer was lost with the link or timed
-        out: nothing is assumed. The switch is asked (``uuid_dump`` on the next resync, or after
-        ``SETTLE_DELAY`` if the link is still up) and the dump settles it (invariant 7)."""
-        self.unsettled.add(kind)
-        if kind == "tasks":
-            self.tasks_query_pending = False
-        if kind == "arm":
-            self.timer_armed_by_us = False  # unknown: the dump's answer re-arms if needed
-        if kind == "sched_del":
-            self.settle_sched_del = True
-        if kind == "transfer":
-            self.settle_transfer = True
-        if self.settle_at is None:
+        out: nothing is assumed (invariant 7). A lost kill is sent again if a later dump finds
+        the channel alive; a lost dump is asked again -- on the next resync, or after
+        ``SETTLE_DELAY`` if the link is still up."""
+        if kind in ("resync", "probe") and self.settle_at is None:
             self.settle_at = now + SETTLE_DELAY
-            return [WakeAt(self.settle_at, f"settle a lost {kind} reply: ask the switch")]
+            return [WakeAt(self.settle_at, f"the {kind} dump's answer was lost: ask again")]
         return []
 
-    def _on_sched_del_reply(self, text: str, now: float) -> list[Command]:
-        deleted = parse_deleted(text)
-        if deleted is None:
-            self.verdict = (Outcome.FAILED, text or "empty reply")
-            return self._kill(None, now, "sched_del failed")
-        if deleted == 0:
-            if not (self.sched_del_repeated or self.adopted):
-                # The timer already ran: its hangup is coming. Never transfer.
-                self.timer_fired = True
-                return []
-            # Nothing left to delete: the timer ran (FreeSWITCH hangs the channel up in the
-            # scheduler's thread before the task leaves the list), or an earlier sched_del --
-            # ours whose answer was lost, or the previous daemon's -- deleted it. Never transfer
-            # on this answer alone: a dump tells which (hanging up or gone, vs alive, answered
-            # and not hanging up).
-            return [self._api("confirm", build_dump(self.call_uuid))]
-        self.timer_tasks.clear()
-        return self._transfer_after_delete(now, deleted=deleted, reply=text)
-
-    def _transfer_after_delete(self, now: float, /, **detail: object) -> list[Command]:
-        self.timer_tasks.clear()
-        self.timer_armed_by_us = False
-        if self.kill_sent or self.cancel_requested or self.declined:
-            return []
-        commands = self._fire(Input.DELETED, now, **detail)
-        if self.state is not State.JOINING:
-            return commands
-        return [*commands, self._api("transfer", build_transfer(self.spec, self.call_uuid))]
-
-    def _on_tasks(self, text: str, now: float) -> list[Command]:
-        """``show tasks as json``: does the call's group hold a hangup task? (adoption and
-        resyncs that saw no ADD_SCHEDULE: arm a timer only if there is none)."""
-        try:
-            rows = json.loads(text).get("rows") or []
-        except (ValueError, AttributeError):
-            rows = None
-        if not isinstance(rows, list):
-            rows = None
-        if rows is not None:
-            for row in rows:
-                if (
-                    isinstance(row, dict)
-                    and row.get("task_group") == self.call_uuid
-                    and row.get("task_desc") == _TIMER_DESC
-                ):
-                    self.timer_tasks.add(str(row.get("task_id", "")))
-                    self.timer_task_seen = True
-        if self.timer_tasks or self.kill_sent or self.declined or self.cancel_requested:
-            return []
-        if self.state not in (State.RINGING, State.WAITING_KEY):
-            return []
-        # No hangup task of ours (or an unreadable answer): arm one. Two in the group are
-        # harmless -- sched_del <uuid> deletes them all.
-        return self._arm(now)
-
     def _on_dump(self, kind: str, text: str, now: float) -> list[Command]:
-        if text.startswith(LOST_REPLY):
-            return []  # handled by _on_lost_reply
         if not text.startswith("{"):
-            if kind == "confirm" and not self.sched_del_repeated:
-                self.timer_fired = True  # sched_del found nothing, and the call is gone
+            if self.state is State.PLACING and not self.adopted:
+                # Not conclusive: FreeSWITCH may not have run the originate yet (its bgapi
+                # queue); the BACKGROUND_JOB, the channel's events or the safety net decide.
+                return []
             return self._give_up(now, "the channel is gone", reply=text[:200], via=kind)
         try:
             dump = json.loads(text)
@@ -1125,7 +1016,6 @@ class Invite:
             dump = None
         if not isinstance(dump, dict):
             return self._give_up(now, "unreadable uuid_dump", reply=text[:200], via=kind)
-        self.unsettled.clear()
         in_conference = any(
             dump.get(key)
             for key in (
@@ -1138,69 +1028,44 @@ class Invite:
         answer_state = str(dump.get("Answer-State", ""))
         channel_state = str(dump.get("Channel-State", ""))
         if channel_state in ("CS_HANGUP", "CS_REPORTING", "CS_DESTROY") or answer_state == "hangup":
-            if kind == "confirm" and not self.sched_del_repeated:
-                self.timer_fired = True  # sched_del found nothing, and the call is ending
             if self.give_up_at is None:
                 self.give_up_at = now + self.grace
                 return [WakeAt(self.give_up_at, "the channel is hanging up: await its hangup")]
             return []
-        if in_conference and (self.state is State.JOINING or self.adopted):
-            return self._joined(now, via=kind)
+        if answer_state in ("answered", "ringing", "early"):
+            self.seen_alive = True  # and `answered` is right from here on (below)
+        if in_conference and not self.kill_sent:
+            # The key was pressed and FreeSWITCH joined the call, whether confguard saw it or not.
+            self.answered = True
+            moves = self._fire(Input.ANSWER, now, source=kind)
+            moves += self._fire(Input.KEY, now, source="switch")
+            return moves + self._joined(now, via=kind)
         if self.kill_sent:
             # A kill was sent (decline, cancel, failure, safety net) yet the channel lives on,
             # perhaps because the kill was lost with the link: send it again.
             cause = self._kill_cause()
             return self._kill(cause, now, "a kill the channel survived")
-        if kind == "confirm":
-            # sched_del deleted nothing, yet the call is alive and not hanging up: its timer
-            # did not fire (a fired timer hangs up at once), so an earlier sched_del of ours
-            # deleted it. The key is in: move on.
-            if self.state is State.CANCELLING and answer_state == "answered":
-                self.settle_sched_del = False
-                return self._transfer_after_delete(now, deleted=0, via="confirm")
-            return []
-        if self.state is State.CANCELLING and self.settle_sched_del:
-            # The sched_del's answer was lost: ask again (deleting the group twice is safe).
-            self.settle_sched_del = False
-            self.sched_del_repeated = True
-            return [self._api("sched_del", build_sched_del(self.call_uuid))]
-        if self.state is State.JOINING and self.settle_transfer:
-            self.settle_transfer = False
-            application = str(dump.get("variable_current_application", ""))
-            if application in _WAITING_APPS and not self.transfer_resent:
-                # Still in the waiting app: the transfer never reached the channel.
-                self.transfer_resent = True
-                return [self._api("transfer", build_transfer(self.spec, self.call_uuid))]
-            self.join_probe_at = now + self.grace
-            return [WakeAt(self.join_probe_at, "add-member overdue: probe the channel")]
-        if kind == "probe":
-            if self.state is State.JOINING and not self.kill_sent:
-                self.verdict = (Outcome.FAILED, "join not confirmed")
-                return self._kill(None, now, "join not confirmed")
-            return []
+        if kind == "probe" and self.state in (State.CANCELLING, State.JOINING):
+            self.verdict = (Outcome.FAILED, "join not confirmed")
+            return self._kill(None, now, "join not confirmed")
         commands: list[Command] = []
-        if answer_state in ("answered", "ringing", "early"):
-            self.seen_alive = True  # and `answered` is right from here on (below)
         if answer_state == "answered" and not self.answered:
-            commands += self._on_answer(now, "resync")
+            commands += self._on_answer(now, kind)
         elif answer_state in ("ringing", "early"):
             self.channel_seen = True
-            commands += self._fire(Input.CHANNEL, now, source="resync")
+            commands += self._fire(Input.CHANNEL, now, source=kind)
             if self.cancel_requested and not self.kill_sent:
                 commands += self._kill("ORIGINATOR_CANCEL", now, "operator cancel")
-        elif (
-            self.state is State.WAITING_KEY
-            and not self.kill_sent
-            and not self.declined
-            and not self.timer_task_seen
-        ):
-            # Answered before the link dropped and no ADD_SCHEDULE seen: make sure one exists.
-            commands += self._ensure_timer(now)
-        if answer_state == "answered":
-            # The key FreeSWITCH recorded while nobody watched (play_and_get_digits).
-            recorded = str(dump.get(f"variable_{KEY_VARIABLE}", ""))
-            if recorded:
-                commands += self._on_digit(recorded, now, source="switch")
+        if answer_state == "answered" and self.state is State.WAITING_KEY:
+            # What FreeSWITCH's waiting app recorded while nobody watched: the key (it is
+            # joining the call), or the decline key among the refused ones.
+            if str(dump.get(f"variable_{KEY_VARIABLE}", "")) == self.spec.key:
+                commands += self._on_digit(self.spec.key, now, source="switch")
+            elif (
+                self.spec.decline_key is not None
+                and str(dump.get(f"variable_{KEY_VARIABLE}_invalid", "")) == self.spec.decline_key
+            ):
+                commands += self._on_digit(self.spec.decline_key, now, source="switch")
         return commands
 
     def tick(self, now: float) -> list[Command]:
@@ -1225,10 +1090,11 @@ class Invite:
                 # resync decides (and kills again if the channel is still there).
                 return commands
             return self._give_up(now, "no hangup after the kill")
-        if self.state is State.JOINING:
+        if self.state in (State.CANCELLING, State.JOINING):
             if self.join_probe_at is not None and now >= self.join_probe_at:
                 self.join_probe_at = None
-                commands.append(self._api("probe", build_dump(self.call_uuid)))
+                if self.connection_lost_at is None:
+                    commands.append(self._api("probe", build_dump(self.call_uuid)))
             return commands
         if now >= self.deadline + self.grace and not self.safety_kill_sent:
             # The FreeSWITCH timer should have hung the call up by now: do it ourselves.
@@ -1243,7 +1109,7 @@ class Invite:
 
     def give_up(self, now: float, why: str) -> list[Command]:
         """The engine can no longer follow the call (its originate's answer was lost and no
-        channel of it exists): finish with what is already known, else ``lost``."""
+        channel of it appeared): finish with what is already known, else ``lost``."""
         if self.state is State.ENDED:
             return []
         return self._give_up(now, why)
@@ -1274,14 +1140,18 @@ class Invite:
             return []
         self.connection_lost_at = None
         self.settle_at = None
-        return [self._api("resync", build_dump(self.call_uuid))]
+        commands: list[Command] = [self._api("resync", build_dump(self.call_uuid))]
+        if self.state in (State.CANCELLING, State.JOINING) and self.join_probe_at is None:
+            self.join_probe_at = now + JOIN_DUE_S  # its probe fell in the gap: probe again
+            commands.append(WakeAt(self.join_probe_at, "add-member overdue: probe the channel"))
+        return commands
 
     # ---------------------------------------------------------------------------- views
 
     @property
     def timer_armed(self) -> bool:
         """Whether the machine believes a hangup task of this call is pending in FreeSWITCH."""
-        return bool(self.timer_tasks) or self.timer_armed_by_us
+        return bool(self.timer_tasks)
 
     @property
     def pending_tags(self) -> frozenset[str]:

@@ -210,9 +210,10 @@ async def test_join_target_missing_is_failed(peer, daemon) -> None:  # type: ign
 
 
 async def test_prompt_is_played_by_freeswitch_until_the_key(peer, daemon, link) -> None:  # type: ignore[no-untyped-def]
-    """The originate hands the prompt loop to FreeSWITCH (play_and_get_digits, then park): the
-    prompt is in the waiting app, the daemon sends no uuid_broadcast, and the key pressed 1.5 s
-    after the answer, inside the loop, joins the callee."""
+    """The originate hands the whole wait to FreeSWITCH (build_waiting_app): the prompt loop,
+    the key, the timers' cancel and the join. The daemon sends nothing for the call but its
+    filters and the originate -- no uuid_broadcast, no sched_hangup/sched_del, no uuid_transfer
+    -- and the key pressed 1.5 s after the answer, inside the loop, joins the callee."""
     prompt = "tone_stream://%(100,100,350)"
     status, updates = await invite(
         daemon, "1000", "--room", ROOM, "--timeout", "10", "--prompt", prompt
@@ -222,10 +223,16 @@ async def test_prompt_is_played_by_freeswitch_until_the_key(peer, daemon, link) 
     originates = [cmd for cmd in link.commands() if f"origination_uuid={call_uuid}," in cmd]
     assert len(originates) == 1, link.commands()
     assert originates[0].endswith(
-        f"}}user/1000 'm:|:play_and_get_digits:1 1 11 5000 # {prompt} silence_stream://250 "
-        "confguard_key ^[1]$|park' inline"
+        f"}}user/1000 'm:|:sched_hangup:+10 ALLOTTED_TIMEOUT|play_and_get_digits:1 1 11 5000 # "
+        f"{prompt} silence_stream://250 confguard_key ^[1]$ 5000 park inline"
+        f"|sched_cancel|conference:{ROOM}' inline"
     )
-    assert not [cmd for cmd in link.commands() if cmd.startswith("api uuid_broadcast ")]
+    sent_for_call = [
+        cmd.split(" ", 2)[1] for cmd in link.commands()
+        if cmd.startswith("api ") and call_uuid in cmd
+    ]
+    assert not set(sent_for_call) & {"uuid_broadcast", "sched_hangup", "sched_del",
+                                      "uuid_transfer"}, sent_for_call
     await assert_settled(peer, daemon, call_uuid, "joined")
 
 

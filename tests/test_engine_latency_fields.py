@@ -1,5 +1,5 @@
 """The latency fields bench/ reads: on the simulator, a joined invite's `joining` line carries
-`key_to_sched_del_ms` and its outcome line (`outcome: joined`) `key_to_joined_ms`, in order and
+`key_to_timers_gone_ms` and its outcome line (`outcome: joined`) `key_to_joined_ms`, in order and
 within the call's own duration; no other line carries them."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from confguard.esl import EslSession, EslSettings
 from confguard.invite import InviteSpec
 
 
-async def test_joined_invite_logs_key_to_sched_del_and_key_to_joined(sim, sim_config) -> None:  # type: ignore[no-untyped-def]
+async def test_joined_invite_logs_key_to_timers_gone_and_key_to_joined(sim, sim_config) -> None:  # type: ignore[no-untyped-def]
     session = EslSession(EslSettings(host="127.0.0.1", port=sim.port,
                                      password=sim_config.password))
     await session.connect()
@@ -36,8 +36,8 @@ async def test_joined_invite_logs_key_to_sched_del_and_key_to_joined(sim, sim_co
     (joining,) = [line for line in states if line.get("state") == "joining"]
     (outcome,) = [line for line in states if line.get("outcome")]
     assert outcome["outcome"] == "joined"
-    to_sched_del = joining["key_to_sched_del_ms"]
+    to_timers_gone = joining["key_to_timers_gone_ms"]
     to_joined = outcome["key_to_joined_ms"]
-    assert 0 <= to_sched_del < to_joined < whole_ms
+    assert 0 <= to_timers_gone <= to_joined < whole_ms
     others = [line for line in states if line is not joining and line is not outcome]
     assert others and not any(key.startswith("key_to_") for line in others for key in line)

@@ -356,6 +356,14 @@ async def test_command_timeout(sim: Any) -> None:
         with pytest.raises(EslTimeoutError) as info:
             await session.api("status")
         assert f"127.0.0.1:{sim.port}" in str(info.value)
+        # The stalled reply would have answered the next command: the connection is dropped and
+        # a new one gives every command its own reply again.
+        async with asyncio.timeout(4):
+            while session.reconnects < 1 or not session.connected:
+                await asyncio.sleep(0.02)
+        assert session.last_disconnect_reason == "no reply to api within 0.3 s"
+        assert (await session.api("global_getvar confguard_nothing")).startswith("-ERR")
+        assert (await session.api("status")).startswith("UP ")
     finally:
         await session.close()
 

@@ -416,7 +416,7 @@ async def test_caller_text_cannot_add_wire_lines(scripted: ScriptedEsl) -> None:
     assert scripted.commands[0][-1].startswith("filter Event-Name")  # nothing after setup
 
 
-async def test_command_timeout_keeps_replies_matched(scripted: ScriptedEsl) -> None:
+async def test_command_timeout_drops_the_link_replies_stay_matched(scripted: ScriptedEsl) -> None:
     scripted.api_hold = {"slow"}  # its reply comes late: just before the next command's
     session = EslSession(settings_for(scripted.port, command_timeout=0.3))
     await session.connect()
@@ -424,7 +424,12 @@ async def test_command_timeout_keeps_replies_matched(scripted: ScriptedEsl) -> N
         with pytest.raises(EslTimeoutError) as info:
             await session.api("slow")
         assert "api" in str(info.value) and f"127.0.0.1:{scripted.port}" in str(info.value)
-        # the late reply of "slow" must not be taken for the reply of the next command
+        # the late reply of "slow" must not be taken for the reply of the next command: the
+        # timed-out connection is dropped, and the next one starts with no reply owed
+        async with asyncio.timeout(4):
+            while session.reconnects < 1 or not session.connected:
+                await asyncio.sleep(0.02)
+        assert session.last_disconnect_reason == "no reply to api within 0.3 s"
         assert await session.api("next") == "+OK next\n"
         assert await session.api("after") == "+OK after\n"
     finally:

@@ -4,10 +4,12 @@ The model executes the machine's commands (FIFO, like api replies on one connect
 the events FreeSWITCH would, and hypothesis interleaves everything: answer, DTMF (right, wrong,
 decline), the timer firing, callee hangups, command execution, reply and event delivery (replies
 before or after the events a command caused), ticks, operator cancel, link loss and resync.
-Like FreeSWITCH running the waiting app (invite.build_waiting_app), the model records the first
-key or decline key the callee presses in ``confguard_key`` -- also while the link is down, when
-the DTMF event is lost -- and uuid_dump shows it. Replies lost with the link come back as the
-engine gives them (``LOST_REPLY``).
+Like FreeSWITCH running the waiting app (invite.build_waiting_app), the model arms a second
+timer at the answer, records the key in ``confguard_key`` (a refused key in
+``confguard_key_invalid``) -- also while the link is down, when the DTMF event is lost -- and
+then cancels the call's timers and joins it, add-member first and the DEL_SCHEDULE events after,
+as the real switch orders them. Replies lost with the link come back as the engine gives them
+(``LOST_REPLY``).
 """
 
 from __future__ import annotations
@@ -46,11 +48,8 @@ CAUSE = "ALLOTTED_TIMEOUT"
 class Model:
     """Just enough of FreeSWITCH for one call, and the invariant checks on what the machine did."""
 
-    def __init__(
-        self, invite: Invite, arm_on_originate: bool, broken_sched_del: bool = False
-    ) -> None:
+    def __init__(self, invite: Invite, arm_on_originate: bool) -> None:
         self.invite = invite
-        self.broken_sched_del = broken_sched_del
         self.arm_on_originate = arm_on_originate
         self.channel: str | None = None  # None, "ringing", "answered", "gone"
         self.tasks: set[str] = set()
@@ -67,9 +66,9 @@ class Model:
         # what the machine did
         self.commands: list[Command] = []
         self.finished: list[Finished] = []
-        self.last_deleted: int | None = None
-        self.sched_del_replied_ok = False
-        self.key_variable: str | None = None  # what the switch recorded (confguard_key)
+        # what the switch recorded
+        self.key_variable: str | None = None  # confguard_key
+        self.invalid_variable: str | None = None  # confguard_key_invalid
         self.key_recorded_before_fire = False
         self.callee_hung_up = False
         self.killed = False
@@ -90,19 +89,18 @@ class Model:
                 ], "filters must be added before the originate"
                 self.originated = True
             elif isinstance(command, SendApi):
-                if command.command.startswith("uuid_transfer"):
-                    assert self.sched_del_replied_ok, "uuid_transfer without Deleted >= 1"
-                    assert not self.fired, "uuid_transfer after the timer fired"
+                verb = command.command.split()[0]
+                # The switch owns the timers and the join: confguard only kills and asks.
+                assert verb in ("uuid_kill", "uuid_dump"), f"confguard sent {command.command!r}"
                 if self.link_up:
                     self.inflight.append(command)
                 else:
-                    self.replies.append((command.tag, f"{LOST_REPLY} EslConnectionLost: down"))
+                    self.replies.append((command.tag, f"{LOST_REPLY} EslNotConnected: down"))
             elif isinstance(command, Finished):
                 self.finished.append(command)
                 assert len(self.finished) == 1, "more than one Finished"
                 if command.outcome is Outcome.JOINED:
-                    assert not self.tasks, "joined with a hangup task still pending"
-        self.check_timer_invariant()
+                    assert self.in_conference and not self.tasks, "joined, yet not in the room"
 
     @staticmethod
     def check_syntax(command: Command) -> None:
@@ -115,23 +113,11 @@ class Model:
         else:
             assert "{" not in text and "}" not in text
 
-    def check_timer_invariant(self) -> None:
-        """Invariant 1: the machine knows the call is answered and waits for the key -> the
-        switch holds a hangup task for it, or our sched_hangup is on its way."""
-        invite = self.invite
-        resyncing = any(tag.startswith("resync") for tag in invite.pending_tags)
-        if (
-            self.link_up
-            and not resyncing
-            and invite.connection_lost_at is None
-            and invite.state is State.WAITING_KEY
-            and self.channel == "answered"
-            and not invite.kill_sent
-        ):
-            arming = any(
-                c.command.startswith(("sched_hangup", "show tasks")) for c in self.inflight
-            ) or any(tag.startswith(("arm", "tasks")) for tag in invite.pending_tags)
-            assert self.tasks or arming, "answered call waiting for the key without a timer"
+    def check_switch_invariant(self) -> None:
+        """Invariant 1, which the switch keeps by itself: an answered live call outside the room
+        holds a hangup task (the model's own consistency: the machine cannot break it)."""
+        if self.channel == "answered" and not self.in_conference:
+            assert self.tasks, "answered call outside the room without a timer"
 
     def feed_event(self) -> None:
         headers, body = self.events.popleft()
@@ -139,11 +125,6 @@ class Model:
 
     def feed_reply(self) -> None:
         tag, text = self.replies.popleft()
-        if tag.startswith("sched_del"):
-            from confguard.invite import parse_deleted
-
-            deleted = parse_deleted(text)
-            self.sched_del_replied_ok = deleted is not None and deleted >= 1
         self.take(self.invite.reply(tag, text, self.now))
 
     # ------------------------------------------------------------------ switch side
@@ -155,14 +136,11 @@ class Model:
     def channel_event(self, name: str, **extra: str) -> None:
         self.queue_event(({"Event-Name": name, "Unique-ID": U, **extra}, None))
 
-    def add_task(self) -> None:
-        self.task_counter += 1
-        task = str(self.task_counter)
-        self.tasks.add(task)
+    def schedule_event(self, name: str, task: str) -> None:
         self.queue_event(
             (
                 {
-                    "Event-Name": "ADD_SCHEDULE",
+                    "Event-Name": name,
                     "Task-ID": task,
                     "Task-Desc": "switch_ivr_schedule_hangup",
                     "Task-Group": U,
@@ -171,20 +149,16 @@ class Model:
             )
         )
 
+    def add_task(self) -> None:
+        self.task_counter += 1
+        task = str(self.task_counter)
+        self.tasks.add(task)
+        self.schedule_event("ADD_SCHEDULE", task)
+
     def drop_tasks(self) -> int:
         count = len(self.tasks)
         for task in sorted(self.tasks):
-            self.queue_event(
-                (
-                    {
-                        "Event-Name": "DEL_SCHEDULE",
-                        "Task-ID": task,
-                        "Task-Desc": "switch_ivr_schedule_hangup",
-                        "Task-Group": U,
-                    },
-                    None,
-                )
-            )
+            self.schedule_event("DEL_SCHEDULE", task)
         self.tasks.clear()
         return count
 
@@ -214,6 +188,36 @@ class Model:
         self.channel_event("CHANNEL_ANSWER")
         self.job_done = True
         self.queue_event(({"Event-Name": "BACKGROUND_JOB", "Job-UUID": J}, f"+OK {U}\n"))
+        self.add_task()  # the waiting app's own sched_hangup
+
+    def press(self, digit: str) -> None:
+        """The callee presses a key: a DTMF event (lost if the link is down); the waiting app
+        records the key and, only then, cancels the timers and joins (add-member, then the
+        DEL_SCHEDULE events); any other key is refused (confguard_key_invalid)."""
+        if self.channel != "answered":
+            return
+        self.channel_event("DTMF", **{"DTMF-Digit": digit})
+        if self.key_variable is not None or self.in_conference:
+            return
+        if digit != "1":
+            self.invalid_variable = digit
+            return
+        self.key_variable = digit
+        self.key_recorded_before_fire = not self.fired
+        self.in_conference = True
+        self.queue_event(
+            (
+                {
+                    "Event-Name": "CUSTOM",
+                    "Event-Subclass": "conference::maintenance",
+                    "Action": "add-member",
+                    "Conference-Name": "test1",
+                    "Unique-ID": U,
+                },
+                None,
+            )
+        )
+        self.drop_tasks()
 
     def fire(self) -> None:
         self.fired = True
@@ -224,71 +228,25 @@ class Model:
         words = command.command.split()
         verb = words[0]
         reply = "-ERR No such channel!\n"
-        if verb == "sched_hangup":
-            if self.alive():
-                self.add_task()
-                reply = "+OK\n"
-        elif verb == "sched_del":
-            reply = (
-                "-ERR broken\n" if self.broken_sched_del else f"+OK Deleted: {self.drop_tasks()}\n"
-            )
-        elif verb == "uuid_transfer":
-            if self.channel == "answered":
-                assert not self.tasks, "transfer with the timer still armed"
-                self.in_conference = True
-                self.queue_event(
-                    (
-                        {
-                            "Event-Name": "CUSTOM",
-                            "Event-Subclass": "conference::maintenance",
-                            "Action": "add-member",
-                            "Conference-Name": "test1",
-                            "Unique-ID": U,
-                        },
-                        None,
-                    )
-                )
-                reply = "+OK\n"
-        elif verb == "uuid_kill":
+        if verb == "uuid_kill":
             if self.alive():
                 self.killed = True
                 self.end_call(words[2] if len(words) > 2 else "NORMAL_CLEARING", False)
                 reply = "+OK\n"
-        elif command.command == "show tasks as json":
-            rows = [
-                {"task_id": task, "task_desc": "switch_ivr_schedule_hangup", "task_group": U}
-                for task in sorted(self.tasks)
-            ]
-            reply = json.dumps({"row_count": len(rows), "rows": rows}) if rows else (
-                '{"row_count": 0}'
-            )
-        elif verb == "uuid_broadcast":
-            if self.alive():
-                reply = "+OK Message queued\n"
-        elif verb == "uuid_dump":
-            if self.alive():
-                dump = {"Answer-State": self.channel, "Channel-State": "CS_EXECUTE"}
-                if self.channel == "answered":
-                    dump["variable_current_application"] = (
-                        "conference" if self.in_conference
-                        else "park" if self.key_variable else "play_and_get_digits"
-                    )
-                if self.key_variable is not None:
-                    dump["variable_confguard_key"] = self.key_variable
-                if self.in_conference:
-                    dump["variable_conference_name"] = "test1"
-                reply = json.dumps(dump)
-        else:
-            raise AssertionError(f"unexpected command {command.command!r}")
+        elif verb == "uuid_dump" and self.alive():
+            dump = {"Answer-State": self.channel, "Channel-State": "CS_EXECUTE"}
+            if self.channel == "answered":
+                dump["variable_current_application"] = (
+                    "conference" if self.in_conference else "play_and_get_digits"
+                )
+            if self.key_variable is not None:
+                dump["variable_confguard_key"] = self.key_variable
+            if self.invalid_variable is not None:
+                dump["variable_confguard_key_invalid"] = self.invalid_variable
+            if self.in_conference:
+                dump["variable_conference_name"] = "test1"
+            reply = json.dumps(dump)
         self.replies.append((command.tag, reply))
-
-    def press(self, digit: str) -> None:
-        """The callee presses a key: FreeSWITCH's play_and_get_digits records the first key or
-        decline key (then parks), and a DTMF event goes out (lost if the link is down)."""
-        if self.key_variable is None and not self.in_conference and digit in ("1", "9"):
-            self.key_variable = digit
-            self.key_recorded_before_fire = digit == "1" and not self.fired
-        self.channel_event("DTMF", **{"DTMF-Digit": digit})
 
     def drop_link(self) -> None:
         self.link_up = False
@@ -314,7 +272,6 @@ ACTIONS = (
     + ["dtmf_key"] * 3
     + ["dtmf_wrong", "dtmf_decline", "fire", "callee_hangup", "ring_fail"]
     + ["originate_fail", "tick", "tick", "cancel", "drop", "restore", "restore"]
-    + ["fire_before_sched_del"] * 4
     + ["press_in_gap"] * 3
 )
 
@@ -338,21 +295,9 @@ def step(model: Model, action: str, data: st.DataObject) -> None:
             model.drop_link()
         model.press("1")
     elif action.startswith("dtmf") and model.channel == "answered":
-        digit = {"dtmf_key": "1", "dtmf_wrong": "2", "dtmf_decline": "9"}[action]
-        model.press(digit)
+        model.press({"dtmf_key": "1", "dtmf_wrong": "2", "dtmf_decline": "9"}[action])
     elif action == "fire" and model.alive() and model.tasks and not model.in_conference:
         model.fire()
-    elif (
-        action == "fire_before_sched_del"
-        and model.alive()
-        and model.tasks
-        and any(c.command.startswith("sched_del") for c in model.inflight)
-    ):
-        # the timer wins the race against our sched_del: the reply will say Deleted: 0
-        model.fire()
-        while not model.inflight[0].command.startswith("sched_del"):
-            model.execute()
-        model.execute()
     elif action == "callee_hangup" and model.channel == "answered":
         model.callee_hung_up = True
         model.end_call("NORMAL_CLEARING")
@@ -374,6 +319,7 @@ def step(model: Model, action: str, data: st.DataObject) -> None:
         model.drop_link()
     elif action == "restore" and not model.link_up:
         model.restore_link()
+    model.check_switch_invariant()
 
 
 def drain(model: Model, callee: str = "ring_out") -> None:
@@ -412,14 +358,9 @@ def drain(model: Model, callee: str = "ring_out") -> None:
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    data=st.data(),
-    arm_on_originate=st.booleans(),
-    prompt=st.booleans(),
-    broken_sched_del=st.sampled_from([False, False, False, True]),
-)
+@given(data=st.data(), arm_on_originate=st.booleans(), prompt=st.booleans())
 def test_interleavings_keep_the_invariants(
-    data: st.DataObject, arm_on_originate: bool, prompt: bool, broken_sched_del: bool
+    data: st.DataObject, arm_on_originate: bool, prompt: bool
 ) -> None:
     spec = InviteSpec(
         extension="1000",
@@ -430,7 +371,7 @@ def test_interleavings_keep_the_invariants(
         hangup_cause=CAUSE,
     )
     invite = Invite(spec, call_uuid=U, job_uuid=J, invite_id="p", now=0.0, wall=1.8e9)
-    model = Model(invite, arm_on_originate, broken_sched_del)
+    model = Model(invite, arm_on_originate)
     model.take(invite.start())
     for action in data.draw(st.lists(st.sampled_from(ACTIONS), max_size=80)):
         step(model, action, data)
@@ -440,18 +381,18 @@ def test_interleavings_keep_the_invariants(
     dels = [c for c in model.commands if isinstance(c, DelFilter)]
     assert dels == [DelFilter("Unique-ID", U), DelFilter("Job-UUID", J), DelFilter("Task-Group", U)]
     outcome = model.finished[0].outcome
+    # Invariant 6: joined <=> the switch put the call in the room -- whether or not confguard
+    # saw the key, the add-member or anything else; unless confguard hung up the member, which
+    # it does only when it did not know (a cancel or decline raced with the key).
     if outcome is Outcome.JOINED:
         assert model.in_conference and not model.tasks
     if model.fired:
         assert outcome is not Outcome.JOINED
-    # Invariant 6: a key the switch recorded before its timer fired counts, even if its DTMF
-    # event was lost -- unless something else ended the call first.
     excused = (
         model.fired
         or model.callee_hung_up
         or model.killed
         or invite.cancel_requested
-        or broken_sched_del
         or model.now >= TIMEOUT  # the model's timer is late only because no action fired it
     )
     if model.key_recorded_before_fire and not excused:
@@ -495,8 +436,7 @@ def all_commands(spec: InviteSpec) -> list[str]:
     commands += invite.event({"Event-Name": "CHANNEL_ANSWER", "Unique-ID": U}, None, 1.0)
     key_event = {"Event-Name": "DTMF", "Unique-ID": U, "DTMF-Digit": spec.key}
     commands += invite.event(key_event, None, 2.0)
-    sched_del = next(c for c in commands if isinstance(c, SendApi) and "sched_del" in c.command)
-    commands += invite.reply(sched_del.tag, "+OK Deleted: 1", 2.0)
+    commands += invite.tick(2.0 + 60)  # the join probe, then the safety net's kill
     return [c.command for c in commands if isinstance(c, SendApi | SendBgapi)]
 
 
@@ -513,6 +453,8 @@ def test_arbitrary_text_in_any_field_never_becomes_syntax(field: str, text: str)
             assert not FORBIDDEN.search(inner)
             assert inner.count("'") % 2 == 0  # quotes stay balanced
             outside = command[command.rindex("}") + 1 :]
+            # The waiting app: one quoted argument of exactly four apps, whatever the values.
+            assert outside.count("'") == 2 and outside.count("|") == 1 + 3
         assert not FORBIDDEN.search(outside)
     if field in ("extension", "room", "caller_id_name", "caller_id_number", "prompt"):
         assert not set(text) & set("\n\r{},'\"$")

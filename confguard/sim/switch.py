@@ -679,9 +679,43 @@ class Switch:
         elif name == "play_and_get_digits":
             channel.collector = DigitCollector(self, channel, data or "")
             channel.collector.start()
+        elif name == "sched_hangup":
+            if self._app_sched_hangup(channel, data):
+                self._app_done(channel)
+        elif name == "sched_cancel":
+            # mod_dptools: the group given, else the channel's own (its uuid).
+            self.scheduler.delete((data or "").strip() or channel.uuid)
+            self._app_done(channel)
+        elif name == "transfer" and data:
+            self._transfer(channel, data.split())
         elif name != "park" and channel.inline_apps:
             # Anything else the simulator does not model ends at once; the next app runs.
             self._app_done(channel)
+
+    def _app_sched_hangup(self, channel: Channel, data: str | None) -> bool:
+        """The `sched_hangup [+]<time> [<cause>]` dialplan app (mod_dptools): a hangup task of
+        the channel's group, as the api's; `+0` hangs up at once. Whether the channel lives on."""
+        args = (data or "").split()
+        if not args:
+            return True
+        cause = parse_cause(args[1] if len(args) > 1 else None)
+        now = int(self.clock.now())
+        seconds = _atoi(args[0][1:])  # mod_dptools reads the seconds past the first character
+        runtime = now + seconds if args[0].startswith("+") else _atoi(args[0])
+        if seconds == 0:
+            self.hangup(channel, cause)
+            return False
+        call_uuid = channel.uuid
+
+        def fire(task: Task) -> None:
+            target = self.live_channel(call_uuid)
+            if target is not None:
+                self.hangup(target, cause)
+
+        self.scheduler.add(
+            "switch_ivr_schedule_hangup", call_uuid, runtime, fire, channel_bound=True
+        )
+        return True
 
     def _run_inline(self, channel: Channel, target: str) -> None:
         """Run an inline dialplan (`app:args,app:args`, or `m:X:app:args Xapp:args` with the
@@ -1642,6 +1676,9 @@ class DigitCollector:
         self.invalid = arg(6, "")
         self.var_name = arg(7, "")
         self.regex = arg(8, "")
+        # Everything after the digit timeout: `<ext> [<dialplan> [<context>]]` to transfer to
+        # once the tries are spent (switch_play_and_get_digits' transfer_on_failure).
+        self.failure_target = args[10:]
         self.phase = ""  # prompt | wait | invalid | done
         self.queued: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -1671,6 +1708,11 @@ class DigitCollector:
         if not self.channel.alive or self.phase == "done":
             return
         if self.tries <= 0:
+            if self.failure_target:
+                self.phase = "done"
+                self._cancel()
+                self.switch._transfer(self.channel, self.failure_target)
+                return
             self._finish()
             return
         self.facts.variables.pop("read_result", None)
