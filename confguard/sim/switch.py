@@ -1683,21 +1683,28 @@ class DigitCollector:
         self.queued: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
         self.phase_started = 0.0
+        # When the current phase was due to start, simulated: the phases follow each other on
+        # this schedule, not on when a late timer ran, so a loaded host does not stretch the
+        # tries (FreeSWITCH plays and waits in 20 ms frames, without drift).
+        self.mark = 0.0
 
     @property
     def facts(self) -> ChannelFacts:
         return self.channel.facts
 
     def start(self) -> None:
+        self.mark = self.switch.clock.now()
         if self.var_name and self.regex:
             self.facts.variables.pop(f"{self.var_name}_invalid", None)
         self._try()
 
     def _after(self, seconds: float, fn: Callable[[], None]) -> None:
         self._cancel()
-        self.timer = self.switch.clock.call_later(seconds, fn)
+        self.phase_started = self.mark
+        self.mark += seconds
+        delay = max(0.0, self.mark - self.switch.clock.now())
+        self.timer = self.switch.clock.call_later(delay, fn)
         self.channel.timers.append(self.timer)
-        self.phase_started = self.switch.clock.now()
 
     def _cancel(self) -> None:
         if self.timer is not None:
@@ -1756,9 +1763,11 @@ class DigitCollector:
 
     def _key(self, digit: str) -> None:
         self._cancel()
+        now = self.switch.clock.now()
         if self.phase == "prompt":
-            elapsed = self.switch.clock.now() - self.phase_started
+            elapsed = now - self.phase_started
             self._played(self.prompt, max(0, round(elapsed * 1000)))
+        self.mark = now  # what follows a key is timed from the key
         if digit in self.terminators:
             # A terminator: no digit. During the prompt the read succeeds with an empty
             # buffer; during the wait it ends the collection, too few digits.
