@@ -293,7 +293,11 @@ class Engine:
         log.info("invite.adopted", uuid=run.call_uuid, ext=spec.extension, room=spec.room,
                  state=record.state, age_s=round(age, 1), invite=run.invite_id)
         run.worker = asyncio.create_task(self._work(run), name=f"confguard-invite-{run.invite_id}")
-        self._apply(run, machine.adopt(loop.time()))
+        try:
+            last_state = State(record.state)
+        except ValueError:
+            last_state = State.PLACING  # unknown: assume the least
+        self._apply(run, machine.adopt(loop.time(), last_state))
         return run
 
     def cancel(self, key: str) -> None:
@@ -561,8 +565,10 @@ class Engine:
         elif change.state is State.JOINING:
             # FreeSWITCH cancelled the call's timers itself (its DEL_SCHEDULE, or the member).
             fields.update(_since_key(run, time.perf_counter(), "key_to_timers_gone_ms"))
-        log.info("invite.state", **fields)
+        # The journal first: a daemon killed between the two leaves a state the next one adopts
+        # from, never a logged state the journal does not know.
         self._journal_call("update_state", run, str(change.state))
+        log.info("invite.state", **fields)
         first = change.state is change.previous  # start() announces `placing` from `placing`
         self._metric("state_changed", None if first else str(change.previous), str(change.state))
         self._publish(run, update)
@@ -590,10 +596,12 @@ class Engine:
         fields = _log_fields(update)
         if done.outcome is Outcome.JOINED:
             fields.update(_since_key(run, time.perf_counter(), "key_to_joined_ms"))
-        log.info("invite.state", **fields)
+        # The journal first: an outcome logged by a daemon killed before its journal row was
+        # finished would be decided a second time (adopted) by the next one.
         self._journal_call("finish_invite", run, str(done.outcome), done.cause, {
             k: v for k, v in update.items() if k not in _JOURNAL_HAS
         })
+        log.info("invite.state", **fields)
         self._metric("invite_finished", str(done.outcome))
         self._metric("state_changed", update["previous"], str(State.ENDED))
         if done.outcome is Outcome.JOINED and run.key_at is not None:

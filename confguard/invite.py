@@ -636,6 +636,9 @@ class Invite:
         # What the machine has learnt so far.
         self.started = False
         self.adopted = False  # taken over from an earlier run of the daemon (adopt())
+        # The last state that run journalled; `placing` (and a fresh invite) means the channel
+        # may not exist yet, so "no such channel" proves nothing.
+        self.adopted_from = State.PLACING
         # An adopted invite has seen its call alive itself (a channel event, the answer, or a
         # uuid_dump saying ringing/early/answered), so it knows whether the call was answered.
         # Until then a hangup cannot be mapped to an outcome: the call ended unseen -> lost.
@@ -821,12 +824,14 @@ class Invite:
             WakeAt(self.deadline + self.grace, "safety net: the FreeSWITCH timer is overdue"),
         ]
 
-    def adopt(self, now: float) -> list[Command]:
+    def adopt(self, now: float, last_state: State | str = State.WAITING_KEY) -> list[Command]:
         """Take over an invite that an earlier run of the daemon started (its journal row).
 
         The originate went out back then and the call's events since are lost, so instead of
         originating: the call's filters, then ``uuid_dump`` as after a reconnect. The dump decides:
-        no channel -> ``lost``; in a conference -> ``joined``; answered with the key recorded in
+        no channel -> ``lost`` (unless the journal's ``last_state`` is ``placing``: the originate
+        may still be in FreeSWITCH's queue, so its job, its events or the safety net decide);
+        in a conference -> ``joined``; answered with the key recorded in
         ``confguard_key`` -> the switch is joining it (``cancelling``); answered without -> waiting
         for the key (the switch keeps its timers and its prompt loop); ringing -> ringing.
 
@@ -843,6 +848,7 @@ class Invite:
             raise UsageError("adopt() on an invite that was started")
         self.started = True
         self.adopted = True
+        self.adopted_from = State(last_state)
         return [
             *(
                 AddFilter(header, value)
@@ -1005,9 +1011,10 @@ class Invite:
 
     def _on_dump(self, kind: str, text: str, now: float) -> list[Command]:
         if not text.startswith("{"):
-            if self.state is State.PLACING and not self.adopted:
+            if self.state is State.PLACING and self.adopted_from is State.PLACING:
                 # Not conclusive: FreeSWITCH may not have run the originate yet (its bgapi
-                # queue); the BACKGROUND_JOB, the channel's events or the safety net decide.
+                # queue), also one an earlier daemon wrote just before it died; the
+                # BACKGROUND_JOB, the channel's events or the safety net decide.
                 return []
             return self._give_up(now, "the channel is gone", reply=text[:200], via=kind)
         try:

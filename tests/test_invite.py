@@ -963,3 +963,16 @@ def test_adopted_call_with_the_key_recorded_joins_when_the_switch_joins_it() -> 
     out = invite.reply(dump.tag, waiting_dump(confguard_key="1"), T0 + 10)
     assert invite.state is State.CANCELLING and apis(out) == []
     assert finished(invite.event(add_member(), None, T0 + 10.1)).outcome is Outcome.JOINED
+
+
+def test_adopted_placing_invite_without_a_channel_waits_for_its_originate() -> None:
+    """The earlier daemon journalled the invite and died around writing its originate: the
+    channel may still come (FreeSWITCH's bgapi queue), so no channel is not yet an outcome."""
+    invite = Invite(spec(), call_uuid=U, job_uuid=J, invite_id="inv-1", now=T0, wall=WALL)
+    dump = api(invite.adopt(T0 + 0.05, State.PLACING), "uuid_dump")
+    assert invite.reply(dump.tag, "-ERR No such channel!\n", T0 + 0.1) == []
+    invite.event(ev("CHANNEL_CREATE"), None, T0 + 0.3)
+    invite.event(ev("CHANNEL_ANSWER"), None, T0 + 1.3)
+    assert invite.state is State.WAITING_KEY
+    invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2)
+    assert finished(invite.event(add_member(), None, T0 + 2.1)).outcome is Outcome.JOINED
