@@ -85,3 +85,25 @@ def test_a_clock_moves_to_a_new_loop() -> None:
     asyncio.run(use(1))
     asyncio.run(use(2))
     assert ran == [1, 2]
+
+
+async def test_a_sweep_while_timers_run_runs_each_timer_once() -> None:
+    """A timer that sets enough others to make the heap sweep its cancelled entries, while the
+    clock is running the due ones: every timer still runs exactly once."""
+    clock = SimClock(0.001)
+    runs: dict[int, int] = {}
+
+    def note(number: int) -> None:
+        runs[number] = runs.get(number, 0) + 1
+
+    def flood() -> None:
+        for _ in range(3 * COMPACT_ABOVE):
+            clock.call_later(3600.0, lambda: None).cancel()
+
+    clock.call_later(0.0, flood)
+    for number in range(50):
+        clock.call_later(0.0, lambda number=number: note(number))
+    await asyncio.sleep(0.02)
+    clock.call_later(0.0, lambda: None)  # the clock runs whatever is due again
+    await asyncio.sleep(0.02)
+    assert runs == {number: 1 for number in range(50)}

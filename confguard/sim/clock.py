@@ -99,7 +99,9 @@ class SimClock:
                 handle._run()
 
     def _compact(self) -> None:
-        """Drop cancelled timers (amortised: only when the heap has doubled since last time)."""
-        self._timers = [entry for entry in self._timers if not entry[2].cancelled()]
-        heapq.heapify(self._timers)
-        self._compact_at = max(COMPACT_ABOVE, 2 * len(self._timers))
+        """Drop cancelled timers (amortised: only when the heap has doubled since last time).
+        In place: `_run_due` may be walking this very heap (a timer it runs sets another)."""
+        timers = self._timers
+        timers[:] = [entry for entry in timers if not entry[2].cancelled()]
+        heapq.heapify(timers)
+        self._compact_at = max(COMPACT_ABOVE, 2 * len(timers))
