@@ -56,6 +56,7 @@ class Daemon:
         self.notifier: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_status: str | None = None
+        self._inherited: list[Any] = []  # journal rows an earlier run left active
 
     # --- life --------------------------------------------------------------------------------
 
@@ -74,6 +75,13 @@ class Daemon:
             self._install_signals()
         self.journal = Journal(config.journal.path)
         self.journal.prune(config.journal.retention_days)
+        # What an earlier run left active, read before the control socket takes any invite of
+        # this run: only these are adopted once FreeSWITCH is reachable.
+        try:
+            self._inherited = self.journal.active()
+        except Exception:
+            log.exception("journal.error", op="active")
+            self._inherited = []
         self.metrics = Metrics(event_names=SUBSCRIBED_EVENTS)
         if config.metrics.listen:
             host, port = config.metrics.host_port
@@ -148,11 +156,7 @@ class Daemon:
         """Invites an earlier run left active: adopt each one, and FreeSWITCH tells what became
         of its call (`Engine.adopt`): gone -> lost; in the room -> joined; still waiting for the
         key -> watched again, bounded by a FreeSWITCH timer, as if the daemon had never stopped."""
-        try:
-            rows = self.journal.active()
-        except Exception:
-            log.exception("journal.error", op="active")
-            return
+        rows, self._inherited = self._inherited, []
         for row in rows:
             try:
                 await self.engine.adopt(row)
