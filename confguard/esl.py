@@ -26,7 +26,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -302,7 +302,7 @@ def _check_token(what: str, text: str) -> None:
         raise ValueError(f"{what} must be one non-empty word without spaces: {text!r}")
 
 
-# ------------------------------------------------------------------------ frame limits
+# ------------------------------------------------------------------------ frames and limits
 MAX_HEADER_BLOCK_BYTES = 1 << 20
 """Longest frame header block accepted. FreeSWITCH's envelopes are a few hundred bytes (event
 headers travel in the body); genesis itself would keep appending lines until a blank one."""
@@ -310,53 +310,227 @@ MAX_BODY_BYTES = 16 << 20
 """Largest ``Content-Length`` accepted (a ``show channels as json`` of a busy switch is a few MB).
 genesis itself would buffer whatever length the peer announces."""
 HEADER_LINE_LIMIT = 64 * 1024
-"""The StreamReader's limit: one header line longer than this ends the connection."""
+"""Longest header line accepted (the StreamReader limit genesis's reader had)."""
+READ_CHUNK = 256 * 1024
+"""Bytes asked of the socket per read: one read takes every frame that has arrived."""
+
+# str.splitlines() (genesis's line split) also breaks at these ASCII characters; a text with any
+# of them, or with non-ASCII characters, takes the exact (slow) path.
+_ODD_BREAKS = re.compile(r"[\r\x0b\x0c\x1c-\x1e]")
+_ODD_KEYS = re.compile(r"[\s%]")
 
 
 class _FrameRejected(Exception):
-    """A frame broke a limit or announced a length that is not a byte count."""
+    """A frame broke a limit, announced a length that is not a byte count, or is not UTF-8."""
 
 
-class _GuardedReader:
-    """The byte stream genesis reads frames from (it calls only ``readline``/``readexactly``),
-    with the checks genesis does not make: a header block is at most ``MAX_HEADER_BLOCK_BYTES``,
-    ``Content-Length`` is plain digits and at most ``MAX_BODY_BYTES``. A breach calls
-    ``on_violation`` (the connection is marked lost with the reason) and raises, which ends
-    genesis's reader."""
+def _parse_header_text(text: str) -> tuple[dict[str, str], set[str]]:
+    """Header lines exactly as genesis reads them (``str.splitlines``; a line without ``": "``
+    continues the previous value; names and values stripped and URL-decoded), except that a
+    repeated name keeps its first value instead of becoming a list. Also the names that were
+    repeated. Decodes only what contains ``%``."""
+    headers: dict[str, str] = {}
+    repeated: set[str] = set()
+    last_name = ""
+    value = ""
+    for line in text.strip().splitlines():
+        if ": " in line:
+            name, value = line.split(": ", 1)
+            last_name = name
+            header_line = True
+        else:
+            value += "\n" + line
+            name = last_name
+            header_line = False
+        name = name.strip()
+        if "%" in name:
+            name = unquote(name)
+        value = value.strip()
+        if "%" in value:
+            value = unquote(value)
+        if header_line and name in headers:
+            repeated.add(name)
+        else:
+            headers[name] = value
+    return headers, repeated
 
-    def __init__(self, reader: asyncio.StreamReader, on_violation: Callable[[str], None]) -> None:
-        self._reader = reader
-        self._on_violation = on_violation
-        self._block_bytes = 0
-        self._tail = b""  # the block's last bytes: its end is found as genesis finds it
 
-    def _reject(self, reason: str) -> _FrameRejected:
-        self._on_violation(f"protocol error: {reason}")
-        return _FrameRejected(reason)
+class _RawHeaders(Mapping[str, str]):
+    """An event's headers as they came (first value of each name), each value stripped and
+    URL-decoded when it is read: an event routed nowhere never pays for decoding."""
 
-    async def readline(self) -> bytes:
-        line = await self._reader.readline()
-        self._block_bytes += len(line)
-        self._tail = (self._tail + line)[-4:]
-        if self._tail.endswith((b"\n\n", b"\r\n\r\n")):
-            self._block_bytes, self._tail = 0, b""
-        elif self._block_bytes > MAX_HEADER_BLOCK_BYTES:
-            raise self._reject(f"a header block over {MAX_HEADER_BLOCK_BYTES} bytes")
-        # genesis splits the block with str.splitlines() and unquotes the names: do the same
-        for piece in line.decode("utf-8", errors="replace").splitlines():
-            name, colon, value = piece.partition(": ")
-            if colon and unquote(name.strip()) == "Content-Length":
-                length = unquote(value.strip())
-                if not (length.isascii() and length.isdigit()):
-                    raise self._reject(f"Content-Length {length[:40]!r} is not a byte count")
-                if int(length) > MAX_BODY_BYTES:
-                    raise self._reject(f"Content-Length {length[:40]} over {MAX_BODY_BYTES}")
-        return line
+    __slots__ = ("_raw",)
 
-    async def readexactly(self, n: int) -> bytes:
-        if not 0 <= n <= MAX_BODY_BYTES:
-            raise self._reject(f"a body of {n} bytes")
-        return await self._reader.readexactly(n)
+    def __init__(self, raw: dict[str, str]) -> None:
+        self._raw = raw
+
+    def __getitem__(self, key: str) -> str:
+        value = self._raw[key].strip()
+        return unquote(value) if "%" in value else value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._raw.get(key)
+        if value is None:
+            return default
+        value = value.strip()
+        return unquote(value) if "%" in value else value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"_RawHeaders({dict(self.items())!r})"
+
+
+def _event_headers(text: str) -> Mapping[str, str]:
+    """An event's header lines. Fast path (what FreeSWITCH sends: ASCII, ``\\n`` line ends,
+    names without spaces or ``%``, one ``": "`` per line at least): split in C, values decoded
+    on read; anything else: `_parse_header_text`, the same result the slow way."""
+    text = text.strip()
+    if text.isascii() and not _ODD_BREAKS.search(text):
+        try:
+            raw = dict(reversed([line.split(": ", 1) for line in text.split("\n")]))
+        except ValueError:  # a line without ": " (a continuation): the exact path
+            raw = None
+        if raw is not None and not _ODD_KEYS.search("".join(raw)):
+            return _RawHeaders(raw)
+    return MappingProxyType(_parse_header_text(text)[0])
+
+
+def event_from_frame(envelope: Mapping[str, str], content: str | None) -> EslEvent | None:
+    """An EslEvent from a ``text/event-plain`` / ``text/event-json`` frame: its envelope headers
+    and its body text. The same event ``parse_event`` makes of genesis's frame (the event's
+    headers merged over the envelope's, the envelope's Content-Type dropped, Content-Length
+    dropped when there is no body). None for other content types."""
+    content_type = envelope.get("Content-Type", "")
+    if content_type == "text/event-json":
+        return parse_event(envelope, content)
+    if content_type != "text/event-plain":
+        return None
+    body: str | None = None
+    if content is None:
+        headers: Mapping[str, str] = {}
+    elif "\n\n" in content:
+        head, body = content.split("\n\n", 1)
+        headers = _event_headers(head)
+        body = body or None
+    else:
+        headers = _event_headers(content)
+    extra = {k: v for k, v in envelope.items() if k not in headers}
+    if extra.get("Content-Type") == "text/event-plain":
+        del extra["Content-Type"]
+    if body is None:
+        extra.pop("Content-Length", None)
+    if extra or headers.get("Content-Type") == "text/event-plain" or (
+            body is None and "Content-Length" in headers):
+        merged = dict(headers.items())
+        merged.update(extra)
+        if merged.get("Content-Type") == "text/event-plain":
+            del merged["Content-Type"]
+        if body is None:
+            merged.pop("Content-Length", None)
+        headers = MappingProxyType(merged)
+    return EslEvent(name=headers.get("Event-Name", "") or "", headers=headers, body=body)
+
+
+class FrameSplitter:
+    """Sans-I/O: bytes in (as the socket gives them), whole frames out as (envelope headers,
+    body text or None), with the checks genesis does not make: a header block is at most
+    ``MAX_HEADER_BLOCK_BYTES`` and its lines at most ``HEADER_LINE_LIMIT``; ``Content-Length``
+    is plain ASCII digits, at most ``MAX_BODY_BYTES``, and given once; headers and bodies are
+    UTF-8. A breach sets `error` (the connection cannot be trusted past it).
+    A block ends, as in genesis, at the first ``\\n\\n`` or ``\\r\\n\\r\\n``."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._scan = 0  # where to look for the block's end next
+        self._envelope: dict[str, str] | None = None  # headers of a frame waiting for its body
+        self._need = 0
+        self.error: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of an unfinished frame are held."""
+        return bool(self._buf) or self._envelope is not None
+
+    def feed(self, data: bytes) -> list[tuple[dict[str, str], str | None]]:
+        """The frames `data` completes, in order. After a breach: the frames before it, and
+        `error` says what it was (nothing more is read: the stream cannot be trusted past it)."""
+        if self.error is not None:
+            return []
+        buf = self._buf
+        buf += data
+        out: list[tuple[dict[str, str], str | None]] = []
+        pos = 0
+        try:
+            while True:
+                if self._envelope is not None:
+                    if len(buf) - pos < self._need:
+                        break
+                    body = bytes(buf[pos:pos + self._need]).decode("utf-8")
+                    pos += self._need
+                    out.append((self._envelope, body))
+                    self._envelope = None
+                    continue
+                scan = max(pos, self._scan)
+                lf = buf.find(b"\n\n", scan)
+                crlf = buf.find(b"\r\n\r\n", scan)
+                if lf < 0 and crlf < 0:
+                    self._check_partial(buf, pos)
+                    self._scan = max(pos, len(buf) - 3)
+                    break
+                end = min(e for e in (lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
+                          if e > 0)
+                if end - pos > MAX_HEADER_BLOCK_BYTES:
+                    raise _FrameRejected(f"a header block over {MAX_HEADER_BLOCK_BYTES} bytes")
+                block = bytes(buf[pos:end])
+                pos = self._scan = end
+                if len(block) > HEADER_LINE_LIMIT and max(map(len, block.split(b"\n"))) > \
+                        HEADER_LINE_LIMIT:
+                    raise _FrameRejected(
+                        f"reader stopped at a header line over {HEADER_LINE_LIMIT} bytes")
+                envelope, repeated = _parse_header_text(block.decode("utf-8"))
+                length = self._content_length(envelope, repeated)
+                if length:
+                    self._envelope, self._need = envelope, length
+                else:
+                    out.append((envelope, None))
+        except UnicodeDecodeError as exc:
+            self.error = f"a frame is not UTF-8 (UnicodeDecodeError: {exc})"
+        except _FrameRejected as exc:
+            self.error = str(exc)
+        finally:
+            del buf[:pos]
+            self._scan = max(0, self._scan - pos)
+        return out
+
+    @staticmethod
+    def _check_partial(buf: bytearray, pos: int) -> None:
+        if len(buf) - pos > MAX_HEADER_BLOCK_BYTES:
+            raise _FrameRejected(f"a header block over {MAX_HEADER_BLOCK_BYTES} bytes")
+        if len(buf) - pos > HEADER_LINE_LIMIT and \
+                len(buf) - (buf.rfind(b"\n", pos) + 1) > HEADER_LINE_LIMIT:
+            raise _FrameRejected(f"reader stopped at a header line over {HEADER_LINE_LIMIT} bytes")
+
+    @staticmethod
+    def _content_length(envelope: dict[str, str], repeated: set[str]) -> int:
+        if "Content-Length" in repeated:
+            raise _FrameRejected("reader stopped at two Content-Length headers")
+        text = envelope.get("Content-Length")
+        if text is None:
+            return 0
+        length = text.split("\n")[0]
+        if not (length.isascii() and length.isdigit()):
+            raise _FrameRejected(f"Content-Length {length[:40]!r} is not a byte count")
+        if int(length) > MAX_BODY_BYTES:
+            raise _FrameRejected(f"Content-Length {length[:40]} over {MAX_BODY_BYTES}")
+        return int(length)
 
 
 # ------------------------------------------------------------------------------ connection
@@ -382,7 +556,10 @@ class _Connection(Inbound):
         self.lost_reason: str | None = None
         self.last_rx = time.monotonic()
         self._auth_reply: asyncio.Future[str] | None = None
-        self.event_processors.insert(0, self._process_frame)
+        # Frames never go through genesis's queue and processors (its per-frame telemetry, header
+        # parsing and handler routing cost more than the whole daemon should): `handler` reads
+        # and dispatches them itself; genesis's consumer only sees the end-of-stream marker.
+        self.event_processors: list[Any] = []
 
     # -- genesis hooks
     async def _connect(self) -> None:
@@ -394,7 +571,7 @@ class _Connection(Inbound):
                 ),
                 self.settings.connect_timeout,
             )
-            self.reader = _GuardedReader(reader, self.mark_lost)
+            self.reader = reader
         except TimeoutError:
             raise EslTimeoutError(
                 f"ESL {where}: TCP connect timed out after {self.settings.connect_timeout:g} s"
@@ -452,42 +629,87 @@ class _Connection(Inbound):
         if not reply.startswith("+OK"):
             raise EslAuthError(f"ESL {where}: unexpected reply to auth: {redact(reply)!r}")
 
-    # -- our processor (runs in genesis's consumer task, one frame at a time, wire order)
-    def _process_frame(self, _protocol: object, frame: ESLEvent) -> None:
-        self.last_rx = time.monotonic()
-        content_type = _first(frame.get("Content-Type", ""))
+    # -- the reader (genesis's producer task; replaces its line-by-line reader)
+    async def handler(self) -> None:
+        """Read the socket in chunks, split frames (`FrameSplitter`, with its limits) and handle
+        each in wire order, in this task: replies go to genesis's command exchange (which matches
+        them to commands by order), events straight to the session. Ends on EOF, a read error or
+        a protocol error; genesis's consumer is then told (and stops the connection)."""
+        reader = self.reader
+        if reader is None:
+            return
+        splitter = FrameSplitter()
+        try:
+            while self.is_connected and not self.lost.is_set():  # type: ignore[has-type]
+                try:
+                    data = await reader.read(READ_CHUNK)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self._pending_loss_reason = "eof"
+                    break
+                if not data:
+                    self._pending_loss_reason = "truncated" if splitter.pending else "eof"
+                    break
+                self.last_rx = time.monotonic()
+                for envelope, body in splitter.feed(data):
+                    self._process_frame(envelope, body)
+                    if self.lost.is_set():
+                        break  # nothing after a frame that broke the connection is trusted
+                if splitter.error is not None:
+                    self.mark_lost(f"protocol error: {splitter.error}")
+                    self._pending_loss_reason = "protocol_error"
+                    break
+        finally:
+            self.is_connected = False
+            if self._pending_loss_reason is None:
+                self._pending_loss_reason = "stopped"
+            await self._signal_reader_done()
+
+    def _process_frame(self, envelope: dict[str, str], body: str | None) -> None:
+        """One frame, in wire order."""
+        content_type = envelope.get("Content-Type", "")
+        if content_type in _ENVELOPE_TYPES:
+            try:
+                event = event_from_frame(envelope, body)
+            except (ValueError, TypeError) as exc:
+                log.warning("esl.unparsable_event", where=self.settings.host_port, error=str(exc))
+                return
+            if event is not None:
+                self._on_event(self, event)
+            return
         if content_type == "auth/request":
             self.auth_request_seen = True
+            self.authentication_event.set()
             return
         auth_reply = self._auth_reply
         if content_type == "command/reply" and auth_reply is not None and not auth_reply.done():
-            auth_reply.set_result(_first(frame.get("Reply-Text", "")))
+            auth_reply.set_result(envelope.get("Reply-Text", ""))
             return
         if not content_type:
             # FreeSWITCH types every frame: this is stray bytes or a body read as headers, and
             # the replies after it would be matched to the wrong commands
             self.mark_lost("protocol error: a frame without Content-Type")
             return
-        if content_type in ("command/reply", "api/response") and self.exchange.depth == 0:
-            self.mark_lost(f"protocol error: {content_type} to no command")
+        if content_type in ("command/reply", "api/response"):
+            if self.exchange.depth == 0:
+                self.mark_lost(f"protocol error: {content_type} to no command")
+                return
+            reply = ESLEvent(envelope)
+            reply.body = body or None
+            self.exchange.deliver(reply)
             return
         if content_type == "text/rude-rejection":
             self.rejected = True
             self.mark_lost("rude-rejection")
+            self.authentication_event.set()
             return
         if content_type == "text/disconnect-notice":
-            self.disconnect_notice = (frame.body or "").strip()
+            self.disconnect_notice = (body or "").strip()
             self.mark_lost("disconnect-notice")
+            self.authentication_event.set()
             return
-        if content_type in _ENVELOPE_TYPES:
-            try:
-                event = parse_event(frame.data, frame.body)
-            except (ValueError, TypeError) as exc:
-                log.warning("esl.unparsable_event", where=self.settings.host_port, error=str(exc))
-                return
-            if event is not None:
-                self._on_event(self, event)
-        elif content_type == "text/event-xml":
+        if content_type == "text/event-xml":
             log.warning("esl.xml_event_ignored", where=self.settings.host_port)
         elif content_type not in _KNOWN_TYPES:
             # a body read as headers, most likely: its reply is gone and every later reply
