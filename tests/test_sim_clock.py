@@ -107,3 +107,29 @@ async def test_a_sweep_while_timers_run_runs_each_timer_once() -> None:
     clock.call_later(0.0, lambda: None)  # the clock runs whatever is due again
     await asyncio.sleep(0.02)
     assert runs == {number: 1 for number in range(50)}
+
+
+async def test_many_timers_wake_together_none_early_none_much_late() -> None:
+    """With more than COALESCE_ABOVE timers pending, the clock wakes at most once per COALESCE_S:
+    every timer still runs in deadline order, never before its deadline, and (on an idle loop)
+    not much later than COALESCE_S after it."""
+    from confguard.sim.clock import COALESCE_ABOVE, COALESCE_S
+
+    clock = SimClock(1.0)
+    loop = asyncio.get_running_loop()
+    ops = random.Random(4)
+    late: list[float] = []
+    order: list[float] = []
+    dues: list[float] = []
+    for index in range(COALESCE_ABOVE + 500):
+
+        def fire(index: int = index) -> None:
+            late.append(loop.time() - dues[index])
+            order.append(dues[index])
+
+        dues.append(clock.call_later(ops.uniform(0.0, 0.2), fire).when())
+    await asyncio.sleep(0.3)
+    assert len(late) == COALESCE_ABOVE + 500
+    assert order == sorted(order)
+    assert min(late) >= -1e-6
+    assert sorted(late)[len(late) // 2] < COALESCE_S + 0.05  # median: the window, plus slack

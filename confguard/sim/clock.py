@@ -11,7 +11,8 @@ event-loop timer for the earliest of them, instead of one event-loop timer each:
 thousand calls each waiting on a timer, asyncio's heap of TimerHandles (compared by a Python
 `__lt__`) and its re-heaping of cancelled ones are most of the cost of waiting. Timers still run
 at their deadlines, in deadline order (equal deadlines: in the order set), each through its
-TimerHandle (its context, cancel(), and the loop's exception handler).
+TimerHandle (its context, cancel(), and the loop's exception handler). With thousands of timers
+pending, wake-ups are coalesced (COALESCE_ABOVE, COALESCE_S).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ import time
 from collections.abc import Callable
 
 COMPACT_ABOVE = 1024  # cancelled timers are swept from the heap once it doubles past this
+# With this many timers pending (thousands of calls), the clock wakes at most once per
+# COALESCE_S real seconds: the timers due meanwhile run together, still in deadline order, none
+# early and none more than COALESCE_S late (a busy event loop is later than that anyway). Below
+# it every timer has a wake-up of its own.
+COALESCE_ABOVE = 1000
+COALESCE_S = 0.001
 
 
 class SimClock:
@@ -73,9 +80,12 @@ class SimClock:
         return handle
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        """Wake up for the timer due at `when` (`_wakeup_at`: the deadline served)."""
         if self._wakeup is not None:
             self._wakeup.cancel()
         self._wakeup_at = when
+        if len(self._timers) >= COALESCE_ABOVE:
+            when += COALESCE_S
         self._wakeup = loop.call_at(when, self._run_due)
 
     def _run_due(self) -> None:
