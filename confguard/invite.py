@@ -1011,10 +1011,15 @@ class Invite:
 
     def _on_dump(self, kind: str, text: str, now: float) -> list[Command]:
         if not text.startswith("{"):
-            if self.state is State.PLACING and self.adopted_from is State.PLACING:
+            if (
+                self.state is State.PLACING
+                and self.adopted_from is State.PLACING
+                and not self.kill_sent
+            ):
                 # Not conclusive: FreeSWITCH may not have run the originate yet (its bgapi
                 # queue), also one an earlier daemon wrote just before it died; the
-                # BACKGROUND_JOB, the channel's events or the safety net decide.
+                # BACKGROUND_JOB, the channel's events or the safety net (whose kill makes
+                # the next "no such channel" final) decide.
                 return []
             return self._give_up(now, "the channel is gone", reply=text[:200], via=kind)
         try:

@@ -976,3 +976,15 @@ def test_adopted_placing_invite_without_a_channel_waits_for_its_originate() -> N
     assert invite.state is State.WAITING_KEY
     invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2)
     assert finished(invite.event(add_member(), None, T0 + 2.1)).outcome is Outcome.JOINED
+
+
+def test_a_placing_invite_whose_safety_kill_was_lost_ends_at_the_next_resync() -> None:
+    """No channel ever showed up; the safety net's kill went out while the link was down: the
+    dump after the reconnect is final then (found by the chaos soak: invites stuck placing)."""
+    invite, _ = make(timeout=5)
+    invite.connection_lost(T0 + 0.1)
+    kill = api(invite.tick(T0 + 5 + GRACE_S), "uuid_kill")
+    assert invite.reply(kill.tag, LOST, T0 + 8.1) == []
+    dump = api(invite.resync(T0 + 9), "uuid_dump")
+    result = finished(invite.reply(dump.tag, "-ERR No such channel!\n", T0 + 9.1))
+    assert result.outcome is Outcome.LOST
