@@ -6,11 +6,15 @@ Owns: connecting and authenticating with timeouts and typed errors, ``api``/``bg
 filter), liveness (dead genesis reader, silent socket, disconnect/EOF), reconnect with backoff and
 jitter, and routing genesis's stdlib logging into structlog with the ``auth`` password redacted.
 
-How it sits on genesis: each connection is a new ``Inbound`` subclass whose frame processor is
-inserted first in ``event_processors`` (genesis runs them one frame at a time in its consumer task,
-in wire order); genesis's handler dispatch (one task per handler) is not used. We write ``auth``
-ourselves, so genesis never sees or logs the password. Liveness: genesis's reader task ending for
-any reason (EOF, invalid UTF-8, a malformed Content-Length), a disconnect-notice, or no frame at
+How it sits on genesis: genesis is the transport -- its ``Inbound`` connection, ``start``/``stop``,
+and its command exchange (replies matched to commands by order, tombstones for cancelled writes).
+Its per-frame and per-command machinery is not used: each connection overrides genesis's reader
+task (``handler``) with our own chunked reader and frame splitter (``FrameSplitter``: the frame
+limits and protocol errors), which hands replies to genesis's exchange and events straight to the
+session, in wire order, in that task; ``send`` writes the command and waits on the exchange
+without genesis's spans, metrics and subscription ledger. We write ``auth``
+ourselves, so genesis never sees or logs the password. Liveness: the reader ending for
+any reason (EOF, invalid UTF-8, a protocol error), a disconnect-notice, or no frame at
 all for 2 x ``heartbeat_interval`` (HEARTBEAT is always subscribed and filtered in) marks the
 connection lost. A permanent ``Event-Name BACKGROUND_JOB`` filter is kept too, so ``bgapi``
 results pass whatever per-call filters exist.
@@ -34,7 +38,8 @@ from urllib.parse import unquote
 
 import structlog
 from genesis import Inbound
-from genesis.exceptions import GenesisError
+from genesis.exceptions import CommandStage, ConnectionLost, GenesisError, UnconnectedError
+from genesis.exceptions import ConnectionError as GenesisConnectionError
 from genesis.protocol.parser import ESLEvent
 
 log = structlog.get_logger("confguard.esl")
@@ -715,6 +720,40 @@ class _Connection(Inbound):
             # a body read as headers, most likely: its reply is gone and every later reply
             # would go to the command after its own
             self.mark_lost(f"protocol error: unknown Content-Type {content_type[:60]!r}")
+
+    # -- commands (genesis's send without its per-command span, metrics and subscription ledger,
+    # whose filter bookkeeping scans every filter on every filter command; the session keeps its
+    # own). The exchange is genesis's: one FIFO, a tombstone for a cancelled write, and the
+    # connection stopped when a write may have happened but its reply cannot come.
+    async def send(self, cmd: str) -> ESLEvent:
+        writer = self.writer
+        if not self.is_connected or writer is None:
+            if self._lost:
+                raise ConnectionLost(CommandStage.NOT_SENT)
+            raise UnconnectedError()
+        if writer.is_closing():
+            raise GenesisConnectionError()
+        wire = f"{cmd}\n\n".encode()
+
+        async def transmit(evidence: Any) -> None:
+            evidence.wrote = True
+            writer.write(wire)
+            await writer.drain()
+
+        try:
+            result = await self.exchange.exchange(transmit)
+        except ConnectionLost as exc:
+            if exc.stage is CommandStage.UNCONFIRMED and not self._stopped:
+                if not self._lost:
+                    self.note_peer_loss("write_error")
+                await self.stop()
+            raise
+        if self.exchange.take_write_failure() is not None and not self._stopped:
+            if not self._lost:
+                self.note_peer_loss("write_error")
+            with contextlib.suppress(Exception):
+                await self.stop()
+        return result
 
     def mark_lost(self, reason: str) -> None:
         if self.lost_reason is None:
