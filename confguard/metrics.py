@@ -103,13 +103,16 @@ class Metrics:
             "confguard_command_seconds", "ESL command round trip, by command verb.",
             ["verb"], buckets=COMMAND_BUCKETS, registry=reg)
         # Children created up front so every series shows (as 0) from the first scrape.
-        for outcome in OUTCOMES:
-            self.invites_finished_total.labels(outcome=outcome)
+        # The labelled children are kept: `labels()` costs a lock and a tuple per call, and the
+        # engine counts every event and every state change.
+        self._finished = {o: self.invites_finished_total.labels(outcome=o) for o in OUTCOMES}
         self._active: dict[str, int] = dict.fromkeys(ACTIVE_STATES, 0)
-        for state in ACTIVE_STATES:
-            self.active_invites.labels(state=state).set(0)
-        for name in (*sorted(self._event_names), OTHER):
-            self.events_received_total.labels(event=name)
+        self._active_gauges = {s: self.active_invites.labels(state=s) for s in ACTIVE_STATES}
+        for gauge in self._active_gauges.values():
+            gauge.set(0)
+        self._events = {name: self.events_received_total.labels(event=name)
+                        for name in (*sorted(self._event_names), OTHER)}
+        self._other_events = self._events[OTHER]
         self.esl_connected.set(0)
         self._server: asyncio.Server | None = None
 
@@ -120,7 +123,8 @@ class Metrics:
 
     def invite_finished(self, outcome: str) -> None:
         outcome = _value(outcome)
-        self.invites_finished_total.labels(outcome=outcome if outcome in OUTCOMES else OTHER).inc()
+        child = self._finished.get(outcome)
+        (child or self.invites_finished_total.labels(outcome=OTHER)).inc()
 
     def state_changed(self, old: str | None, new: str | None) -> None:
         """Move one invite between states. `old=None`: a new invite; `new` of `ended` (or None):
@@ -132,7 +136,7 @@ class Metrics:
             if name not in self._active:
                 continue  # "ended" and anything unknown is not an active state
             self._active[name] = max(0, self._active[name] + step)
-            self.active_invites.labels(state=name).set(self._active[name])
+            self._active_gauges[name].set(self._active[name])
 
     def esl_state(self, connected: bool) -> None:
         self.esl_connected.set(1 if connected else 0)
@@ -141,7 +145,7 @@ class Metrics:
         self.esl_reconnects_total.inc()
 
     def event_received(self, name: str) -> None:
-        self.events_received_total.labels(event=name if name in self._event_names else OTHER).inc()
+        self._events.get(name, self._other_events).inc()
 
     def key_to_joined(self, seconds: float) -> None:
         self.key_to_joined_seconds.observe(max(0.0, seconds))
