@@ -423,7 +423,7 @@ class Engine:
                     continue  # one line for the end, carrying the outcome (below)
                 self._publish_state(run, command, loop.time())
             elif isinstance(command, WakeAt):
-                run.timers.append(loop.call_at(command.when, self._tick, run))
+                run.timers.append(loop.call_at(command.when, self._tick, run, command.when))
             elif isinstance(command, (SendApi, SendBgapi, AddFilter, DelFilter)):
                 run.queue.put_nowait(command)
         if finished is not None:
@@ -432,10 +432,14 @@ class Engine:
         if run.machine.state is State.ENDED:
             run.queue.put_nowait(_DONE)
 
-    def _tick(self, run: InviteRun) -> None:
+    def _tick(self, run: InviteRun, due: float) -> None:
         if run.outcome is not None and run.machine.state is State.ENDED:
             return
-        self._feed(run, "tick", run.machine.tick, asyncio.get_running_loop().time())
+        # The loop may run a timer up to its clock resolution early (and uvloop's time() is
+        # the iteration's, ms-coarse): the machine must see at least the time it asked for, or
+        # a bound it checks with `now >= when` would never be reached (and never asked again).
+        now = max(asyncio.get_running_loop().time(), due)
+        self._feed(run, "tick", run.machine.tick, now)
 
     async def _work(self, run: InviteRun) -> None:
         """Send this invite's commands in order; feed api replies back to its machine."""

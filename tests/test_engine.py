@@ -319,3 +319,22 @@ async def test_an_originate_lost_in_the_write_without_a_channel_yet_stays_placed
         session.queue.put_nowait(Event(Event_Name="BACKGROUND_JOB", Job_UUID=run.job_uuid))
         await settle()
         assert run.outcome is not None
+
+
+async def test_a_wake_up_the_loop_runs_early_still_reaches_the_machine_at_its_time() -> None:
+    """asyncio runs a timer up to its clock resolution early (uvloop's time() is ms-coarse):
+    the machine's bounds (`now >= when`) must still be met, or they are never asked again."""
+    session = LinkSession()
+    async with link_engine(session) as running:
+        run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+        seen: list[float] = []
+        real_tick = run.machine.tick
+
+        def tick(now: float) -> list[Any]:
+            seen.append(now)
+            return real_tick(now)
+
+        run.machine.tick = tick  # type: ignore[method-assign]
+        due = asyncio.get_running_loop().time() + 0.05  # the loop runs it before its time
+        running._tick(run, due)
+        assert seen == [due] and asyncio.get_running_loop().time() < due
