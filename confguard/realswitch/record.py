@@ -41,7 +41,7 @@ from typing import TypeVar
 from urllib.parse import unquote
 
 from confguard.esl import PERMANENT_FILTERS
-from confguard.invite import InviteSpec, build_originate
+from confguard.invite import InviteSpec, JoinTarget, build_originate
 from confguard.realswitch.conf import CALLEE_CONTEXT, DOMAIN
 from confguard.sim import wire
 
@@ -314,6 +314,7 @@ def daemon_originate(
     timeout: int = 30,
     prompt: str | None = None,
     reprompt_interval: float = 5.0,
+    join: JoinTarget | None = None,
 ) -> str:
     """The originate confguard's daemon sends (`invite.build_originate`), for invite `rec1`.
 
@@ -326,6 +327,7 @@ def daemon_originate(
         timeout=timeout,
         prompt=prompt,
         reprompt_interval=reprompt_interval,
+        join=join or JoinTarget.inline(),
     )
     return build_originate(spec, call_uuid=call_uuid, invite_id="rec1",
                            wall_deadline=1_900_000_000)
@@ -716,6 +718,93 @@ async def scenario_waiting_app(recorder: Recorder) -> None:
     await watcher.close()
 
 
+JOINS_IN_SWITCH_COMMENT = """\
+19 The daemon's originate since the join moved into FreeSWITCH (invite.build_originate /
+build_waiting_app): `originate {...,api_on_originate='sched_hangup +T U ALLOTTED_TIMEOUT'}user/EXT
+'m:|:sched_hangup:+T ALLOTTED_TIMEOUT|play_and_get_digits:1 1 TRIES MS TERM PROMPT
+silence_stream://250 confguard_key ^[1]$ MS park inline|sched_cancel|JOIN' inline` -- the switch
+arms a second timer at the answer, collects the key, cancels the call's timers and joins it; the
+client sends nothing for the call but the filters and the originate (and, here, uuid_dump).
+conn 'watcher': event plain CHANNEL_EXECUTE CHANNEL_EXECUTE_COMPLETE CHANNEL_HANGUP_COMPLETE (the
+app sequence). conn 'daemon': the daemon's subscription (engine.SUBSCRIBED_EVENTS) and filters
+(esl.PERMANENT_FILTERS, then Unique-ID U, Job-UUID J, Task-Group U per call).
+Call A: user 1001 with sim_dtmf=9@1.5;1@3.75 (a wrong key, then the key), prompt
+tone_stream://%(250,250,440);loops=2, MS 5000, T 30, JOIN conference:test1: `uuid_dump A json`
+while it waits; DTMF 9, DTMF 1, play_and_get_digits' completion, sched_cancel (two DEL_SCHEDULE of
+group A, on the scheduler's next pass: the keys come between two passes), conference
+(add-member, floor-change); `uuid_dump A json` in the room.
+Call B: user 1001 silent, T 4, MS 1000: nobody presses; api_on_originate's task (armed at
+CHANNEL_CREATE) fires 4 s after the originate: hangup ALLOTTED_TIMEOUT, the answer's task goes
+with the channel.
+Call C: user 1001 with sim_dtmf=1@1.75, T 30, JOIN transfer:7001 XML default (JoinTarget.dialplan,
+conf.py's join extension: conference test1@default): the key, sched_cancel, the transfer, the
+extension's conference. Then A and C are killed, 0.3 s apart."""
+
+# When the key comes, seconds after the answer: between two of the scheduler's passes (every
+# 0.5 s from the answer's task), so the DEL_SCHEDULE of the cancelled tasks comes on the next
+# pass, after the join. A key on a pass (1.5 s, 3.5 s) races the scheduler thread: the
+# DEL_SCHEDULE came in the same millisecond as add-member, or 0.5 s later.
+JOIN_KEY_AT = 1.75
+
+
+async def scenario_joins_in_switch(recorder: Recorder) -> None:
+    watcher = await login(
+        recorder, "watcher", "CHANNEL_EXECUTE CHANNEL_EXECUTE_COMPLETE CHANNEL_HANGUP_COMPLETE"
+    )
+    daemon = await login(recorder, "daemon")
+    for header, value in PERMANENT_FILTERS:
+        await daemon.command(f"filter {header} {value}")
+
+    async def joined(call_uuid: str, since: int) -> None:
+        """add-member and the DEL_SCHEDULE of the call's three tasks (api_on_originate's two, as
+        in transcript 15, and the answer's)."""
+        await daemon.wait_event("CUSTOM", since=since, Unique_ID=call_uuid, Action="add-member")
+        await daemon.wait_event("DEL_SCHEDULE", count=3, since=since, Task_Group=call_uuid)
+
+    call_a = str(uuidlib.uuid4())
+    command = daemon_originate(call_a, "1001", prompt=WAITING_PROMPT).replace(
+        "}user/", f",sim_dtmf=9@1.5;1@{JOIN_KEY_AT + 2}}}user/"
+    )
+    since = len(daemon.events)
+    await waiting_call(recorder, daemon, call_a, command, "user 1001 (presses 9, then 1)")
+    await watcher.wait_event(
+        "CHANNEL_EXECUTE", Unique_ID=call_a, Application="play_and_get_digits"
+    )
+    await asyncio.sleep(0.3)
+    await daemon.api(f"uuid_dump {call_a} json")
+    await joined(call_a, since)
+    await daemon.wait_event("CUSTOM", since=since, Unique_ID=call_a, Action="floor-change")
+    await asyncio.sleep(0.3)
+    await daemon.api(f"uuid_dump {call_a} json")
+    await asyncio.sleep(0.5)
+
+    call_b = str(uuidlib.uuid4())
+    command = daemon_originate(call_b, "1001", timeout=4, reprompt_interval=1.0)
+    since = len(daemon.events)
+    await waiting_call(recorder, daemon, call_b, command, "user 1001 (silent, T 4)")
+    hangup = await daemon.wait_event("CHANNEL_HANGUP_COMPLETE", since=since, Unique_ID=call_b)
+    if hangup.headers.get("Hangup-Cause") != "ALLOTTED_TIMEOUT":
+        raise RecordingError(f"call B: {hangup.headers.get('Hangup-Cause')}")
+    await asyncio.sleep(1.5)  # the answer's task, removed with the channel
+
+    call_c = str(uuidlib.uuid4())
+    command = daemon_originate(call_c, "1001", join=JoinTarget.dialplan("7001")).replace(
+        "}user/", f",sim_dtmf=1@{JOIN_KEY_AT}}}user/"
+    )
+    since = len(daemon.events)
+    await waiting_call(recorder, daemon, call_c, command, "user 1001 (presses 1), join 7001")
+    await joined(call_c, since)
+    await asyncio.sleep(0.5)
+
+    for call_uuid in (call_a, call_c):
+        since = len(watcher.events)
+        await hang_up(daemon, call_uuid)
+        await watcher.wait_event("CHANNEL_HANGUP_COMPLETE", since=since, Unique_ID=call_uuid)
+        await asyncio.sleep(0.3)
+    await daemon.close()
+    await watcher.close()
+
+
 Scenario = Callable[[Recorder], Awaitable[None]]
 SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "13-broadcast-tone-stream-aleg": (scenario_broadcast, BROADCAST_COMMENT),
@@ -724,6 +813,7 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "16-callees-that-do-not-stay": (scenario_failures, FAILURES_COMMENT),
     "17-xml-locate": (scenario_xml_locate, XML_LOCATE_COMMENT),
     "18-waiting-app-play-and-get-digits": (scenario_waiting_app, WAITING_APP_COMMENT),
+    "19-waiting-app-joins-in-switch": (scenario_joins_in_switch, JOINS_IN_SWITCH_COMMENT),
 }
 
 

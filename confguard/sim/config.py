@@ -28,3 +28,12 @@ class SimConfig:
     start_epoch: float | None = None  # simulated epoch seconds at start; None: the real clock
     mirror_lag: tuple[float, float] = (0.05, 0.2)  # sim s: `show tasks` row appears/goes late
     schedule_event_delay: tuple[float, float] = (0.001, 0.015)  # sim s: ADD_SCHEDULE after add
+    # The actions of the join extension (7001 in context `default`), as a call routed there runs
+    # them: confguard.realswitch's conf.py, which `xml_locate` prints (xmlconf.py; transcript 19
+    # shows answer's CHANNEL_EXECUTE before the conference's). The original recordings' set-up
+    # had no answer: `conference test1`, `hangup` (transcript 00's dialplan, 04's events).
+    join_actions: tuple[tuple[str, str], ...] = (
+        ("answer", ""),
+        ("conference", "test1@default"),
+        ("hangup", ""),
+    )

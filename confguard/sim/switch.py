@@ -772,10 +772,13 @@ class Switch:
         self._later(channel, STEP, complete)
 
     def _route(self, channel: Channel, exten: str, dialplan: str, context: str) -> bool:
-        """Run the dialplan: only extension 7001 in `default` exists (conference test1)."""
-        room_exten, room_context, room = CONFERENCE_EXTENSION
+        """Run the dialplan: only extension 7001 in `default` exists; its actions
+        (`SimConfig.join_actions`: answer, conference test1@default, hangup) run app after app
+        (`answer` does nothing to an answered call; the conference holds the call)."""
+        room_exten, room_context, _ = CONFERENCE_EXTENSION
         if exten == room_exten and context == room_context and dialplan.upper() == "XML":
-            self._start_app(channel, "conference", room)
+            channel.inline_apps = [(name, data or None) for name, data in self.config.join_actions]
+            self._next_inline(channel)
             return True
         self.hangup(channel, "NO_ROUTE_DESTINATION")
         return False
@@ -816,6 +819,14 @@ class Switch:
         facts = channel.facts
         if channel.conference is not None:
             self._leave_conference(channel)
+        collector, channel.collector = channel.collector, None
+        if collector is not None:
+            # play_and_get_digits' loop ends on a channel that is no longer ready and, as
+            # after its spent tries, transfers to its failure target: on a dead channel only
+            # the caller profile changes (transcript 19: the timer fired while it waited).
+            collector.interrupt()
+            if collector.failure_target:
+                self._new_profile(channel, collector.failure_target, turn=True)
         self._complete_app(channel)
         now = self.clock.now()
         facts.state = "CS_REPORTING"
@@ -1133,33 +1144,12 @@ class Switch:
         dialplan = target[1] if len(target) > 1 else "XML"
         context = target[2] if len(target) > 2 else "default"
         facts = channel.facts
-        now = self.clock.now()
-        source = f"{int(now)}:{uuidlib.uuid4()}:bl_xfer:{exten}/{context}/{dialplan}"
         if channel.conference is not None:
             self._leave_conference(channel)
         previous_destination, previous_rdnis = facts.destination_number, facts.rdnis
-        facts.rdnis = facts.destination_number
-        facts.destination_number = exten
-        channel.listed_destination = None
-        facts.dialplan = dialplan
-        facts.context = context
-        if before_app is None:
-            # uuid_transfer turns the outbound leg's logical direction around (transcripts 05,
-            # 06); the originate's own transfer to its extension does not (transcript 18).
-            facts.logical_direction = "inbound"
-        facts.transfer_source = source
-        facts.profile_index += 1
-        facts.profile_created = now
-        facts.set_var("max_forwards", "70")
-        history = facts.variables.get("transfer_history")
-        if history is None:
-            facts.set_var("transfer_history", source)
-        else:
-            # Each transfer pushes onto the history, which stays where it was (an array
-            # header: transcript 18's second transfer).
-            previous = history.removeprefix(wire.ARRAY_PREFIX)
-            facts.variables["transfer_history"] = f"{wire.ARRAY_PREFIX}{previous}|:{source}"
-        facts.set_var("transfer_source", source)
+        # uuid_transfer turns the outbound leg's logical direction around (transcripts 05,
+        # 06); the originate's own transfer to its extension does not (transcript 18).
+        self._new_profile(channel, target, turn=before_app is None)
         # The parked app completes after the new caller profile is in place (transcript 06).
         facts.state_number = 2
         channel.inline_apps = []
@@ -1180,6 +1170,39 @@ class Switch:
             self._run_inline(channel, exten)
         else:
             self._route(channel, exten, dialplan, context)
+
+    def _new_profile(self, channel: Channel, target: list[str], *, turn: bool) -> None:
+        """The caller profile a transfer to `target` (`<ext> [<dialplan> [<context>]]`) gives
+        the channel, as switch_ivr_session_transfer: destination, RDNIS (the old destination),
+        dialplan, context, transfer source and history, `max_forwards` one less (70 the first
+        time: transcript 18); `turn` makes the logical direction inbound."""
+        exten = target[0]
+        dialplan = target[1] if len(target) > 1 else "XML"
+        context = target[2] if len(target) > 2 else "default"
+        facts = channel.facts
+        now = self.clock.now()
+        source = f"{int(now)}:{uuidlib.uuid4()}:bl_xfer:{exten}/{context}/{dialplan}"
+        facts.rdnis = facts.destination_number
+        facts.destination_number = exten
+        channel.listed_destination = None
+        facts.dialplan = dialplan
+        facts.context = context
+        if turn:
+            facts.logical_direction = "inbound"
+        facts.transfer_source = source
+        facts.profile_index += 1
+        facts.profile_created = now
+        forwards = facts.variables.get("max_forwards", "")
+        facts.set_var("max_forwards", str(int(forwards) - 1) if forwards.isdigit() else "70")
+        history = facts.variables.get("transfer_history")
+        if history is None:
+            facts.set_var("transfer_history", source)
+        else:
+            # Each transfer pushes onto the history, which stays where it was (an array
+            # header: transcript 18's second transfer).
+            previous = history.removeprefix(wire.ARRAY_PREFIX)
+            facts.variables["transfer_history"] = f"{wire.ARRAY_PREFIX}{previous}|:{source}"
+        facts.set_var("transfer_source", source)
 
     async def _api_uuid_broadcast(self, arg: str) -> str:
         args = arg.split()

@@ -5,7 +5,7 @@ Owns the part of FreeSWITCH's XML registry the simulator models: the `configurat
 `default`, whose extension `confguard_join` sends 7001 to `conference test1@default` -- the set-up
 confguard.realswitch's conf.py gives the real switch, so `confguard check` finds on the
 simulator what it finds there. (Calls the switch routes to 7001, `Switch._route`, run
-`conference test1` without the `answer`: the same room and profile.) Other sections
+`SimConfig.join_actions`, by default these.) Other sections
 (`directory`, `languages`, ...) and the real switch's other configurations (switch.conf,
 modules.conf, ...) are not modelled: `xml_locate` finds nothing there.
 
