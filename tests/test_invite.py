@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote
@@ -320,6 +321,91 @@ def test_silent_callee_timer_fires_replayed_from_transcript_07(transcripts_dir: 
     result = finished(out)
     assert result.outcome is Outcome.TIMEOUT and result.cause == "ALLOTTED_TIMEOUT"
     assert result.detail["event"] == "CHANNEL_HANGUP"
+
+
+TRANSCRIPT_19 = "19-waiting-app-joins-in-switch.jsonl"
+ORIGINATE_RE = re.compile(
+    r"^bgapi originate \{origination_uuid=([0-9a-f-]{36}),.*\nJob-UUID: (\S+)\n"
+)
+TimedEvent = tuple[dict[str, str], str | None, float]
+
+
+def daemon_calls(path: Path) -> tuple[list[tuple[str, str, float]], list[TimedEvent]]:
+    """Transcript 19's conn 'daemon': its originates (call uuid, Job-UUID, when sent) and the
+    plain events it received, each with its recorded time."""
+    calls: list[tuple[str, str, float]] = []
+    events: list[TimedEvent] = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record["dir"] == "C->S[daemon]":
+            match = ORIGINATE_RE.match(record["data"])
+            if match:
+                calls.append((match.group(1), match.group(2), record["rel"]))
+        elif record["dir"] == "S->C[daemon]" and record["ctype"] == "text/event-plain":
+            outer = record["data"].split("\n\n", 1)[1]
+            head, _, body = outer.partition("\n\n")
+            headers: dict[str, str] = {}
+            for header_line in head.split("\n"):
+                name, sep, value = header_line.partition(": ")
+                if sep and name not in headers:
+                    headers[name] = unquote(value)
+            events.append((headers, body or None, record["rel"]))
+    return calls, events
+
+
+@pytest.mark.parametrize(
+    ("index", "overrides", "outcome"),
+    [
+        # (a) 9, then 1: the switch cancels the timers and joins; confguard only watches.
+        (0, {"prompt": "tone_stream://%(250,250,440);loops=2"}, Outcome.JOINED),
+        # (b) nobody presses: api_on_originate's task hangs up (ALLOTTED_TIMEOUT).
+        (1, {"timeout": 4, "reprompt_interval": 1.0}, Outcome.TIMEOUT),
+        # (d) the key, then the dialplan join (transfer:7001 XML default, its conference).
+        (2, {"join": JoinTarget.dialplan("7001")}, Outcome.JOINED),
+    ],
+    ids=["key-joins", "no-key-timeout", "dialplan-join"],
+)
+def test_transcript_19_the_switch_decides_and_confguard_sends_nothing(
+    transcripts_dir: Path, index: int, overrides: dict[str, object], outcome: Outcome
+) -> None:
+    """Transcript 19's events, routed as the engine routes them (Unique-ID / Task-Group = the
+    call, Job-UUID = its job) at their recorded times, with every wake-up the machine asks for
+    honoured: the outcome is the switch's, and after the originate confguard sends no command
+    at all (no sched_del, no transfer, no probe)."""
+    calls, events = daemon_calls(transcripts_dir / TRANSCRIPT_19)
+    assert len(calls) == 3
+    call_uuid, job_uuid, sent_at = calls[index]
+    invite = Invite(
+        spec(extension="1001", **overrides),
+        call_uuid=call_uuid,
+        job_uuid=job_uuid,
+        invite_id="rec1",
+        now=T0,
+        wall=WALL,
+    )
+    originate = next(c for c in invite.start() if isinstance(c, SendBgapi))
+    assert originate.command.startswith(f"originate {{origination_uuid={call_uuid},")
+    out: list[Command] = []
+    wakes: list[float] = []
+    mine = [(h, b, rel) for h, b, rel in events if routed([(h, b)], call_uuid, job_uuid)]
+    assert mine, "no event of the call in the transcript"
+    for headers, body, rel in mine:
+        now = T0 + rel - sent_at
+        for when in sorted(w for w in wakes if w <= now):
+            wakes.remove(when)
+            out += invite.tick(when)
+        step = invite.event(headers, body, now)
+        wakes += [c.when for c in step if isinstance(c, WakeAt)]
+        out += step
+    assert [c for c in out if isinstance(c, SendApi | SendBgapi)] == []
+    result = finished(out)
+    assert result.outcome is outcome
+    if outcome is Outcome.TIMEOUT:
+        assert result.cause == "ALLOTTED_TIMEOUT"
+    else:
+        names = [h["Event-Name"] for h, _, _ in mine]
+        assert names.index("DTMF") < names.index("CUSTOM") < names.index("DEL_SCHEDULE")
+    assert invite.state is State.ENDED
 
 
 def test_the_timer_firing_as_the_key_comes_is_timeout() -> None:
