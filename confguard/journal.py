@@ -6,7 +6,12 @@ daemon can find the invites it left unfinished (`active()`) and re-adopt them or
 `confguard history` can show finished ones (`history()`).
 
 The database runs in WAL mode, so readers (the CLI) never block the writer (the daemon). Each
-call is one short transaction on the caller's thread; nothing here touches asyncio. Rows of
+call is one short transaction on the caller's thread; nothing here touches asyncio. With
+`batch_updates()` (the daemon) state changes are queued and written together, one transaction
+per ~50 ms, by a callback the caller schedules; a new row and an outcome are never queued: they
+commit at once, with whatever state changes were queued before them (so a crash loses at most
+the last ~50 ms of intermediate states, never an invite's row or its outcome), and every read,
+`prune()` and `close()` writes the queue first. Rows of
 finished invites older than the retention are removed by `prune()`; unfinished rows are never
 pruned. The schema carries a version (`PRAGMA user_version`) and is created if missing.
 """
@@ -14,11 +19,12 @@ pruned. The schema carries a version (`PRAGMA user_version`) and is created if m
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+_log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invites (
@@ -149,6 +156,11 @@ class Journal:
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.Lock()
+        self._pending: list[tuple[str, str, float]] = []  # queued state changes, in order
+        self._schedule: Callable[[float, Callable[[], None]], object] | None = None
+        self._batch_interval = 0.05
+        self._flush_armed = False
+        self.batches = 0  # transactions that wrote queued state changes (for tests and bench)
         try:
             if readonly:
                 if not self.path.exists():
@@ -213,7 +225,8 @@ class Journal:
         )
         try:
             self._write(
-                f"INSERT INTO invites ({_COLUMNS}) VALUES ({', '.join('?' * 17)})", values
+                f"INSERT INTO invites ({_COLUMNS}) VALUES ({', '.join('?' * 17)})", values,
+                with_pending=True,
             )
         except sqlite3.IntegrityError as exc:
             raise JournalError(f"invite {record.invite_id} is already in the journal") from exc
@@ -221,16 +234,61 @@ class Journal:
     def update_state(self, invite_id: str, state: str, wall: float) -> bool:
         """Record a state change; stamps answered_at / key_at / joined_at the first time.
 
-        Returns False when no unfinished invite has that id (nothing written)."""
+        Returns False when no unfinished invite has that id (nothing written). Batching
+        (`batch_updates`): queued, True, written by the next `flush()`."""
         state = _text(state)
-        column = _STATE_TIMESTAMPS.get(state)
-        stamp = f", {column} = COALESCE({column}, :wall)" if column else ""
-        count = self._write(
-            f"UPDATE invites SET state = :state, updated_at = :wall{stamp} "
-            "WHERE invite_id = :id AND ended_at IS NULL",
-            {"state": state, "wall": float(wall), "id": invite_id},
-        )
-        return count > 0
+        if self._schedule is not None:
+            if self.readonly:
+                raise JournalError(f"journal {self.path} is open read-only")
+            self._pending.append((invite_id, state, float(wall)))
+            if not self._flush_armed:
+                self._flush_armed = True
+                self._schedule(self._batch_interval, self._scheduled_flush)
+            return True
+        sql, params = _update_statement(invite_id, state, float(wall))
+        return self._write(sql, params) > 0
+
+    def batch_updates(
+        self, schedule: Callable[[float, Callable[[], None]], object], interval: float = 0.05
+    ) -> None:
+        """Queue state changes from now on; `schedule(delay, fn)` (e.g. ``loop.call_later``) is
+        asked to call the flush `interval` seconds after the first queued change."""
+        if interval < 0:
+            raise ValueError(f"interval must be >= 0, got {interval}")
+        self._schedule = schedule
+        self._batch_interval = interval
+
+    def flush(self) -> int:
+        """Write the queued state changes in one transaction; returns how many there were."""
+        with self._lock:
+            self._flush_armed = False
+            if not self._pending:
+                return 0
+            conn = self._connection()
+            count = len(self._pending)
+            try:
+                with _transaction(conn):
+                    self._write_pending(conn)
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+        return count
+
+    def _scheduled_flush(self) -> None:
+        try:
+            self.flush()
+        except JournalError:
+            # history, not control (as the engine treats every journal error); the queue is
+            # kept and written with the next row, outcome or flush
+            _log.exception("journal.error", extra={"op": "flush"})
+
+    def _write_pending(self, conn: sqlite3.Connection) -> None:
+        """Inside a transaction: the queued state changes, in order (cleared once committed)."""
+        if not self._pending:
+            return
+        for invite_id, state, wall in self._pending:
+            conn.execute(*_update_statement(invite_id, state, wall))
+        self.batches += 1
+        self._pending = []
 
     def finish_invite(
         self,
@@ -248,6 +306,7 @@ class Journal:
             conn = self._connection()
             try:
                 with _transaction(conn):
+                    self._write_pending(conn)  # the state changes before it, in the same commit
                     row = conn.execute(
                         "SELECT detail FROM invites WHERE invite_id = ? AND ended_at IS NULL",
                         (invite_id,),
@@ -283,7 +342,8 @@ class Journal:
             raise ValueError(f"retention_days must be >= 0, got {retention_days}")
         cutoff = (time.time() if now is None else now) - retention_days * 86400.0
         return self._write(
-            "DELETE FROM invites WHERE ended_at IS NOT NULL AND ended_at < ?", (cutoff,)
+            "DELETE FROM invites WHERE ended_at IS NOT NULL AND ended_at < ?", (cutoff,),
+            with_pending=True,
         )
 
     # -- reading -----------------------------------------------------------------------------
@@ -331,7 +391,9 @@ class Journal:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Checkpoint the WAL into the main file and close. Idempotent."""
+        """Write the queue, checkpoint the WAL into the main file and close. Idempotent."""
+        if self._pending and self._conn is not None:
+            self.flush()
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is None:
@@ -361,13 +423,15 @@ class Journal:
             raise JournalError(f"journal {self.path} is closed")
         return self._conn
 
-    def _write(self, sql: str, params: Any = ()) -> int:
+    def _write(self, sql: str, params: Any = (), *, with_pending: bool = False) -> int:
         if self.readonly:
             raise JournalError(f"journal {self.path} is open read-only")
         with self._lock:
             conn = self._connection()
             try:
                 with _transaction(conn):
+                    if with_pending:
+                        self._write_pending(conn)
                     return conn.execute(sql, params).rowcount
             except sqlite3.IntegrityError:
                 raise
@@ -375,6 +439,8 @@ class Journal:
                 raise JournalError(f"journal {self.path}: {exc}") from exc
 
     def _read(self, sql: str, params: Any = ()) -> list[InviteRecord]:
+        if self._pending:
+            self.flush()
         with self._lock:
             conn = self._connection()
             try:
@@ -382,6 +448,16 @@ class Journal:
             except sqlite3.Error as exc:
                 raise JournalError(f"journal {self.path}: {exc}") from exc
         return [_record(row) for row in rows]
+
+
+def _update_statement(invite_id: str, state: str, wall: float) -> tuple[str, dict[str, Any]]:
+    column = _STATE_TIMESTAMPS.get(state)
+    stamp = f", {column} = COALESCE({column}, :wall)" if column else ""
+    return (
+        f"UPDATE invites SET state = :state, updated_at = :wall{stamp} "
+        "WHERE invite_id = :id AND ended_at IS NULL",
+        {"state": state, "wall": wall, "id": invite_id},
+    )
 
 
 class _transaction:

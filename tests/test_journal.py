@@ -281,3 +281,77 @@ def test_parse_since_rejects_with_clear_message(text: str) -> None:
     with pytest.raises(ValueError, match="--since") as info:
         parse_since(text)
     assert "90s" in str(info.value) and "ISO" in str(info.value)
+
+
+# ------------------------------------------------------------------------------ batching
+
+
+def test_batched_state_changes_are_one_transaction_after_the_interval(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    writer = Journal(path)
+    scheduled: list[tuple[float, object]] = []
+    writer.batch_updates(lambda delay, fn: scheduled.append((delay, fn)), interval=0.05)
+    try:
+        for n in (1, 2):
+            writer.open_invite(make_record(n))
+        for state, wall in (("ringing", T0 + 1), ("waiting_key", T0 + 2), ("cancelling", T0 + 3)):
+            for n in (1, 2):
+                assert writer.update_state(f"inv-{n}", state, wall) is True
+        assert [delay for delay, _ in scheduled] == [0.05]  # one flush asked for, not six
+        reader = Journal(path, readonly=True)
+        try:
+            assert {r.state for r in reader.active()} == {"placing"}  # nothing written yet
+            batches = writer.batches
+            fn = scheduled[0][1]
+            assert callable(fn)
+            fn()  # the scheduled flush
+            assert writer.batches == batches + 1
+            rows = {r.invite_id: r for r in reader.active()}
+            assert {r.state for r in rows.values()} == {"cancelling"}
+            assert rows["inv-1"].answered_at == T0 + 2 and rows["inv-1"].key_at == T0 + 3
+        finally:
+            reader.close()
+        # the next change asks for a new flush; a read in this process writes the queue first
+        writer.update_state("inv-1", "joining", T0 + 4)
+        assert len(scheduled) == 2
+        got = writer.get("inv-1")
+        assert got is not None and got.state == "joining"
+    finally:
+        writer.close()
+
+
+_CRASHING_WRITER = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from test_journal import make_record, T0
+from confguard.journal import Journal
+j = Journal({path!r})
+j.batch_updates(lambda delay, fn: None)  # the flush never comes: the process dies first
+for n in (1, 2):
+    j.open_invite(make_record(n))
+    j.update_state(f"inv-{{n}}", "ringing", T0 + 1)
+    j.update_state(f"inv-{{n}}", "waiting_key", T0 + 2)
+j.finish_invite("inv-1", "timeout", "ALLOTTED_TIMEOUT", T0 + 30)
+j.update_state("inv-2", "cancelling", T0 + 3)
+os._exit(0)  # no flush, no close: a crash
+"""
+
+
+def test_an_outcome_survives_a_crash_with_state_changes_queued(tmp_path: Path) -> None:
+    """The writer dies without flushing: the finished invite's outcome (and the state changes
+    queued before it) are in the file; the other invite keeps its row, in a state at most the
+    last queued changes behind."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "journal.sqlite3"
+    script = _CRASHING_WRITER.format(tests=str(Path(__file__).parent), path=str(path))
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    with Journal(path, readonly=True) as reader:
+        done = reader.get("inv-1")
+        assert done is not None and done.outcome == "timeout" and done.ended_at == T0 + 30
+        assert done.answered_at == T0 + 2  # its queued waiting_key went in with the outcome
+        live = reader.get("inv-2")
+        assert live is not None and live.ended_at is None
+        assert live.state == "waiting_key"  # queued before the outcome: written with it
+        assert live.key_at is None  # the change queued after the last commit is lost
