@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -27,6 +28,43 @@ log = structlog.get_logger("confguard.daemon")
 SHUTDOWN_BUDGET_S = 5.0
 EXIT_START_FAILED = 1  # the control socket could not be set up (systemd: Restart=on-failure)
 STATUS_REFRESH_S = 1.0  # how often STATUS= is recomputed (sent only when it changed)
+JOURNAL_BATCH_S = 0.05  # state changes queued this long at most before their one transaction
+
+
+class GcPauses:
+    """The garbage collector's pauses while the daemon runs (``gc.callbacks``): count, total and
+    longest per generation, logged with ``daemon.stopped`` (the bench reads them)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._began
+        generation = info.get("generation", 2)
+        self.count[generation] += 1
+        self.total[generation] += pause
+        self.longest[generation] = max(self.longest[generation], pause)
+
+    def start(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "gc_collections": list(self.count),
+            "gc_pause_total_ms": [round(t * 1000, 2) for t in self.total],
+            "gc_pause_max_ms": [round(t * 1000, 2) for t in self.longest],
+        }
 
 
 class Daemon:
@@ -57,10 +95,18 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_status: str | None = None
         self._inherited: list[Any] = []  # journal rows an earlier run left active
+        self.gc_pauses = GcPauses()
 
     # --- life --------------------------------------------------------------------------------
 
     async def run(self) -> int:
+        self.gc_pauses.start()
+        try:
+            return await self._run()
+        finally:
+            self.gc_pauses.stop()
+
+    async def _run(self) -> int:
         from confguard.api import ControlServer
         from confguard.config import esl_settings
         from confguard.engine import SUBSCRIBED_EVENTS, Engine
@@ -82,6 +128,8 @@ class Daemon:
         except Exception:
             log.exception("journal.error", op="active")
             self._inherited = []
+        # State changes are written in batches (outcomes and new rows at once: journal.py).
+        self.journal.batch_updates(asyncio.get_running_loop().call_later, JOURNAL_BATCH_S)
         self.metrics = Metrics(event_names=SUBSCRIBED_EVENTS)
         if config.metrics.listen:
             host, port = config.metrics.host_port
@@ -150,6 +198,11 @@ class Daemon:
             log.info("esl.subscribed", target=target)
             self._status_line()
             await self._recover_journal()
+            # Start-up is over (modules imported, configuration and session built): what exists
+            # now lives as long as the process, so the collector stops walking it.
+            gc.collect()
+            gc.freeze()
+            log.info("daemon.gc_frozen", objects=gc.get_freeze_count())
             return
 
     async def _recover_journal(self) -> None:
@@ -227,7 +280,7 @@ class Daemon:
         except TimeoutError:
             log.warning("daemon.stop_timeout", budget_s=SHUTDOWN_BUDGET_S)
         self.journal.close()
-        log.info("daemon.stopped")
+        log.info("daemon.stopped", **self.gc_pauses.summary())
 
     # --- what the outside sees ---------------------------------------------------------------
 
