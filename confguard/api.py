@@ -22,14 +22,16 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 import structlog
 
 from confguard.config import InviteConfig
-from confguard.engine import Engine, EngineError, NotConnected, UnknownInvite
 from confguard.invite import BadInput, InviteSpec, JoinTarget
+
+if TYPE_CHECKING:  # the client side (the CLI) never loads the engine, ESL and genesis
+    from confguard.engine import Engine
 
 log = structlog.get_logger("confguard.api")
 
@@ -215,6 +217,8 @@ class ControlServer:
     async def _dispatch(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, body: bytes
     ) -> None:
+        from confguard.engine import EngineError, UnknownInvite
+
         method = request.method.decode()
         parts = [p for p in request.target.decode().split("?", 1)[0].split("/") if p]
         if parts == ["status"] and method == "GET":
@@ -248,6 +252,8 @@ class ControlServer:
         raise HttpError(404, "not_found", "no such endpoint")
 
     async def _create(self, body: bytes) -> dict[str, Any]:
+        from confguard.engine import EngineError, NotConnected
+
         try:
             fields = json.loads(body or b"{}")
         except ValueError:

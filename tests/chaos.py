@@ -60,6 +60,7 @@ from confguard.sim import SimConfig, wire  # noqa: E402
 from confguard.sim.faults import MALFORMED_FRAME  # noqa: E402
 
 ROOM = "test1"
+LINK_FAULTS = ("esl_reset", "esl_stall", "garbage_frame")
 FAULT_KINDS = ("esl_reset", "esl_stall", "garbage_frame", "daemon_kill", "switch_restart")
 HEARTBEAT_INTERVAL = 1.0  # the daemon's heartbeat_interval (its minimum): silence > 2 s is a loss
 STALL_SECONDS = 2 * HEARTBEAT_INTERVAL + 0.7  # more than two heartbeats
@@ -397,7 +398,7 @@ class SoakPlan:
     seed: int = 1
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
     fixed_faults: list[tuple[float, str]] = field(default_factory=list)  # (s after start, kind)
-    fault_window: float | None = None  # real s over which the random faults land
+    fault_gap: tuple[float, float] = (0.2, 0.8)  # real s between a recovery and the next fault
     extension: str = "1001"
 
 
@@ -523,17 +524,42 @@ class Soak:
         return self.analyse()
 
     def _schedule_faults(self, started: float) -> list[asyncio.Task[None]]:
-        expected = self.plan.invites / self.plan.rate
-        window = self.plan.fault_window or expected * 0.85
+        """Two fault lines run side by side, the link's (reset, stall, garbage frame) and the
+        processes' (daemon SIGKILL and restart, switch restart), each in a seeded random order
+        with a seeded random gap: a fault lands once the daemon is back on the switch after the
+        one before (faults piling up while it is down would only test the backlog), while the
+        other line may hit it meanwhile. Fixed faults (the measurement) keep their times."""
+        tasks = []
+        kinds = [kind for kind, count in self.plan.faults.items() for _ in range(count)]
+        for number, line in enumerate((
+            [kind for kind in kinds if kind in LINK_FAULTS],
+            [kind for kind in kinds if kind not in LINK_FAULTS],
+        )):
+            if line:
+                rng = random.Random(self.plan.seed * 7919 + number)
+                rng.shuffle(line)
+                tasks.append(asyncio.create_task(self._fault_line(line, rng)))
         per_kind: dict[str, list[float]] = defaultdict(list)
-        for kind, count in self.plan.faults.items():
-            per_kind[kind] = sorted(self.rng.uniform(0.5, window) for _ in range(count))
         for at, kind in self.plan.fixed_faults:
             per_kind[kind].append(at)
-        return [
+        tasks += [
             asyncio.create_task(self._fault_timeline(kind, started, sorted(times)))
             for kind, times in per_kind.items() if times
         ]
+        return tasks
+
+    async def _fault_line(self, kinds: list[str], rng: random.Random) -> None:
+        await asyncio.sleep(rng.uniform(0.5, 1.5))
+        for kind in kinds:
+            for _attempt in range(5):  # a link fault that found no connection is tried again
+                await self._until_linked()
+                await asyncio.sleep(rng.uniform(*self.plan.fault_gap))
+                begin = time.monotonic()
+                detail = await self._fault(kind)
+                hit = not detail.startswith("0 ")
+                self.faults.append(FaultRecord(kind, begin, time.monotonic(), detail, hit))
+                if hit:
+                    break
 
     async def _fault_timeline(self, kind: str, started: float, times: list[float]) -> None:
         for at in times:

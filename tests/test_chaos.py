@@ -55,7 +55,7 @@ async def test_chaos_soak_on_the_simulator(tmp_path: Path) -> None:
     await peer.start()
     try:
         plan = SoakPlan(invites=300, rate=16.0, timeout=8, ring_timeout=3,
-                        faults=dict.fromkeys(FAULT_KINDS, 10), seed=seed, fault_window=20.0)
+                        faults=dict.fromkeys(FAULT_KINDS, 10), seed=seed)
         report = await run_soak(peer, tmp_path, plan, "simulator, real time")
     finally:
         await peer.stop()
