@@ -7,7 +7,10 @@ level (changeable at run time: SIGHUP), the optional log file (reopened on SIGHU
 and the redaction of secrets in every line, ours and foreign.
 
 Standard-library records (genesis, asyncio, ...) reach the same handler through the root logger
-and are rendered by structlog's ProcessorFormatter. Detaching genesis's own Rich handler is
+and are rendered by structlog's ProcessorFormatter. confguard's own lines (structlog) take a
+shorter road to the same handler: rendered by the same processors, written to the handler's
+stream under its lock, filtered by the same logger and handler levels -- no stdlib LogRecord and
+no second pass through a formatter for every state change. Detaching genesis's own Rich handler is
 `confguard.esl.route_genesis_logging()`; call it after `configure_logging()`.
 
 Callers only do ``log = get_logger(__name__); log.info("invite.state", uuid=..., state=...)``.
@@ -121,6 +124,63 @@ _lock = threading.Lock()
 _handler: logging.Handler | None = None
 
 
+class _LineWriter:
+    """structlog's logger for confguard's own lines: the rendered line goes straight to the
+    configured handler's stream (the handler's lock, terminator and flush), as the stdlib handler
+    would write it. Levels are the stdlib ones: the logger of that name, then the handler."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or "root"
+        self._stdlib = logging.getLogger(name)
+
+    def isEnabledFor(self, level: int) -> bool:  # the stdlib names
+        handler = _handler
+        return handler is not None and level >= handler.level and self._stdlib.isEnabledFor(level)
+
+    def getEffectiveLevel(self) -> int:
+        return self._stdlib.getEffectiveLevel()
+
+    @property
+    def disabled(self) -> bool:
+        return self._stdlib.disabled
+
+    def _write(self, line: str) -> None:
+        handler = _handler
+        if not isinstance(handler, logging.StreamHandler):
+            return
+        handler.acquire()
+        try:
+            stream = handler.stream
+            if stream is not None:
+                stream.write(line + handler.terminator)
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # a full disk or a closed stream must not stop live calls (stdlib prints it)
+        finally:
+            handler.release()
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg = _write
+
+
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG, "info": logging.INFO, "msg": logging.INFO,
+    "warning": logging.WARNING, "warn": logging.WARNING,
+    "error": logging.ERROR, "exception": logging.ERROR,
+    "critical": logging.CRITICAL, "fatal": logging.CRITICAL,
+}
+
+
+def _filter_by_level(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    """Drop a line below the level of its logger or of the handler (before any other work)."""
+    if logger.isEnabledFor(_METHOD_LEVELS.get(method_name, logging.INFO)):
+        return event_dict
+    raise structlog.DropEvent
+
+
+def _line_writer_factory(name: str | None = None, *args: Any) -> _LineWriter:
+    return _LineWriter(name)
+
+
 def _level_number(level: str | int) -> int:
     if isinstance(level, int):
         return level
@@ -197,14 +257,18 @@ def configure_logging(
 
     structlog.configure(
         processors=[
-            structlog.stdlib.filter_by_level,
+            _filter_by_level,
             *shared,
             structlog.stdlib.add_logger_name,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            # what the ProcessorFormatter does to the stdlib's records, here for our own lines
+            structlog.processors.format_exc_info,
+            redact,
+            _order_keys,
+            renderer,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=_line_writer_factory,
         wrapper_class=structlog.stdlib.BoundLogger,
         context_class=dict,
         # False so that a later configure_logging() (tests, SIGHUP) reaches existing loggers.
