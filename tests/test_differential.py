@@ -2,8 +2,9 @@
 
 For each scenario the daemon talks to each peer through an `EslLink`, which keeps what crossed
 it. From that traffic, normalised (the call's uuid as U, other uuids as J, numbers as N): the
-commands the daemon sent for the call, and the names of the events about the call it received,
-in order, up to the event that decided the outcome (the member added, or the call's
+commands the daemon sent for the call, the originate's BACKGROUND_JOB answer, and the events
+about the call it received (their names and the headers the machine decides on), in order, up to
+the event that decided the outcome (the member added, or the call's
 CHANNEL_HANGUP): what comes after it races with the daemon's `filter delete` on either peer;
 and the first line of each `api` reply. Both peers run in real time (the simulator at time
 scale 1), since the switch's own small delays decide the order of events. The two peers must
@@ -18,16 +19,25 @@ import asyncio
 import difflib
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from peers import EslLink, Peer, RealPeer, SimPeer, event_name, normalise_command
 from test_e2e import ROOM, invite, start_daemon, until_idle
 
+from confguard.sim import wire
+
 pytestmark = pytest.mark.realfs
 
 # (name, CLI arguments after the extension) — one invite each; outcomes as in test_e2e.
+# Since the switch joins the call itself (invite.build_waiting_app) the daemon sends nothing
+# for a call but its filters and the originate (and a kill on a decline): what is compared is
+# mostly what the switch says -- the events up to the decision with the headers the machine
+# decides on (`described`) and the originate's BACKGROUND_JOB answer.
 SCENARIOS = {
     "joined": ("1000", ["--timeout", "10"]),
+    "wrong_key_then_key": ("1005", ["--timeout", "10"]),
+    "dialplan_join": ("1000", ["--timeout", "10", "--join", "7001 default"]),
     "timeout": ("1001", ["--timeout", "3"]),
     "declined": ("1007", ["--timeout", "10", "--decline-key", "9"]),
     "hung_up": ("1006", ["--timeout", "10"]),
@@ -36,6 +46,38 @@ SCENARIOS = {
     "join_failed": ("1000", ["--timeout", "10", "--join", "9999 default"]),
 }
 
+
+# The headers the invite machine decides on, per event (invite.py): the key, the conference
+# and its action, the cause.
+DECIDING_HEADERS = {
+    "DTMF": ("DTMF-Digit",),
+    "CUSTOM": ("Action", "Conference-Name"),
+    "CHANNEL_HANGUP": ("Hangup-Cause",),
+}
+
+
+def described(event: dict[str, str]) -> str:
+    """The event's name and the values the machine decides on (`DTMF 1`, `conference::
+    maintenance add-member test1`, `CHANNEL_HANGUP ALLOTTED_TIMEOUT`)."""
+    wanted = DECIDING_HEADERS.get(event.get("Event-Name", ""), ())
+    return " ".join([event_name(event), *(event.get(name, "-") for name in wanted)])
+
+
+def job_answer(link: EslLink, call_uuid: str) -> list[str]:
+    """The first line of the originate's BACKGROUND_JOB body (`+OK U`, `-ERR CAUSE`)."""
+    answers = []
+    for traffic in link.connections:
+        for frame in traffic.frames:
+            if frame.content_type != "text/event-plain":
+                continue
+            pairs, body = wire.parse_plain_event(frame.body)
+            headers = dict(pairs)
+            if headers.get("Event-Name") == "BACKGROUND_JOB" and call_uuid in unquote(
+                headers.get("Job-Command-Arg", "")
+            ):
+                text = (body or b"").decode("utf-8", "replace").split("\n")[0]
+                answers.append(normalise_command(text, call_uuid))
+    return answers
 
 
 def until_decided(events: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -77,7 +119,8 @@ async def record(peer: Peer, tmp_path: Path, ext: str, args: list[str]) -> dict[
         "outcome": updates[-1].get("outcome"),
         "cause": updates[-1].get("cause"),
         "commands": commands,
-        "events": [event_name(e) for e in events],
+        "events": [described(e) for e in events],
+        "job": job_answer(link, call_uuid),
         "replies": [
             (normalise_command(cmd, call_uuid), normalise_command(reply.split("\n")[0], call_uuid))
             for cmd, reply in link.api_replies() if call_uuid in cmd
@@ -101,6 +144,7 @@ async def test_simulator_and_real_switch_agree(scenario, real_switch, tmp_path) 
     finally:
         await real.clean()
     assert on_sim == on_real, describe(on_sim, on_real)
+    assert len(on_real["job"]) == 1, on_real  # type: ignore[arg-type]
 
 
 def describe(on_sim: dict[str, object], on_real: dict[str, object]) -> str:
