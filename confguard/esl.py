@@ -561,6 +561,8 @@ class _Connection(Inbound):
         self.lost_reason: str | None = None
         self.last_rx = time.monotonic()
         self._auth_reply: asyncio.Future[str] | None = None
+        self._outgoing: list[bytes] = []  # commands of this loop turn, sent together
+        self._flush_handle: asyncio.Handle | None = None
         # Frames never go through genesis's queue and processors (its per-frame telemetry, header
         # parsing and handler routing cost more than the whole daemon should): `handler` reads
         # and dispatches them itself; genesis's consumer only sees the end-of-stream marker.
@@ -736,8 +738,8 @@ class _Connection(Inbound):
         wire = f"{cmd}\n\n".encode()
 
         async def transmit(evidence: Any) -> None:
-            evidence.wrote = True
-            writer.write(wire)
+            evidence.wrote = True  # may be on the wire from here on (as genesis counts it)
+            self._queue_write(writer, wire)
             await writer.drain()
 
         try:
@@ -754,6 +756,31 @@ class _Connection(Inbound):
             with contextlib.suppress(Exception):
                 await self.stop()
         return result
+
+    def _queue_write(self, writer: asyncio.StreamWriter, wire: bytes) -> None:
+        """Commands written in one loop turn leave in one send (one syscall, not one each), in
+        the order the exchange took them (its lock orders both the slots and this queue)."""
+        self._outgoing.append(wire)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_writes, writer)
+
+    def _flush_writes(self, writer: asyncio.StreamWriter) -> None:
+        self._flush_handle = None
+        data, self._outgoing = b"".join(self._outgoing), []
+        if not data:
+            return
+        try:
+            writer.write(data)
+        except (OSError, RuntimeError) as exc:
+            self.mark_lost(f"write failed ({type(exc).__name__})")
+
+    async def stop(self) -> None:
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None and self.writer is not None:
+            handle.cancel()
+            with contextlib.suppress(Exception):
+                self._flush_writes(self.writer)  # what was queued goes before the close
+        await super().stop()
 
     def mark_lost(self, reason: str) -> None:
         if self.lost_reason is None:
