@@ -745,6 +745,8 @@ class _Connection(Inbound):
         try:
             result = await self.exchange.exchange(transmit)
         except ConnectionLost as exc:
+            if self.lost.is_set():
+                raise  # marked lost (mark_lost failed the waiters): the supervisor stops it
             if exc.stage is CommandStage.UNCONFIRMED and not self._stopped:
                 if not self._lost:
                     self.note_peer_loss("write_error")
@@ -786,6 +788,8 @@ class _Connection(Inbound):
         if self.lost_reason is None:
             self.lost_reason = reason
         self.lost.set()
+        # every command waiting for a reply fails now (ConnectionLost), none is taken after
+        self.exchange.fail_pending()
 
     def watch_reader(self) -> None:
         """Mark the connection lost when genesis's reader task ends, for whatever reason."""
@@ -1081,40 +1085,32 @@ class EslSession:
         return reply
 
     async def _exchange(self, conn: _Connection, wire: str) -> ESLEvent:
-        """Write one command on ``conn``; its reply, or a typed error. Always bounded in time."""
+        """Write one command on ``conn``; its reply, or a typed error. Always bounded in time.
+
+        No task per command: the send runs in the caller's task under a timeout, and a lost
+        connection fails it at once (``mark_lost`` fails the exchange's waiters)."""
         where = self.host_port
-        verb = wire.split(" ", 1)[0]
         timeout = self.settings.command_timeout
-        send = asyncio.ensure_future(conn.send(wire))
-        lost = asyncio.ensure_future(conn.lost.wait())
         try:
-            done, _ = await asyncio.wait(
-                {send, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        except asyncio.CancelledError:
-            send.cancel()
-            raise
-        finally:
-            lost.cancel()
-        if send in done:
-            try:
-                return send.result()
-            except (GenesisError, OSError, RuntimeError) as exc:
+            async with asyncio.timeout(timeout):
+                return await conn.send(wire)
+        except TimeoutError:
+            verb = wire.split(" ", 1)[0]
+            if conn.lost.is_set():
                 raise EslConnectionLost(
-                    f"ESL {where}: connection lost during {verb} ({type(exc).__name__})"
+                    f"ESL {where}: connection lost during {verb} ({conn.lost_reason})"
                 ) from None
-        send.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await send
-        if done:
+            # Its reply may still come, and genesis matches replies to commands by order only:
+            # every later reply would go to the wrong command, for good. Drop the connection
+            # instead (the session reconnects, and the engine asks the switch what it missed).
+            conn.mark_lost(f"no reply to {verb} within {timeout:g} s")
+            raise EslTimeoutError(f"ESL {where}: no reply to {verb} within {timeout:g} s") from None
+        except (GenesisError, OSError, RuntimeError) as exc:
+            verb = wire.split(" ", 1)[0]
+            why = conn.lost_reason if conn.lost.is_set() else type(exc).__name__
             raise EslConnectionLost(
-                f"ESL {where}: connection lost during {verb} ({conn.lost_reason})"
-            )
-        # Its reply may still come, and genesis matches replies to commands by order only: every
-        # later reply would go to the wrong command, for good. Drop the connection instead (the
-        # session reconnects, and the engine asks the switch what it missed).
-        conn.mark_lost(f"no reply to {verb} within {timeout:g} s")
-        raise EslTimeoutError(f"ESL {where}: no reply to {verb} within {timeout:g} s")
+                f"ESL {where}: connection lost during {verb} ({why})"
+            ) from None
 
     def _subscription_command(self) -> str:
         words = [*self._event_names]
