@@ -107,6 +107,7 @@ class Bench:
         self.daemon: procs.Daemon | None = None
         self.log: driver.DaemonLog | None = None
         self.client: ControlClient | None = None
+        self.gc: dict[str, Any] = {}  # of the last daemon stopped
 
     async def start_daemon(self, esl_port: int, tag: str) -> None:
         folder = self.workdir / f"daemon-{tag}"
@@ -120,6 +121,10 @@ class Bench:
     def stop_daemon(self) -> None:
         if self.daemon is not None:
             self.daemon.stop()
+            # the daemon logs its garbage collector's pauses when it stops (daemon.GcPauses)
+            for line in self.daemon.log_lines():
+                if line.get("event") == "daemon.stopped" and "gc_collections" in line:
+                    self.gc = {k: v for k, v in line.items() if k.startswith("gc_")}
             self.daemon = None
 
     def cpu(self) -> tuple[float, float, float]:
@@ -405,13 +410,18 @@ async def bench_peer(peer: Peer, workdir: Path, plan: dict[str, Any], *, quick: 
     waiting = plan["waiting"][:2] if quick else plan["waiting"]
     print(f"{peer.name}: rate steps {plan['rates']}/s with K = {waiting} waiting")
     idles, steps = await bench.main_steps(waiting, plan["rates"], plan["fill_rate"])
+    gc_pauses = bench.gc
+    if gc_pauses:
+        print(f"  daemon GC (gen 0/1/2): {gc_pauses['gc_collections']} collections, pauses "
+              f"{gc_pauses['gc_pause_total_ms']} ms in all, "
+              f"longest {gc_pauses['gc_pause_max_ms']} ms")
     print(f"{peer.name}: anchors on the recorded stream")
     try:
         anchors = run_anchors(Path(esl["record"]), esl["invites"], workdir)
     except Exception as exc:  # a broken anchor must not lose the run's figures
         anchors = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"  anchors failed: {anchors['error']}")
-    return {"esl": esl, "idle": idles, "steps": steps, "anchors": anchors,
+    return {"esl": esl, "idle": idles, "steps": steps, "anchors": anchors, "gc": gc_pauses,
             "peer_pid_cpu": "utime+stime of the peer process (all threads)"}
 
 
