@@ -133,3 +133,22 @@ async def test_many_timers_wake_together_none_early_none_much_late() -> None:
     assert order == sorted(order)
     assert min(late) >= -1e-6
     assert sorted(late)[len(late) // 2] < COALESCE_S + 0.05  # median: the window, plus slack
+
+
+async def test_cancelling_a_timer_asks_nothing_of_the_loop() -> None:
+    """The clock's timers are not in the loop's heap: cancel() must not call the loop's
+    `_timer_handle_cancelled` (uvloop has none)."""
+    clock = SimClock(1.0)
+    loop = asyncio.get_running_loop()
+    handle = clock.call_later(60.0, lambda: None)
+    original = loop._timer_handle_cancelled  # type: ignore[attr-defined]
+
+    def refuse(handle: object) -> None:
+        raise AttributeError("no _timer_handle_cancelled on this loop")
+
+    loop._timer_handle_cancelled = refuse  # type: ignore[attr-defined]
+    try:
+        handle.cancel()
+    finally:
+        loop._timer_handle_cancelled = original  # type: ignore[attr-defined]
+    assert handle.cancelled()

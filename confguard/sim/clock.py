@@ -32,6 +32,16 @@ COALESCE_ABOVE = 1000
 COALESCE_S = 0.001
 
 
+class _ClockTimer(asyncio.TimerHandle):
+    """A TimerHandle the clock runs itself: never in the loop's heap, so cancelling it tells
+    the loop nothing (uvloop's loop has no `_timer_handle_cancelled` to tell)."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        asyncio.Handle.cancel(self)
+
+
 class SimClock:
     """Scaled time: `now()` simulated epoch seconds, `sleep()`/`call_later()` in simulated s."""
 
@@ -71,7 +81,7 @@ class SimClock:
             self._timers.clear()
             self._loop, self._wakeup = loop, None
         when = loop.time() + self.to_real(sim_seconds)
-        handle = asyncio.TimerHandle(when, fn, (), loop)
+        handle = _ClockTimer(when, fn, (), loop)
         heapq.heappush(self._timers, (when, next(self._order), handle))
         if self._wakeup is None or when < self._wakeup_at:
             self._arm(loop, when)
