@@ -651,6 +651,7 @@ class Invite:
         self.cancel_requested = False
         self.kill_sent = False
         self.kill_confirmed = False  # some uuid_kill answered +OK
+        self.safety_probe_sent = False  # the timer is overdue: the switch was asked first
         self.safety_kill_sent = False
         self.give_up_at: float | None = None  # after a kill: finish by then whatever happens
         self.verdict: tuple[Outcome, str | None] | None = None  # outcome decided before hangup
@@ -995,7 +996,7 @@ class Invite:
             if text.startswith(_NO_SUCH_CHANNEL):
                 return self._give_up(now, "the channel is gone and its hangup was not seen")
             return []  # unknown: give_up_at decides
-        if kind in ("resync", "probe"):
+        if kind in ("resync", "probe", "overdue"):
             return self._on_dump(kind, text, now)
         return []
 
@@ -1004,6 +1005,9 @@ class Invite:
         out: nothing is assumed (invariant 7). A lost kill is sent again if a later dump finds
         the channel alive; a lost dump is asked again -- on the next resync, or after
         ``SETTLE_DELAY`` if the link is still up."""
+        if kind == "overdue":
+            self.safety_probe_sent = False  # asked again at the next tick
+            return [WakeAt(now + SETTLE_DELAY, "the overdue call's dump was lost: ask again")]
         if kind in ("resync", "probe") and self.settle_at is None:
             self.settle_at = now + SETTLE_DELAY
             return [WakeAt(self.settle_at, f"the {kind} dump's answer was lost: ask again")]
@@ -1015,11 +1019,12 @@ class Invite:
                 self.state is State.PLACING
                 and self.adopted_from is State.PLACING
                 and not self.kill_sent
+                and now < self.deadline + self.grace
             ):
                 # Not conclusive: FreeSWITCH may not have run the originate yet (its bgapi
                 # queue), also one an earlier daemon wrote just before it died; the
-                # BACKGROUND_JOB, the channel's events or the safety net (whose kill makes
-                # the next "no such channel" final) decide.
+                # BACKGROUND_JOB, the channel's events or the safety net (past the call's
+                # bound, "no such channel" is final) decide.
                 return []
             return self._give_up(now, "the channel is gone", reply=text[:200], via=kind)
         try:
@@ -1060,6 +1065,18 @@ class Invite:
         if kind == "probe" and self.state in (State.CANCELLING, State.JOINING):
             self.verdict = (Outcome.FAILED, "join not confirmed")
             return self._kill(None, now, "join not confirmed")
+        if kind == "overdue":
+            if (
+                answer_state == "answered"
+                and self.state in (State.PLACING, State.RINGING, State.WAITING_KEY)
+                and str(dump.get(f"variable_{KEY_VARIABLE}", "")) == self.spec.key
+            ):
+                # The key is in and the switch is joining the call: no kill.
+                moves = [] if self.answered else self._on_answer(now, kind)
+                return moves + self._on_digit(self.spec.key, now, source="switch")
+            if self.state in (State.CANCELLING, State.JOINING):
+                return []  # the join probe decides
+            return self._safety_kill(now)
         commands: list[Command] = []
         if answer_state == "answered" and not self.answered:
             commands += self._on_answer(now, kind)
@@ -1108,16 +1125,23 @@ class Invite:
                 if self.connection_lost_at is None:
                     commands.append(self._api("probe", build_dump(self.call_uuid)))
             return commands
-        if now >= self.deadline + self.grace and not self.safety_kill_sent:
-            # The FreeSWITCH timer should have hung the call up by now: do it ourselves.
-            self.safety_kill_sent = True
-            self.kill_sent = True
-            self.give_up_at = self.deadline + 2 * self.grace
-            commands += [
-                self._api("kill", build_kill(self.call_uuid, self.spec.hangup_cause)),
-                WakeAt(self.give_up_at, "safety net: give up waiting for the hangup"),
-            ]
+        if now >= self.deadline + self.grace and not self.safety_probe_sent:
+            # The FreeSWITCH timer should have hung the call up by now. Ask before acting: the
+            # call may be in the room (its key and join fell in a gap), or placed late (an
+            # originate held back while the link was down arms its timer later).
+            self.safety_probe_sent = True
+            commands.append(self._api("overdue", build_dump(self.call_uuid)))
         return commands
+
+    def _safety_kill(self, now: float) -> list[Command]:
+        """The call outlived its timer and is neither in the room nor joining: hang it up."""
+        self.safety_kill_sent = True
+        self.kill_sent = True
+        self.give_up_at = now + self.grace
+        return [
+            self._api("kill", build_kill(self.call_uuid, self.spec.hangup_cause)),
+            WakeAt(self.give_up_at, "safety net: give up waiting for the hangup"),
+        ]
 
     def give_up(self, now: float, why: str) -> list[Command]:
         """The engine can no longer follow the call (its originate's answer was lost and no

@@ -598,17 +598,38 @@ def test_cancel_after_joined_is_refused_and_after_other_ends_ignored() -> None:
 # ------------------------------------------------------------------------------ safety net
 
 
-def test_safety_net_kills_then_reports_timeout_when_the_kill_worked() -> None:
+def test_safety_net_asks_then_kills_then_reports_timeout_when_the_kill_worked() -> None:
     invite = answered(timeout=10)
     assert invite.tick(T0 + 12.9) == []
-    out = invite.tick(T0 + 13)
+    dump = api(invite.tick(T0 + 13), "uuid_dump")
+    assert dump.command == f"uuid_dump {U} json"
+    alive = json.dumps({"Answer-State": "answered", "Channel-State": "CS_EXECUTE"})
+    out = invite.reply(dump.tag, alive, T0 + 13.01)
     kill = api(out, "uuid_kill")
     assert kill.command == f"uuid_kill {U} ALLOTTED_TIMEOUT"
-    assert WakeAt(T0 + 16, "safety net: give up waiting for the hangup") in out
-    assert invite.reply(kill.tag, "+OK\n", T0 + 13.01) == []
+    assert WakeAt(T0 + 16.01, "safety net: give up waiting for the hangup") in out
+    assert invite.reply(kill.tag, "+OK\n", T0 + 13.02) == []
     assert invite.tick(T0 + 15) == []
-    result = finished(invite.tick(T0 + 16))
+    result = finished(invite.tick(T0 + 16.01))
     assert result.outcome is Outcome.TIMEOUT
+
+
+def test_safety_net_never_kills_a_call_the_switch_put_in_the_room() -> None:
+    """Its key and join fell in a gap, or its originate went out late (held back while the
+    link was down: the switch's timer started later than confguard's deadline)."""
+    invite = answered(timeout=10)
+    dump = api(invite.tick(T0 + 13), "uuid_dump")
+    in_room = json.dumps({"Answer-State": "answered", "Channel-State": "CS_EXECUTE",
+                          "variable_confguard_key": "1", "variable_conference_name": "test1"})
+    out = invite.reply(dump.tag, in_room, T0 + 13.01)
+    assert finished(out).outcome is Outcome.JOINED
+    assert not [c for c in apis(out) if c.command.startswith("uuid_kill")]
+    invite = answered(timeout=10)
+    dump = api(invite.tick(T0 + 13), "uuid_dump")
+    joining = json.dumps({"Answer-State": "answered", "Channel-State": "CS_EXECUTE",
+                          "variable_confguard_key": "1"})
+    out = invite.reply(dump.tag, joining, T0 + 13.01)
+    assert apis(out) == [] and invite.state is State.CANCELLING
 
 
 def test_safety_net_hangup_event_decides_when_it_arrives() -> None:
@@ -622,16 +643,20 @@ def test_safety_net_hangup_event_decides_when_it_arrives() -> None:
 
 def test_safety_net_unanswered_no_reply_is_lost() -> None:
     invite, _ = make(timeout=10)
-    kill = api(invite.tick(T0 + 13), "uuid_kill")
+    invite.event(ev("CHANNEL_CREATE"), None, T0 + 0.1)
+    dump = api(invite.tick(T0 + 13), "uuid_dump")
+    ringing = json.dumps({"Answer-State": "ringing", "Channel-State": "CS_CONSUME_MEDIA"})
+    kill = api(invite.reply(dump.tag, ringing, T0 + 13), "uuid_kill")
     assert invite.reply(kill.tag, "-ERR connection lost", T0 + 13) == []
     assert finished(invite.tick(T0 + 16)).outcome is Outcome.LOST
 
 
 def test_safety_net_no_such_channel_is_lost_at_once() -> None:
     invite, _ = make(timeout=10)
-    kill = api(invite.tick(T0 + 13), "uuid_kill")
+    dump = api(invite.tick(T0 + 13), "uuid_dump")  # placing: no channel past the bound is final
     assert (
-        finished(invite.reply(kill.tag, "-ERR No such channel!\n", T0 + 13)).outcome is Outcome.LOST
+        finished(invite.reply(dump.tag, "-ERR No such channel!\n", T0 + 13)).outcome
+        is Outcome.LOST
     )
 
 
@@ -1064,13 +1089,13 @@ def test_adopted_placing_invite_without_a_channel_waits_for_its_originate() -> N
     assert finished(invite.event(add_member(), None, T0 + 2.1)).outcome is Outcome.JOINED
 
 
-def test_a_placing_invite_whose_safety_kill_was_lost_ends_at_the_next_resync() -> None:
-    """No channel ever showed up; the safety net's kill went out while the link was down: the
-    dump after the reconnect is final then (found by the chaos soak: invites stuck placing)."""
+def test_a_placing_invite_whose_overdue_dump_was_lost_ends_at_the_next_resync() -> None:
+    """No channel ever showed up; the safety net's question was lost with the link: the dump
+    after the reconnect is final then (found by the chaos soak: invites stuck placing)."""
     invite, _ = make(timeout=5)
     invite.connection_lost(T0 + 0.1)
-    kill = api(invite.tick(T0 + 5 + GRACE_S), "uuid_kill")
-    assert invite.reply(kill.tag, LOST, T0 + 8.1) == []
+    dump = api(invite.tick(T0 + 5 + GRACE_S), "uuid_dump")
+    invite.reply(dump.tag, LOST, T0 + 8.1)
     dump = api(invite.resync(T0 + 9), "uuid_dump")
     result = finished(invite.reply(dump.tag, "-ERR No such channel!\n", T0 + 9.1))
     assert result.outcome is Outcome.LOST
