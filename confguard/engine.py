@@ -63,6 +63,8 @@ SUBSCRIBED_EVENTS: tuple[str, ...] = (
     "conference::maintenance",
 )
 
+ORIGINATE_RETRY_S = 0.05  # an originate that found no connection is tried again this soon
+
 FINISHED_KEPT = 500  # finished invites kept in memory for `GET /invites/<id>`
 
 
@@ -503,7 +505,11 @@ class Engine:
             try:
                 await session.bgapi_start(command.command, command.job_uuid)
             except EslNotConnected:
-                continue  # not written: wait for the link again, then send
+                # Not written: wait for the link again, then send. The session may still say
+                # connected for a moment after its connection died (its supervisor has not run
+                # yet): yield to it, or this loop would spin without ever letting it run.
+                await asyncio.sleep(ORIGINATE_RETRY_S)
+                continue
             except EslCommandError as exc:
                 # FreeSWITCH refused the bgapi itself: no job will ever report back.
                 run.originate_out = True

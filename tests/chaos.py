@@ -63,7 +63,7 @@ ROOM = "test1"
 LINK_FAULTS = ("esl_reset", "esl_stall", "garbage_frame")
 FAULT_KINDS = ("esl_reset", "esl_stall", "garbage_frame", "daemon_kill", "switch_restart")
 HEARTBEAT_INTERVAL = 1.0  # the daemon's heartbeat_interval (its minimum): silence > 2 s is a loss
-STALL_SECONDS = 2 * HEARTBEAT_INTERVAL + 0.7  # more than two heartbeats
+STALL_SECONDS = 2 * HEARTBEAT_INTERVAL + 0.3  # more than two heartbeats
 TASK_LAG = 0.5  # real s: `show tasks` mirrors the scheduler late (FACTS.md), and the sample period
 KEY_MARGIN = 0.5  # real s: a key this close before the timer fired cannot be saved by anyone
 WATCHED_EVENTS = (
@@ -356,9 +356,10 @@ class Behaviour:
 
 
 def behaviours(timeout: int) -> dict[str, Behaviour]:
-    """The mix; a joining callee hangs up a while after the timeout would have fired, so that
-    it leaves the room and nothing is left at the end."""
-    stay = str(timeout + 5)
+    """The mix; a joining callee hangs up a while after the timeout would have fired (a timer
+    left on a member would have hung it up first), so that it leaves the room and nothing is
+    left at the end."""
+    stay = str(timeout + 2)
 
     def press(rng: random.Random, _: int) -> dict[str, str]:
         return {"sim_answer_after": "1", "sim_dtmf": f"1@{rng.choice((2, 3, 4))}",
@@ -398,7 +399,7 @@ class SoakPlan:
     seed: int = 1
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
     fixed_faults: list[tuple[float, str]] = field(default_factory=list)  # (s after start, kind)
-    fault_gap: tuple[float, float] = (0.2, 0.8)  # real s between a recovery and the next fault
+    fault_gap: tuple[float, float] = (0.1, 0.5)  # real s between a recovery and the next fault
     extension: str = "1001"
 
 

@@ -338,3 +338,37 @@ async def test_a_wake_up_the_loop_runs_early_still_reaches_the_machine_at_its_ti
         due = asyncio.get_running_loop().time() + 0.05  # the loop runs it before its time
         running._tick(run, due)
         assert seen == [due] and asyncio.get_running_loop().time() < due
+
+
+async def test_an_originate_never_spins_while_the_session_still_says_connected() -> None:
+    """The connection died, the session has not noticed yet (connected is still True) and says
+    EslNotConnected: the worker must yield to the loop, not retry in a tight loop (the chaos
+    soak's daemon froze in exactly that loop)."""
+    session = LinkSession()
+    refusals = 0
+    back_at = time.monotonic() + 0.2  # the supervisor would notice and reconnect by then
+
+    async def not_yet(command: str, job_uuid: str) -> None:
+        nonlocal refusals
+        if time.monotonic() < back_at:
+            refusals += 1
+            raise EslNotConnected("ESL 127.0.0.1:8021: not connected (reconnecting)")
+        session.sent.append(f"bgapi {command}")
+
+    session.bgapi_start = not_yet  # type: ignore[method-assign]
+    async with link_engine(session) as running:
+        ticks = 0
+
+        async def loop_runs() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        watcher = asyncio.ensure_future(loop_runs())
+        await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+        await asyncio.sleep(0.3)
+        watcher.cancel()
+        assert len(bgapis(session)) == 1
+        assert 1 <= refusals <= 10  # tried again a few times, not thousands
+        assert ticks > 10  # the loop kept running while the originate waited
