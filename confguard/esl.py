@@ -1073,7 +1073,12 @@ class EslSession:
             )
 
     async def _send(self, wire: str) -> ESLEvent:
-        return await self._exchange(self._require_conn(), wire)
+        try:
+            conn = self._require_conn()
+        except EslNotConnected:
+            await asyncio.sleep(0)  # see _exchange: a failure never returns without a loop turn
+            raise
+        return await self._exchange(conn, wire)
 
     async def _command(self, conn: _Connection, wire: str) -> ESLEvent:
         """A non-api command: ``-ERR`` in Reply-Text raises EslCommandError."""
@@ -1088,7 +1093,16 @@ class EslSession:
         """Write one command on ``conn``; its reply, or a typed error. Always bounded in time.
 
         No task per command: the send runs in the caller's task under a timeout, and a lost
-        connection fails it at once (``mark_lost`` fails the exchange's waiters)."""
+        connection fails it at once (``mark_lost`` fails the exchange's waiters). A failure
+        always costs the caller a loop turn: a caller that retries at once (a machine asking
+        again on a lost reply) must not spin before the supervisor has seen the loss."""
+        try:
+            return await self._exchange_once(conn, wire)
+        except EslError:
+            await asyncio.sleep(0)
+            raise
+
+    async def _exchange_once(self, conn: _Connection, wire: str) -> ESLEvent:
         where = self.host_port
         timeout = self.settings.command_timeout
         try:
