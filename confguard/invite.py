@@ -896,6 +896,13 @@ class Invite:
             return self._on_digit(headers.get("DTMF-Digit", ""), now)
         if name in _HANGUP_EVENTS:
             cause = headers.get("Hangup-Cause") or self.job_cause
+            if self._was_in_the_room(headers):
+                # The hangup carries the channel's variables: the switch had put the call in
+                # the room (its key and add-member fell in a gap), and it has left it since.
+                self.answered = self.seen_alive = True
+                moves = self._fire(Input.ANSWER, now, source=name)
+                moves += self._fire(Input.KEY, now, source="switch")
+                return moves + self._joined(now, via=name, hangup_cause=cause)
             if self.adopted and not self.seen_alive:
                 return self._give_up(now, _UNSEEN_END, event=name, hangup_cause=cause)
             outcome, decided_cause = self._decide(cause)
@@ -903,6 +910,15 @@ class Invite:
         if name == "CUSTOM" and headers.get("Event-Subclass") == "conference::maintenance":
             return self._on_conference(headers, now)
         return []
+
+    def _was_in_the_room(self, fields: Mapping[str, object]) -> bool:
+        """Whether channel variables (an event's ``variable_*`` headers, a dump) show the call
+        was put in the room: set by the conference application, kept until the channel ends."""
+        room = fields.get("variable_conference_name")
+        if not room or not fields.get("variable_conference_member_id"):
+            return False
+        expected = self.spec.conference_name
+        return expected is None or room == expected
 
     def _on_job(self, body: str, now: float) -> list[Command]:
         if self.job_result is not None:

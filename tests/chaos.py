@@ -86,9 +86,20 @@ class RelayedConnection:
     flowing: asyncio.Event = field(default_factory=asyncio.Event)
     pending_garbage: list[bytes] = field(default_factory=list)
     open: bool = True
+    opened: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.flowing.set()
+
+    def settled(self) -> bool:
+        """The daemon is on the switch through this connection: subscribed, its permanent
+        filters in, and up a moment (a link fault aimed at a working link, not a handshake)."""
+        return (
+            self.open
+            and time.monotonic() - self.opened >= 0.3
+            and any(line.startswith("event ") for line in self.traffic.commands)
+            and ("Event-Name", "BACKGROUND_JOB") in self.filters()
+        )
 
     def at_frame_boundary(self) -> bool:
         return not self.parser._buffer  # every byte passed so far belongs to a whole frame
@@ -575,7 +586,10 @@ class Soak:
     async def _until_linked(self, seconds: float = 30.0) -> None:
         """A link fault waits (a bounded while) for a daemon connection to act on."""
         deadline = time.monotonic() + seconds
-        while not self.relay.live() and time.monotonic() < deadline:
+        while (
+            not any(conn.settled() for conn in self.relay.live())
+            and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.05)
 
     async def _fault(self, kind: str) -> str:

@@ -1099,3 +1099,22 @@ def test_a_placing_invite_whose_overdue_dump_was_lost_ends_at_the_next_resync() 
     dump = api(invite.resync(T0 + 9), "uuid_dump")
     result = finished(invite.reply(dump.tag, "-ERR No such channel!\n", T0 + 9.1))
     assert result.outcome is Outcome.LOST
+
+
+def test_a_hangup_showing_the_room_is_joined_when_the_join_fell_in_a_gap() -> None:
+    """CHANNEL_HANGUP_COMPLETE carries the channel's variables (transcript 19): when the key
+    and add-member were lost and every dump failed, the hangup still tells that the switch put
+    the call in the room (chaos soak: joined members reported hung_up)."""
+    invite = answered()
+    invite.connection_lost(T0 + 2)
+    invite.resync(T0 + 6)  # its dump is still out when the callee leaves the room
+    left = hangup("NORMAL_CLEARING")
+    left.update({"variable_confguard_key": "1", "variable_conference_name": "test1",
+                 "variable_conference_member_id": "7"})
+    result = finished(invite.event(left, None, T0 + 9))
+    assert result.outcome is Outcome.JOINED and result.detail["hangup_cause"] == "NORMAL_CLEARING"
+    other_room = hangup("NORMAL_CLEARING")
+    other_room.update({"variable_conference_name": "elsewhere",
+                       "variable_conference_member_id": "7"})
+    invite = answered()
+    assert finished(invite.event(other_room, None, T0 + 9)).outcome is Outcome.HUNG_UP
