@@ -61,6 +61,7 @@ from confguard.sim.faults import MALFORMED_FRAME  # noqa: E402
 
 ROOM = "test1"
 LINK_FAULTS = ("esl_reset", "esl_stall", "garbage_frame")
+RESTART_SLACK = 0.25  # s: events of a call created just before a restart reach the watcher after
 FAULT_KINDS = ("esl_reset", "esl_stall", "garbage_frame", "daemon_kill", "switch_restart")
 HEARTBEAT_INTERVAL = 1.0  # the daemon's heartbeat_interval (its minimum): silence > 2 s is a loss
 STALL_SECONDS = 2 * HEARTBEAT_INTERVAL + 0.3  # more than two heartbeats
@@ -831,9 +832,13 @@ class Soak:
         return ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
 
     def _restart_during(self, seen: CallSeen) -> float | None:
-        """The switch restart that took the call, if one came while it was up."""
+        """The switch restart that took the call, if one came while it was up. The watcher's
+        times are when events reached it: a call created just before the restart is seen a
+        moment after it (RESTART_SLACK)."""
         for at in self.restarts:
-            if (seen.created or 0) <= at and (seen.hangup is None or seen.hangup >= at):
+            if (seen.created or 0) - RESTART_SLACK <= at and (
+                seen.hangup is None or seen.hangup >= at
+            ):
                 return at
         return None
 
