@@ -1,10 +1,10 @@
 """The chaos soak (tests/chaos.py): invites with mixed callees while the ESL link, the daemon and
 the switch fail at seeded random moments; every invite is then checked against the switch.
 
-On the simulator (time scale 0.1, in `make test`): >= 300 invites, >= 10 faults of each kind.
+On the simulator (real time, in `make test`): >= 300 invites, >= 10 faults of each kind.
 On the real FreeSWITCH (`realfs`): >= 200 invites, >= 4 faults of each kind by default;
-CONFGUARD_CHAOS_INVITES, CONFGUARD_CHAOS_FAULTS (of each kind), CONFGUARD_CHAOS_RATE (default 8/s) and
-CONFGUARD_CHAOS_SEED make it bigger (or another draw) when run by hand.
+CONFGUARD_CHAOS_INVITES, CONFGUARD_CHAOS_FAULTS (of each kind), CONFGUARD_CHAOS_RATE (default
+8/s) and CONFGUARD_CHAOS_SEED make it bigger (or another draw) when run by hand.
 """
 
 from __future__ import annotations
