@@ -42,6 +42,12 @@ class _ClockTimer(asyncio.TimerHandle):
         asyncio.Handle.cancel(self)
 
 
+def timer_pending(handle: asyncio.TimerHandle) -> bool:
+    """Whether `handle` (the clock's or the loop's) is still to run: neither run nor cancelled
+    (asyncio's `_scheduled`: set while the timer is in a heap, the clock's as the loop's)."""
+    return handle._scheduled and not handle.cancelled()  # type: ignore[attr-defined]
+
+
 class SimClock:
     """Scaled time: `now()` simulated epoch seconds, `sleep()`/`call_later()` in simulated s."""
 
@@ -83,6 +89,7 @@ class SimClock:
         when = loop.time() + self.to_real(sim_seconds)
         handle = _ClockTimer(when, fn, (), loop)
         heapq.heappush(self._timers, (when, next(self._order), handle))
+        handle._scheduled = True  # type: ignore[attr-defined]
         if self._wakeup is None or when < self._wakeup_at:
             self._arm(loop, when)
         elif len(self._timers) > self._compact_at:
@@ -115,6 +122,7 @@ class SimClock:
                 self._arm(loop, when)
                 return
             heapq.heappop(timers)
+            handle._scheduled = False  # type: ignore[attr-defined]
             if not handle.cancelled():
                 handle._run()
 

@@ -37,7 +37,7 @@ from confguard.sim.callees import (
     CalleeSpec,
     resolve_callee,
 )
-from confguard.sim.clock import SimClock
+from confguard.sim.clock import SimClock, timer_pending
 from confguard.sim.config import SimConfig
 from confguard.sim.events import (
     CAUSE_CODES,
@@ -64,6 +64,7 @@ MODULES = (
     "mod_dialplan_xml", "mod_hash", "mod_db", "mod_lua", "mod_sndfile", "mod_native_file",
     "mod_tone_stream", "mod_expr", "mod_console", "mod_logfile", "mod_say_en",
 )  # fmt: skip
+TIMERS_PRUNE_ABOVE = 16  # a channel's list of timers is swept once it grows past this (doubling)
 STEP = 0.02  # simulated seconds between the steps of a call, as recorded
 # uuid_broadcast: the playback starts 0.2 s after `+OK Message sent` (transcript 13: 0.201 s
 # every time), and a prompt lasts its tone's length; audio is 8 kHz (L16).
@@ -201,7 +202,8 @@ class Channel:
     member_id: int = 0
     answered_event: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)  # pending (and some spent)
+    timers_pruned_at: int = TIMERS_PRUNE_ABOVE  # `timers` is swept of spent ones past this
     digits_dialed: list[str] = field(default_factory=list)
     listed_destination: str | None = None  # `show channels` dest when not the profile's
     joined_at: float = 0.0  # simulated epoch seconds it joined its conference
@@ -406,13 +408,20 @@ class Switch:
     def _later(self, channel: Channel | None, sim_seconds: float, fn: Callable[[], None]) -> None:
         handle = self.clock.call_later(sim_seconds, fn)
         if channel is not None:
-            channel.timers.append(handle)
+            timers = channel.timers
+            timers.append(handle)
+            if len(timers) > channel.timers_pruned_at:
+                # Fired and cancelled handles go (amortised: when the list has doubled since).
+                timers[:] = [timer for timer in timers if timer_pending(timer)]
+                channel.timers_pruned_at = max(TIMERS_PRUNE_ABOVE, 2 * len(timers))
 
     @staticmethod
     def _cancel_timers(channel: Channel) -> None:
         for handle in channel.timers:
             handle.cancel()
         channel.timers.clear()
+        if channel.collector is not None:  # its one pending timer is its own
+            channel.collector._cancel()
 
     def live_channel(self, uuid: str) -> Channel | None:
         channel = self.channels.get(uuid)
@@ -1629,15 +1638,16 @@ def prompt_length_ms(path: str) -> int | None:
     times, N times (transcript 13: %(200,100,440) 300 ms, %(250,250,440);loops=2 1000 ms; a
     negative N, FreeSWITCH's "for ever", plays once here);
     `silence_stream://<ms>`; a .wav file on this host by its header (other files: 0 ms);
-    anything else (a relative sound name: the simulator has no sound files) is not found."""
-    if path.startswith("tone_stream://"):
-        spec = path[len("tone_stream://") :]
-        cycle = sum(int(on) + int(off) for on, off in _TONE_SEGMENT_RE.findall(spec))
-        loops = _TONE_LOOPS_RE.search(spec)
-        count = int(loops.group(1)) if loops else 1
-        return cycle * max(count, 1)
-    if path.startswith("silence_stream://"):
-        return max(0, _atoi(path[len("silence_stream://") :].split(",")[0]))
+    anything else (a relative sound name: the simulator has no sound files) is not found.
+    Streams' lengths are kept (a waiting call plays the same prompt every try)."""
+    known = _STREAM_LENGTHS.get(path)
+    if known is not None:
+        return known
+    if path.startswith(("tone_stream://", "silence_stream://")):
+        length = _stream_length_ms(path)
+        if len(_STREAM_LENGTHS) < 1024:
+            _STREAM_LENGTHS[path] = length
+        return length
     if not os.path.isabs(path) or not os.path.isfile(path):
         return None
     try:
@@ -1645,6 +1655,19 @@ def prompt_length_ms(path: str) -> int | None:
             return audio.getnframes() * 1000 // max(1, audio.getframerate())
     except (wave.Error, EOFError, OSError):
         return 0
+
+
+_STREAM_LENGTHS: dict[str, int] = {}  # tone_stream:// and silence_stream:// path -> its ms
+
+
+def _stream_length_ms(path: str) -> int:
+    if path.startswith("tone_stream://"):
+        spec = path[len("tone_stream://") :]
+        cycle = sum(int(on) + int(off) for on, off in _TONE_SEGMENT_RE.findall(spec))
+        loops = _TONE_LOOPS_RE.search(spec)
+        count = int(loops.group(1)) if loops else 1
+        return cycle * max(count, 1)
+    return max(0, _atoi(path[len("silence_stream://") :].split(",")[0]))  # silence_stream://
 
 
 def _unquote(text: str) -> str:
@@ -1670,6 +1693,15 @@ def parse_inline_dialplan(target: str) -> list[tuple[str, str | None]]:
             name, _, data = line.partition(":")
         apps.append((name, data or None))
     return apps
+
+
+_PLAYBACK_NAMES = (
+    "playback_last_offset_pos",
+    "playback_seconds",
+    "playback_ms",
+    "playback_samples",
+)
+_PLAYBACK_VALUES: dict[int, tuple[str, str, str, str]] = {}  # length ms -> those values
 
 
 class DigitCollector:
@@ -1710,6 +1742,9 @@ class DigitCollector:
         # this schedule, not on when a late timer ran, so a loaded host does not stretch the
         # tries (FreeSWITCH plays and waits in 20 ms frames, without drift).
         self.mark = 0.0
+        self._due: Callable[[], None] = self._finish  # what `timer` runs
+        self._prompt_ms = 0
+        self._invalid_ms: int | None = None
 
     @property
     def facts(self) -> ChannelFacts:
@@ -1722,12 +1757,20 @@ class DigitCollector:
         self._try()
 
     def _after(self, seconds: float, fn: Callable[[], None]) -> None:
-        self._cancel()
-        self.phase_started = self.mark
-        self.mark += seconds
-        delay = max(0.0, self.mark - self.switch.clock.now())
-        self.timer = self.switch.clock.call_later(delay, fn)
-        self.channel.timers.append(self.timer)
+        """The next phase, `seconds` after the current one was due. The collector's one pending
+        timer is its own (`timer`; the switch cancels it with the channel's), not in the
+        channel's list: a waiting call sets three a try, for as long as it waits."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.phase_started = mark = self.mark
+        self.mark = mark = mark + seconds
+        clock = self.switch.clock
+        self._due = fn
+        self.timer = clock.call_later(max(0.0, mark - clock.now()), self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        self._due()
 
     def _cancel(self) -> None:
         if self.timer is not None:
@@ -1760,10 +1803,11 @@ class DigitCollector:
             self._played(self.prompt, 0)
             self._key(self.queued.pop(0))
             return
-        self._after(length_ms / 1000, lambda: self._prompt_played(length_ms))
+        self._prompt_ms = length_ms
+        self._after(length_ms / 1000, self._prompt_played)
 
-    def _prompt_played(self, length_ms: int) -> None:
-        self._played(self.prompt, length_ms)
+    def _prompt_played(self) -> None:
+        self._played(self.prompt, self._prompt_ms)
         self._wait()
 
     def _wait(self) -> None:
@@ -1816,25 +1860,30 @@ class DigitCollector:
         """The try did not give the key: INVALID plays, then the next try."""
         self.phase = "invalid"
         length_ms = prompt_length_ms(self.invalid) if self.invalid else None
-
-        def played() -> None:
-            if length_ms is not None:
-                self._played(self.invalid, length_ms)
-            self.tries -= 1
-            self._try()
-
+        self._invalid_ms = length_ms
         if length_ms is None:
-            played()
+            self._invalid_played()
         else:
-            self._after(length_ms / 1000, played)
+            self._after(length_ms / 1000, self._invalid_played)
+
+    def _invalid_played(self) -> None:
+        if self._invalid_ms is not None:
+            self._played(self.invalid, self._invalid_ms)
+        self.tries -= 1
+        self._try()
 
     def _played(self, path: str, length_ms: int) -> None:
         """What playing a file leaves in the channel's variables (as the broadcast's playback)."""
-        samples = length_ms * SAMPLE_RATE // 1000
-        self.facts.set_var("playback_last_offset_pos", str(samples))
-        self.facts.set_var("playback_seconds", str(length_ms // 1000))
-        self.facts.set_var("playback_ms", str(length_ms))
-        self.facts.set_var("playback_samples", str(samples))
+        values = _PLAYBACK_VALUES.get(length_ms)
+        if values is None:
+            samples = str(length_ms * SAMPLE_RATE // 1000)
+            values = (samples, str(length_ms // 1000), str(length_ms), samples)
+            if len(_PLAYBACK_VALUES) < 256:
+                _PLAYBACK_VALUES[length_ms] = values
+        variables = self.facts.variables
+        for name, value in zip(_PLAYBACK_NAMES, values, strict=True):  # set_var: moved to the end
+            variables.pop(name, None)
+            variables[name] = value
 
     def _finish(self) -> None:
         self.phase = "done"
