@@ -1081,18 +1081,8 @@ class Invite:
         if kind == "probe" and self.state in (State.CANCELLING, State.JOINING):
             self.verdict = (Outcome.FAILED, "join not confirmed")
             return self._kill(None, now, "join not confirmed")
-        if kind == "overdue":
-            if (
-                answer_state == "answered"
-                and self.state in (State.PLACING, State.RINGING, State.WAITING_KEY)
-                and str(dump.get(f"variable_{KEY_VARIABLE}", "")) == self.spec.key
-            ):
-                # The key is in and the switch is joining the call: no kill.
-                moves = [] if self.answered else self._on_answer(now, kind)
-                return moves + self._on_digit(self.spec.key, now, source="switch")
-            if self.state in (State.CANCELLING, State.JOINING):
-                return []  # the join probe decides
-            return self._safety_kill(now)
+        if kind == "overdue" and self.state in (State.CANCELLING, State.JOINING):
+            return []  # the join probe decides
         commands: list[Command] = []
         if answer_state == "answered" and not self.answered:
             commands += self._on_answer(now, kind)
@@ -1111,6 +1101,14 @@ class Invite:
                 and str(dump.get(f"variable_{KEY_VARIABLE}_invalid", "")) == self.spec.decline_key
             ):
                 commands += self._on_digit(self.spec.decline_key, now, source="switch")
+        if (
+            kind == "overdue"
+            and self.state not in (State.CANCELLING, State.JOINING)
+            and not self.kill_sent
+        ):
+            # Alive past its bound, neither in the room nor joining (no key recorded), and not
+            # being hung up already (decline, cancel): the safety net's kill.
+            commands += self._safety_kill(now)
         return commands
 
     def tick(self, now: float) -> list[Command]:
