@@ -494,14 +494,17 @@ class Engine:
         session = self.session
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._reconnect_wait
+        tried = False
         while True:
-            if not session.connected and not await session.wait_connected(
-                give_up_at - loop.time()
+            if (tried and loop.time() >= give_up_at) or (
+                not session.connected
+                and not await session.wait_connected(give_up_at - loop.time())
             ):
                 log.warning("invite.originate_not_sent", uuid=run.call_uuid,
                             invite=run.invite_id, waited_s=self._reconnect_wait)
                 self._job_result(run, command, "-ERR confguard: NOT_SENT (no link to FreeSWITCH)")
                 return
+            tried = True
             try:
                 await session.bgapi_start(command.command, command.job_uuid)
             except EslNotConnected:
