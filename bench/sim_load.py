@@ -78,10 +78,12 @@ class SimProcess:
     def start(self) -> None:
         password_file = Path(self._dir.name) / "password"
         password_file.write_text(PASSWORD + "\n")
-        prefix = [sys.executable, "-m", "confguard.sim"]
-        if self.profile is not None:  # this script's own entry: cProfile during the window only
-            prefix = [sys.executable, str(Path(__file__).resolve()), "profiled-sim", "0",
-                      "--profile", str(self.profile), "--"]  # fmt: skip
+        # This script's own entry: SIGHUP freezes the set-up's objects (gc.freeze), and with
+        # --profile cProfile runs during the window only.
+        prefix = [sys.executable, str(Path(__file__).resolve()), "profiled-sim", "0"]
+        if self.profile is not None:
+            prefix += ["--profile", str(self.profile)]
+        prefix.append("--")
         args = [*prefix, "--host", HOST, "--port", str(self.port),
                 "--password-file", str(password_file), "--heartbeat", "20"]  # fmt: skip
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -94,6 +96,12 @@ class SimProcess:
                 return
             time.sleep(0.1)
         raise RuntimeError("the simulator did not start listening")
+
+    def freeze(self) -> None:
+        """Move every object the simulator holds so far (the calls set up) out of the garbage
+        collector's sight: gc.freeze(), as a long-running process does after its start-up."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def profiling(self, on: bool) -> None:
         """Start (on) or stop and write (off) the profile of a `--profile` simulator."""
@@ -282,12 +290,21 @@ async def measure_cpu(sim: SimProcess, window: float) -> float:
     return cpu
 
 
-def profiled_sim(profile: Path, sim_args: list[str]) -> int:
-    """Run `confguard sim` with a profiler that SIGUSR1 starts and SIGUSR2 stops and writes."""
+def profiled_sim(profile: Path | None, sim_args: list[str]) -> int:
+    """Run `confguard sim` where SIGHUP runs gc.freeze() and, with `profile`, a profiler that
+    SIGUSR1 starts and SIGUSR2 stops and writes."""
     import cProfile
+    import gc
 
     from confguard.sim.cli import main as sim_main
 
+    def freeze(signum: int, frame: object) -> None:
+        gc.collect()
+        gc.freeze()
+
+    signal.signal(signal.SIGHUP, freeze)
+    if profile is None:
+        return sim_main(sim_args)
     profiler = cProfile.Profile()
 
     def start(signum: int, frame: object) -> None:
@@ -325,6 +342,7 @@ async def run_waiting(sim: SimProcess, args: argparse.Namespace) -> dict[str, ob
     prompter = None
     if args.reprompt == "broadcast":
         prompter = asyncio.create_task(reprompt(client, waiting, args.reprompt_every))
+    sim.freeze()
     await asyncio.sleep(args.settle)
     events0 = client.events_seen
     cpu = await measure_cpu(sim, args.window)
@@ -363,6 +381,7 @@ async def run_rate(sim: SimProcess, args: argparse.Namespace) -> dict[str, objec
     bench = Bench(client)
     bench.rate_mode = True
     await bench.subscribe()
+    sim.freeze()  # the start-up's objects
     extra = ",sim_answer_after=0.5,sim_dtmf=1@0.5"
     # warm up one second, then place at R/s for the window and measure what finishes meanwhile
     total = int(args.rate * (args.window + 1))
@@ -426,7 +445,9 @@ async def run_rate(sim: SimProcess, args: argparse.Namespace) -> dict[str, objec
 def main() -> int:
     if sys.argv[1:2] == ["profiled-sim"]:
         rest = sys.argv[sys.argv.index("--") + 1 :]
-        return profiled_sim(Path(sys.argv[sys.argv.index("--profile") + 1]), rest)
+        head = sys.argv[: sys.argv.index("--")]
+        profile = Path(head[head.index("--profile") + 1]) if "--profile" in head else None
+        return profiled_sim(profile, rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=("waiting", "rate"))
     parser.add_argument("amount", type=float, help="waiting: N calls; rate: R invites/s")

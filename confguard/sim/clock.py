@@ -18,6 +18,7 @@ pending, wake-ups are coalesced (COALESCE_ABOVE, COALESCE_S).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import time
@@ -29,7 +30,7 @@ COMPACT_ABOVE = 1024  # cancelled timers are swept from the heap once it doubles
 # early and none more than COALESCE_S late (a busy event loop is later than that anyway). Below
 # it every timer has a wake-up of its own.
 COALESCE_ABOVE = 1000
-COALESCE_S = 0.001
+COALESCE_S = 0.005
 
 
 class _ClockTimer(asyncio.TimerHandle):
@@ -37,6 +38,21 @@ class _ClockTimer(asyncio.TimerHandle):
     the loop nothing (uvloop's loop has no `_timer_handle_cancelled` to tell)."""
 
     __slots__ = ()
+
+    def __init__(
+        self, when: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        # asyncio.TimerHandle's fields, set at once (its __init__ asks the loop for its debug
+        # mode on every timer; a waiting call sets three a try).
+        self._callback = callback
+        self._args = ()
+        self._cancelled = False
+        self._loop = loop
+        self._source_traceback = None
+        self._repr = None
+        self._context = contextvars.copy_context()
+        self._when = when
+        self._scheduled = False
 
     def cancel(self) -> None:
         asyncio.Handle.cancel(self)
@@ -87,9 +103,9 @@ class SimClock:
             self._timers.clear()
             self._loop, self._wakeup = loop, None
         when = loop.time() + self.to_real(sim_seconds)
-        handle = _ClockTimer(when, fn, (), loop)
+        handle = _ClockTimer(when, fn, loop)
         heapq.heappush(self._timers, (when, next(self._order), handle))
-        handle._scheduled = True  # type: ignore[attr-defined]
+        handle._scheduled = True
         if self._wakeup is None or when < self._wakeup_at:
             self._arm(loop, when)
         elif len(self._timers) > self._compact_at:
