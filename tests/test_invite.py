@@ -42,21 +42,25 @@ WALL = 1795853883.4
 # ------------------------------------------------------------------------------ helpers
 
 
+def plain_event(record: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+    """One recorded text/event-plain frame as (decoded headers, body)."""
+    outer = record["data"].split("\n\n", 1)[1]
+    head, _, body = outer.partition("\n\n")
+    headers: dict[str, str] = {}
+    for header_line in head.split("\n"):
+        name, sep, value = header_line.partition(": ")
+        if sep and name not in headers:
+            headers[name] = unquote(value)
+    return headers, body or None
+
+
 def load_events(path: Path) -> list[tuple[dict[str, str], str | None]]:
     """Every plain event of a transcript as (decoded headers, body)."""
     events = []
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        if not record["dir"].startswith("S->C") or record["ctype"] != "text/event-plain":
-            continue
-        outer = record["data"].split("\n\n", 1)[1]
-        head, _, body = outer.partition("\n\n")
-        headers: dict[str, str] = {}
-        for header_line in head.split("\n"):
-            name, sep, value = header_line.partition(": ")
-            if sep and name not in headers:
-                headers[name] = unquote(value)
-        events.append((headers, body or None))
+        if record["dir"].startswith("S->C") and record["ctype"] == "text/event-plain":
+            events.append(plain_event(record))
     return events
 
 
@@ -342,14 +346,7 @@ def daemon_calls(path: Path) -> tuple[list[tuple[str, str, float]], list[TimedEv
             if match:
                 calls.append((match.group(1), match.group(2), record["rel"]))
         elif record["dir"] == "S->C[daemon]" and record["ctype"] == "text/event-plain":
-            outer = record["data"].split("\n\n", 1)[1]
-            head, _, body = outer.partition("\n\n")
-            headers: dict[str, str] = {}
-            for header_line in head.split("\n"):
-                name, sep, value = header_line.partition(": ")
-                if sep and name not in headers:
-                    headers[name] = unquote(value)
-            events.append((headers, body or None, record["rel"]))
+            events.append((*plain_event(record), record["rel"]))
     return calls, events
 
 

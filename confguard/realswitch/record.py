@@ -345,10 +345,11 @@ async def daemon_filters(conn: Connection, call_uuid: str, job_uuid: str) -> Non
 
 
 async def place_call(
-    recorder: Recorder, conn: Connection, command: str, call_uuid: str, note: str
+    recorder: Recorder, conn: Connection, command: str, call_uuid: str, note: str,
+    job_uuid: str | None = None,
 ) -> Event:
     """bgapi the originate with a Job-UUID of ours; return once the BACKGROUND_JOB came."""
-    job_uuid = str(uuidlib.uuid4())
+    job_uuid = job_uuid or str(uuidlib.uuid4())
     recorder.note(f"originate with origination_uuid={call_uuid} Job-UUID={job_uuid} {note}")
     since = len(conn.events)
     reply = await conn.command(f"bgapi {command}", [("Job-UUID", job_uuid)])
@@ -619,6 +620,19 @@ that never existed."""
 WAITING_PROMPT = "tone_stream://%(250,250,440);loops=2"
 
 
+def parked_waiting_app(command: str, *, prompt: str | None, wait_ms: int, tries: int = 31) -> str:
+    """`command` (the daemon's originate) with the waiting app as transcript 18 recorded it,
+    before the join moved inside FreeSWITCH (transcript 19): the key, then `park`, and the
+    daemon's own sched_del + uuid_transfer afterwards."""
+    head, _, rest = command.partition("}user/")
+    extension = rest.split(" ", 1)[0]
+    collect = (
+        f"play_and_get_digits:1 1 {tries} {wait_ms} # {prompt or 'silence'} "
+        "silence_stream://250 confguard_key ^[1]$"
+    )
+    return f"{head}}}user/{extension} 'm:|:{collect}|park' inline"
+
+
 async def waiting_call(
     recorder: Recorder,
     daemon: Connection,
@@ -631,14 +645,7 @@ async def waiting_call(
     for header, value in (("Unique-ID", call_uuid), ("Job-UUID", job_uuid),
                           ("Task-Group", call_uuid)):  # fmt: skip
         await daemon.command(f"filter {header} {value}")
-    recorder.note(f"originate with origination_uuid={call_uuid} Job-UUID={job_uuid} {note}")
-    since = len(daemon.events)
-    reply = await daemon.command(f"bgapi {command}", [("Job-UUID", job_uuid)])
-    if not reply.startswith("+OK Job-UUID"):
-        raise RecordingError(f"bgapi: {reply!r}")
-    job = await daemon.wait_event("BACKGROUND_JOB", since=since, Job_UUID=job_uuid)
-    if job.body is None or not job.body.startswith(b"+OK"):
-        raise RecordingError(f"originate failed: {job.body!r}")
+    await place_call(recorder, daemon, command, call_uuid, note, job_uuid=job_uuid)
 
 
 async def transfer_to_room(daemon: Connection, watcher: Connection, call_uuid: str) -> None:
@@ -662,9 +669,10 @@ async def scenario_waiting_app(recorder: Recorder) -> None:
         await daemon.command(f"filter {header} {value}")
 
     call_a = str(uuidlib.uuid4())
-    command = daemon_originate(call_a, "1001", prompt=WAITING_PROMPT).replace(
-        "}user/", ",sim_dtmf=9@1.5;1@3.5}user/"
-    )
+    command = parked_waiting_app(
+        daemon_originate(call_a, "1001", prompt=WAITING_PROMPT), prompt=WAITING_PROMPT,
+        wait_ms=5000,
+    ).replace("}user/", ",sim_dtmf=9@1.5;1@3.5}user/")
     since = len(daemon.events)
     await waiting_call(recorder, daemon, call_a, command, "user 1001 (presses 9, then 1)")
     await watcher.wait_event(
@@ -691,7 +699,9 @@ async def scenario_waiting_app(recorder: Recorder) -> None:
     await asyncio.sleep(0.5)
 
     call_b = str(uuidlib.uuid4())
-    command = daemon_originate(call_b, "1001", reprompt_interval=1.0)
+    command = parked_waiting_app(
+        daemon_originate(call_b, "1001", reprompt_interval=1.0), prompt=None, wait_ms=1000
+    )
     await waiting_call(recorder, daemon, call_b, command, "user 1001 (silent)")
     await watcher.wait_event(
         "CHANNEL_EXECUTE", Unique_ID=call_b, Application="play_and_get_digits"
