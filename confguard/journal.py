@@ -31,7 +31,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+# Schema steps after version 1, in order: the journal at version N runs _MIGRATIONS[N-1:] on open.
+# A feature that needs a table or a column appends one entry; never edit a released entry.
+_MIGRATIONS: tuple[str, ...] = ()
+SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 _log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -202,11 +205,14 @@ class Journal:
             conn.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a power cut may lose the last transactions, never corrupts the file.
             conn.execute("PRAGMA synchronous=NORMAL")
-            if version == 0:
+            if version < SCHEMA_VERSION:
+                steps = [_SCHEMA] if version == 0 else []
+                steps += _MIGRATIONS[max(0, version - 1):]
                 with _transaction(conn):
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    for step in steps:
+                        for statement in step.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"cannot use journal {self.path}: {exc}") from exc

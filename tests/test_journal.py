@@ -355,3 +355,41 @@ def test_an_outcome_survives_a_crash_with_state_changes_queued(tmp_path: Path) -
         assert live is not None and live.ended_at is None
         assert live.state == "waiting_key"  # queued before the outcome: written with it
         assert live.key_at is None  # the change queued after the last commit is lost
+
+
+def test_an_older_journal_is_migrated_step_by_step_and_keeps_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from confguard import journal as journal_module
+
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(journal_module, "_MIGRATIONS", ())
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 1)
+    with Journal(path) as first:  # a version-1 journal, as an earlier confguard wrote it
+        first.open_invite(make_record(1))
+    steps = (
+        "CREATE TABLE step_a (x INTEGER)",
+        "ALTER TABLE step_a ADD COLUMN y TEXT; CREATE TABLE step_b (z INTEGER)",
+    )
+    monkeypatch.setattr(journal_module, "_MIGRATIONS", steps)
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 3)
+    with Journal(path) as second:
+        assert [r.invite_id for r in second.active()] == ["inv-1"]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert [c[1] for c in conn.execute("PRAGMA table_info(step_a)")] == ["x", "y"]
+        assert conn.execute("SELECT count(*) FROM step_b").fetchone()[0] == 0
+    finally:
+        conn.close()
+    with Journal(path):  # at the current version nothing runs again (a rerun would fail)
+        pass
+    fresh = tmp_path / "fresh.db"
+    with Journal(fresh):  # a new journal gets the base schema and every step
+        pass
+    conn = sqlite3.connect(fresh)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM step_b").fetchone()[0] == 0
+    finally:
+        conn.close()
