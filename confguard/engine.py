@@ -172,11 +172,18 @@ class Engine:
         self._accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
+        self._observers: list[Callable[[InviteRun, dict[str, Any]], None]] = []
 
     # --- wiring -------------------------------------------------------------------------------
 
     def attach(self, session: Session) -> None:
         self._session = session
+
+    def add_observer(self, observer: Callable[[InviteRun, dict[str, Any]], None]) -> None:
+        """Call `observer(run, update)` for every state change and outcome, after the journal
+        and the log line (webhooks, outcome events). An observer that raises is logged, never
+        propagated: it must not stop live calls."""
+        self._observers.append(observer)
 
     @property
     def session(self) -> Session:
@@ -557,6 +564,11 @@ class Engine:
         run.history.append(update)
         for inbox in list(run.listeners):
             inbox.put_nowait(update)
+        for observer in self._observers:
+            try:
+                observer(run, update)
+            except Exception:
+                log.exception("engine.observer_error", uuid=run.call_uuid)
 
     def _publish_state(self, run: InviteRun, change: StateChanged, now: float) -> None:
         update = self._base_update(run, now)

@@ -117,6 +117,32 @@ async def test_follow_misses_nothing_published_during_its_replay(engine) -> None
     assert [u["seq"] for u in [first, *rest]] == [0, 1, 2]
 
 
+async def test_observers_see_every_update_in_order_and_one_that_raises_stops_nothing(
+    engine,  # type: ignore[no-untyped-def]
+) -> None:
+    running, session = engine
+    seen: list[tuple[str, int, str]] = []
+
+    def broken(run: InviteRun, update: dict[str, Any]) -> None:
+        raise RuntimeError("observer bug")
+
+    running.add_observer(broken)
+    running.add_observer(lambda run, update: seen.append(
+        (run.invite_id, update["seq"], update["state"])
+    ))
+    run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+    await settle()
+    session.queue.put_nowait(Event(Event_Name="CHANNEL_CREATE", Unique_ID=run.call_uuid))
+    session.queue.put_nowait(
+        Event(Event_Name="CHANNEL_HANGUP_COMPLETE", Unique_ID=run.call_uuid,
+              Hangup_Cause="USER_BUSY")
+    )
+    await settle()
+    assert seen == [(run.invite_id, 0, "placing"), (run.invite_id, 1, "ringing"),
+                    (run.invite_id, 2, "ended")]
+    assert run.outcome == "busy"
+
+
 class DumpHeldSession(RecordingSession):
     """Like RecordingSession, but the answer to `uuid_dump` waits until the test gives it."""
 
