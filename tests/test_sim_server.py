@@ -590,3 +590,18 @@ async def test_server_wants_follows_the_subscriptions(stub_sim: Simulator) -> No
     assert server.wants("CHANNEL_EXECUTE")
     await client.command("noevents")
     assert not server.wants("CHANNEL_ANSWER")
+
+
+def test_event_header_lookup_ignores_case_and_takes_the_first_value() -> None:
+    from confguard.sim.events import SimEvent
+
+    event = SimEvent("CUSTOM", [("Event-Name", "CUSTOM"), ("Unique-ID", "u-1"),
+                                ("unique-id", "u-2"), ("X-Empty", ""), ("Tail", "t")])
+    assert event.first_value("unique-id") == "u-1"
+    assert event.first_value("event-name") == "CUSTOM"
+    assert event.first_value("x-empty") == ""
+    assert event.first_value("tail") == "t"
+    assert event.first_value("unique") is None and event.first_value("id") is None
+    assert SimEvent("X", []).first_value("event-name") is None
+    odd = SimEvent("X", [("Bad\nName", "v"), ("Good", "g")])  # not on the wire; still answered
+    assert odd.first_value("good") == "g" and odd.first_value("bad") is None

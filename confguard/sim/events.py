@@ -17,6 +17,7 @@ Header order facts taken from the transcripts:
 from __future__ import annotations
 
 import itertools
+import operator
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ CAUSE_CODES: dict[str, int] = {
     "GATEWAY_DOWN": 609,
 }
 CAUSE_NAMES: dict[int, str] = {code: name for name, code in CAUSE_CODES.items()}
+_header_name = operator.itemgetter(0)
 
 
 @dataclass
@@ -103,24 +105,25 @@ class SimEvent:
     unsent: bool = False  # a stand-in for an event no client takes (EventFactory.wants)
     derived: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
-    def first_values(self) -> dict[str, str]:
-        """Lower-cased header name -> its first value (FreeSWITCH looks headers up ignoring
-        case); computed once per event."""
-        values = self.derived.get("first_values")
-        if values is None:
-            # One lower() over all the names at once; a header name never holds a newline.
-            backwards = self.headers[::-1]
-            if backwards:
-                names, firsts = zip(*backwards, strict=True)
-                lowered = "\n".join(names).lower().split("\n")
-            else:
-                lowered, firsts = [], ()
-            if len(lowered) == len(backwards):
-                values = dict(zip(lowered, firsts, strict=True))
-            else:  # impossible on the wire: a newline in a header name
-                values = {name.lower(): value for name, value in backwards}
-            self.derived["first_values"] = values
-        return values  # type: ignore[return-value]
+    def first_value(self, lowered_name: str) -> str | None:
+        """The first value of the header named `lowered_name` in any case (FreeSWITCH looks
+        headers up ignoring case), or None. Found in one lower-cased string of all the names,
+        made once per event: no dict of a hundred-odd headers for the few a filter asks."""
+        names = self.derived.get("lowered_names")
+        if names is None:
+            names = "\n" + "\n".join(map(_header_name, self.headers)).lower() + "\n"
+            if names.count("\n") != len(self.headers) + 1:  # a newline in a name: not on the wire
+                names = ""
+            self.derived["lowered_names"] = names
+        if not names:
+            for name, value in self.headers:
+                if name.lower() == lowered_name:
+                    return value
+            return None
+        at = names.find("\n" + lowered_name + "\n")  # type: ignore[attr-defined]
+        if at < 0:
+            return None
+        return self.headers[names.count("\n", 0, at)][1]  # type: ignore[attr-defined]
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """The first value of header `key` (case-sensitive), or `default`."""
@@ -184,12 +187,23 @@ class ChannelFacts:
     progress: float = 0.0
     progress_media: float = 0.0
     hungup: float = 0.0
-    variables: dict[str, str] = field(default_factory=dict)
+    # The channel's variables in setting order; read them through `variables`.
+    own_variables: dict[str, str] = field(default_factory=dict)
+    # An application that advances lazily (play_and_get_digits coasting through its tries)
+    # brings the variables up to the present before anyone reads or writes them.
+    catch_up: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def variables(self) -> dict[str, str]:
+        if self.catch_up is not None:
+            self.catch_up()
+        return self.own_variables
 
     def set_var(self, name: str, value: str) -> None:
         """Set a channel variable; a variable set again moves to the end, as in FreeSWITCH."""
-        self.variables.pop(name, None)
-        self.variables[name] = value
+        variables = self.variables
+        variables.pop(name, None)
+        variables[name] = value
 
     def flip_caller_id(self) -> None:
         """After answer FreeSWITCH shows the outbound leg's caller/callee ids swapped."""

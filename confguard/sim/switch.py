@@ -211,6 +211,10 @@ class Channel:
     last_arg: str | None = None
     inline_apps: list[tuple[str, str | None]] = field(default_factory=list)  # still to run
     collector: DigitCollector | None = None  # a running play_and_get_digits
+    # Keys pressed while no application ran (before the originate's first app, between a
+    # transfer and the next): FreeSWITCH queues them on the channel, and the next app that
+    # reads DTMF takes them (play_and_get_digits' prompt; park and conference consume them).
+    queued_dtmf: list[str] = field(default_factory=list)
 
     @property
     def uuid(self) -> str:
@@ -660,6 +664,8 @@ class Switch:
         self.publish(self.events.dtmf(channel.facts, digit))
         if channel.collector is not None:
             channel.collector.digit(digit)
+        elif channel.application is None:
+            channel.queued_dtmf.append(digit)
 
     # -- applications ------------------------------------------------------------------------
 
@@ -667,6 +673,8 @@ class Switch:
         """Run a dialplan application on the channel (park, conference, playback, ...)."""
         channel.application = name
         channel.application_data = data
+        if name in _DTMF_READERS:
+            channel.queued_dtmf.clear()  # it reads (and drops) the keys that waited
         channel.application_uuid = str(uuidlib.uuid4())
         channel.last_app, channel.last_arg = name, data
         # As switch_core_session_exec: the name, the arguments (none clears the previous
@@ -807,8 +815,9 @@ class Switch:
         if channel.hung_up:
             return
         facts = channel.facts
-        channel.hung_up = True
+        # The timers first: a coasting play_and_get_digits catches up to now on a live channel.
         self._cancel_timers(channel)
+        channel.hung_up = True
         facts.hangup_cause = cause
         facts.answer_state = "hangup"
         facts.state_number = 10
@@ -1695,6 +1704,10 @@ def parse_inline_dialplan(target: str) -> list[tuple[str, str | None]]:
     return apps
 
 
+# Applications that read the channel's DTMF queue and drop what they do not use (park,
+# playback's file player, the conference's caller controls). play_and_get_digits keeps them.
+_DTMF_READERS = frozenset(("park", "playback", "conference"))
+
 _PLAYBACK_NAMES = (
     "playback_last_offset_pos",
     "playback_seconds",
@@ -1714,7 +1727,14 @@ class DigitCollector:
     while INVALID plays waits in the channel's queue and ends the next try's prompt at once.
     A matching key: VAR set, `read_result` success, the app completes (the next inline app runs
     at once). TRIES spent: the app completes. Playing a file leaves the playback_* variables.
-    The simulator collects one digit (MAX 1)."""
+    The simulator collects one digit (MAX 1).
+
+    While nothing happens, the tries cost no timers ("coasting"): every try without a key has
+    the same phases, lengths and effects, so one timer waits for the end of the last try and the
+    phases due so far are run only when someone looks -- the channel's variables are read or
+    written (`ChannelFacts.catch_up`), a key comes, the call is transferred or hung up. Whole
+    tries are skipped then: a try leaves the same values in the same order whatever came before
+    it, so one run of it stands for many."""
 
     def __init__(self, switch: Switch, channel: Channel, data: str) -> None:
         args = data.split()
@@ -1745,6 +1765,12 @@ class DigitCollector:
         self._due: Callable[[], None] = self._finish  # what `timer` runs
         self._prompt_ms = 0
         self._invalid_ms: int | None = None
+        self.coasting = False
+        self._catching_up = False
+        self._at_try_start = False
+        self._period = 0.0  # one try without a key, simulated seconds
+        self._last_phase: Callable[[], None] = self._timed_out  # the one that ends a try
+        self._end_timer: asyncio.TimerHandle | None = None
 
     @property
     def facts(self) -> ChannelFacts:
@@ -1754,28 +1780,95 @@ class DigitCollector:
         self.mark = self.switch.clock.now()
         if self.var_name and self.regex:
             self.facts.variables.pop(f"{self.var_name}_invalid", None)
+        # Keys that came before the app: the first prompt takes them at once.
+        self.queued.extend(self.channel.queued_dtmf)
+        self.channel.queued_dtmf.clear()
         self._try()
 
     def _after(self, seconds: float, fn: Callable[[], None]) -> None:
         """The next phase, `seconds` after the current one was due. The collector's one pending
         timer is its own (`timer`; the switch cancels it with the channel's), not in the
-        channel's list: a waiting call sets three a try, for as long as it waits."""
+        channel's list. Coasting, no timer: a catch-up or the end timer runs the phase."""
+        self.phase_started = self.mark
+        self.mark += seconds
+        self._due = fn
+        if not self.coasting:
+            self._arm()
+
+    def _arm(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.phase_started = mark = self.mark
-        self.mark = mark = mark + seconds
         clock = self.switch.clock
-        self._due = fn
-        self.timer = clock.call_later(max(0.0, mark - clock.now()), self._fire)
+        self.timer = clock.call_later(max(0.0, self.mark - clock.now()), self._fire)
 
     def _fire(self) -> None:
         self.timer = None
         self._due()
 
     def _cancel(self) -> None:
+        self._stop_coasting()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    # -- coasting: the tries without a key, run when someone looks ------------------------------
+
+    def _coast(self) -> None:
+        """At the start of a try: coast through the tries left, if they are all alike."""
+        if self.queued or self.tries < 2:
+            return
+        silent = self.prompt.lower() == "silence" or not self.prompt
+        prompt_ms = 0 if silent else prompt_length_ms(self.prompt)
+        if prompt_ms is None:
+            return
+        invalid_ms = prompt_length_ms(self.invalid) if self.invalid else None
+        self._last_phase = self._timed_out if invalid_ms is None else self._invalid_played
+        self._period = (prompt_ms + self.timeout_ms + (invalid_ms or 0)) / 1000
+        self.coasting = True
+        self.facts.catch_up = self.catch_up
+        clock = self.switch.clock
+        end = self.mark + self.tries * self._period  # self.mark: this try's start
+        self._end_timer = clock.call_later(max(0.0, end - clock.now()), self._coasted)
+
+    def catch_up(self) -> None:
+        """Run the phases due by now; the last try's last phase is left to the end timer (it
+        ends the app, which must not happen inside whoever is reading the variables)."""
+        if not self.coasting or self._catching_up:
+            return
+        self._catching_up = True
+        try:
+            now = self.switch.clock.now()
+            while self.mark <= now and not (self.tries <= 1 and self._due == self._last_phase):
+                if self._at_try_start:
+                    # phase_started is this try's start: the whole tries over by now but one
+                    # are skipped (the one left, run below, leaves what they all would).
+                    whole = int((now - self.phase_started) // self._period)
+                    skip = min(whole - 1, self.tries - 1)
+                    if skip > 0:
+                        self.tries -= skip
+                        self.phase_started += skip * self._period
+                        self.mark += skip * self._period
+                self._at_try_start = False
+                self._due()
+        finally:
+            self._catching_up = False
+
+    def _coasted(self) -> None:
+        """The end timer: the phases so far, then the last one runs on its own timer."""
+        self._end_timer = None
+        self._stop_coasting()
+        if self.phase != "done" and self.channel.alive:
+            self._arm()
+
+    def _stop_coasting(self) -> None:
+        if not self.coasting:
+            return
+        self.catch_up()
+        self.coasting = False
+        self.facts.catch_up = None
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+            self._end_timer = None
 
     def _try(self) -> None:
         if not self.channel.alive or self.phase == "done":
@@ -1788,9 +1881,13 @@ class DigitCollector:
                 return
             self._finish()
             return
-        self.facts.variables.pop("read_result", None)
+        if not self.coasting:
+            self._coast()
+        self._at_try_start = True
+        variables = self.facts.own_variables
+        variables.pop("read_result", None)
         if self.var_name:
-            self.facts.variables.pop(self.var_name, None)
+            variables.pop(self.var_name, None)
         if self.prompt.lower() == "silence" or not self.prompt:
             self._wait()
             return
@@ -1823,6 +1920,10 @@ class DigitCollector:
 
     def digit(self, digit: str) -> None:
         """A key reaches the channel (its DTMF event already fired)."""
+        if self.coasting:
+            self._stop_coasting()
+            if self.phase != "done":
+                self._arm()
         if self.phase in ("prompt", "wait"):
             self._key(digit)
         elif self.phase == "invalid":
@@ -1880,7 +1981,7 @@ class DigitCollector:
             values = (samples, str(length_ms // 1000), str(length_ms), samples)
             if len(_PLAYBACK_VALUES) < 256:
                 _PLAYBACK_VALUES[length_ms] = values
-        variables = self.facts.variables
+        variables = self.facts.own_variables
         for name, value in zip(_PLAYBACK_NAMES, values, strict=True):  # set_var: moved to the end
             variables.pop(name, None)
             variables[name] = value
@@ -1893,6 +1994,7 @@ class DigitCollector:
 
     def interrupt(self) -> None:
         """A transfer (or hangup) ends the app where it is: a wait ends without a digit."""
+        self._stop_coasting()
         if self.phase == "wait":
             self.facts.set_var("read_result", "failure")
         self.phase = "done"
