@@ -258,3 +258,24 @@ def test_json_events_match_json_dumps() -> None:
     )  # fmt: skip
     for _ in range(2):  # the second time from the kept names
         assert wire.serialize_json(headers, "ok") == ("{" + expected + "}").encode()
+
+
+def test_json_one_call_encoding_matches_the_pair_by_pair_one() -> None:
+    """Events without a repeated name are encoded as one dict in one C call: byte for byte what
+    the pair-by-pair encoder writes, array headers and awkward characters included."""
+    import random
+
+    ops = random.Random(11)
+    pieces = ["a", "é", '"', "\\", "\t", "\n", "\u2028", "\udcff", "ARRAY::", "|:", "/", "%20", " "]
+    for _ in range(2000):
+        headers = []
+        for index in range(ops.randrange(0, 12)):
+            value = "".join(ops.choice(pieces) for _ in range(ops.randrange(0, 6)))
+            if ops.random() < 0.2:
+                value = "ARRAY::" + value
+            headers.append((f"H{index}{ops.choice(pieces[:3])}", value))
+        body = ops.choice([None, "", "+OK done\n"])
+        pairs = list(headers)
+        if body is not None:
+            pairs += [("Content-Length", str(len(wire.to_bytes(body)))), ("_body", body)]
+        assert wire.serialize_json(headers, body) == wire.serialize_json_pairs(pairs), headers
