@@ -229,10 +229,9 @@ class EventFilters:
         """The filter decision for `event` (see the class docstring)."""
         if not self._count:
             return True
-        values = event.first_values()
         send = False
         for name, filters in self._by_name.items():
-            actual = values.get(name)
+            actual = event.first_value(name)
             if actual is None:
                 continue
             lowered = actual.lower()
