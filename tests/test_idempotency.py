@@ -522,6 +522,15 @@ async def test_the_key_survives_a_sigkilled_daemon_process(
         assert "already used for this request" in capsys.readouterr().err
         status, again = await run_cli(*argv, "--no-wait")
         assert (status, again.strip()) == (0, call_uuid)
+        client = ControlClient(serve.socket)
+        _, replayed, _ = await client.exchange("POST", "/invites", BODY, [(HEADER, "restart-1")])
+        invite_id = replayed["invites"][0]["invite_id"]
+        ended = await client.request("GET", f"/invites/{invite_id}")
+        assert (ended["uuid"], ended["outcome"], ended["from_journal"]) == (call_uuid, "joined",
+                                                                            True)
+        with pytest.raises(ApiError) as cancel:
+            await client.request("DELETE", f"/invites/{invite_id}")
+        assert (cancel.value.status, cancel.value.kind) == (409, "already_ended")
         with pytest.raises(ApiError) as caught:  # still a conflict after the restart
             await ControlClient(serve.socket).exchange(
                 "POST", "/invites", {**BODY, "extensions": ["1001"]}, [(HEADER, "restart-1")]
