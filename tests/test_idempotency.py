@@ -600,10 +600,11 @@ async def test_real_switch_a_retried_request_places_one_call(
                                   f"{attempt}) -> {status} "
                                   f"{REPLAYED_HEADER}: {headers.get(REPLAYED_HEADER.lower())} "
                                   f"{json.dumps(answer)}")
-                if attempt == 1:
+                if attempt == 1:  # retried at once, while the call is still being placed
                     first = (status, answer)
-                    outcome = await outcome_of(running, answer["invites"][0]["invite_id"])
-                    assert outcome == "joined"
+            outcome = await outcome_of(running, answer["invites"][0]["invite_id"])
+            transcript.append(f"outcome of {answer['invites'][0]['invite_id']}: {outcome}")
+            assert outcome == "joined"
             assert (first[0], status) == (201, 200)
             assert answer == first[1]
             call_uuid = answer["invites"][0]["uuid"]
