@@ -90,7 +90,9 @@ def test_request_hash_is_what_the_request_places_not_how_it_is_spelled() -> None
     )
 
 
-def test_journal_keeps_keys_and_migrates_an_older_journal(tmp_path: Path) -> None:
+def test_journal_keeps_keys_and_migrates_an_older_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "journal.sqlite3"
     with Journal(path) as journal:
         assert journal.get_idempotency("k1") is None
@@ -110,14 +112,18 @@ def test_journal_keeps_keys_and_migrates_an_older_journal(tmp_path: Path) -> Non
     # A journal written before this table existed (schema version 1) gains it on open and
     # keeps its invites.
     old = tmp_path / "old.sqlite3"
-    with Journal(old):
-        pass
+    from confguard import journal as journal_module
+
+    with monkeypatch.context() as patch:  # a version-1 journal, as an earlier confguard wrote it
+        patch.setattr(journal_module, "_MIGRATIONS", ())
+        patch.setattr(journal_module, "SCHEMA_VERSION", 1)
+        with Journal(old):
+            pass
     conn = sqlite3.connect(old)
-    conn.execute("DROP TABLE idempotency_keys")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     conn.execute("INSERT INTO invites (invite_id, call_uuid, job_uuid, ext, room, timeout, "
                  "deadline, created_at, updated_at, state) VALUES ('i1', 'u', 'j', '1000', "
                  "'test1', 30, 40, 10, 10, 'placing')")
-    conn.execute("PRAGMA user_version=1")
     conn.commit()
     conn.close()
     with Journal(old) as journal:
