@@ -4,6 +4,8 @@ It owns the request schema of an invite and the socket; the engine owns what hap
 HTTP is parsed by h11 (sans-I/O) on both sides, so neither hand-parses a request line.
 
     POST   /invites              {"extensions": [...], "room": ..., ...}  -> 201 {"invites": [...]}
+                                 with `Idempotency-Key: K`: a retry -> 200 {"invites": [...]} and
+                                 `Idempotent-Replayed: true`, nothing placed (confguard.idempotency)
     GET    /invites              active invites                            -> 200 {"invites": [...]}
     GET    /invites/<id>         one invite (live or recently ended)       -> 200 {...}
     GET    /invites/<id>/events  its updates from the start, then live     -> 200 NDJSON stream
@@ -11,7 +13,8 @@ HTTP is parsed by h11 (sans-I/O) on both sides, so neither hand-parses a request
     GET    /status               the ESL connection and the invite count   -> 200 {...}
 
 Errors are JSON `{"error": {"kind": ..., "message": ..., "field": ...}}` with 400 (bad input:
-nothing was sent to FreeSWITCH), 404, 405, 409, 503 (FreeSWITCH not connected / shutting down).
+nothing was sent to FreeSWITCH), 404, 405, 409 (also: an idempotency key used for another request),
+503 (FreeSWITCH not connected / shutting down).
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import h11
 import structlog
 
 from confguard.config import InviteConfig
+from confguard.idempotency import HEADER as IDEMPOTENCY_HEADER
+from confguard.idempotency import KEY_RULE as KEY_RULE_TEXT
+from confguard.idempotency import REPLAYED_HEADER, IdempotencyStore, check_key, request_hash
 from confguard.invite import BadInput, InviteSpec, JoinTarget
 
 if TYPE_CHECKING:  # the client side (the CLI) never loads the engine, ESL and genesis
@@ -142,8 +148,12 @@ class ControlServer:
         mode: int = 0o660,
         defaults: InviteConfig | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        idempotency: IdempotencyStore | None = None,
+        journal: Any = None,
     ) -> None:
         self.engine = engine
+        self.idempotency = idempotency or IdempotencyStore(journal)
+        self.journal = journal  # finished invites no longer in memory are read from it
         self.path = path
         self.mode = mode
         self.defaults = defaults or InviteConfig()
@@ -228,12 +238,25 @@ class ControlServer:
         if parts == ["invites"] and method == "GET":
             return await _send_json(conn, writer, 200, {"invites": self.engine.active()})
         if parts == ["invites"] and method == "POST":
-            return await _send_json(conn, writer, 201, await self._create(body))
+            key = _idempotency_key(request)
+            if key is None:
+                return await _send_json(conn, writer, 201, await self._create(body))
+            code, payload, headers = await self._create_once(body, key)
+            return await _send_json(conn, writer, code, payload, headers)
         if len(parts) >= 2 and parts[0] == "invites":
             try:
                 run = self.engine.get(parts[1])
             except UnknownInvite as exc:
-                raise HttpError(404, "unknown_invite", str(exc)) from None
+                ended = self._from_journal(parts[1])
+                if ended is None or len(parts) > 3 or parts[2:] not in ([], ["events"]):
+                    raise HttpError(404, "unknown_invite", str(exc)) from None
+                if method != "GET":
+                    raise HttpError(
+                        409, "already_ended", f"invite {parts[1]} already ended"
+                    ) from None
+                if parts[2:] == ["events"]:
+                    return await self._stream_ended(conn, writer, ended)
+                return await _send_json(conn, writer, 200, {**ended, "history": [ended]})
             if len(parts) == 2 and method == "GET":
                 now = asyncio.get_running_loop().time()
                 return await _send_json(
@@ -251,9 +274,7 @@ class ControlServer:
             raise HttpError(405, "method_not_allowed", f"{method} is not supported")
         raise HttpError(404, "not_found", "no such endpoint")
 
-    async def _create(self, body: bytes) -> dict[str, Any]:
-        from confguard.engine import EngineError, NotConnected
-
+    def _parse_create(self, body: bytes) -> list[InviteSpec]:
         try:
             fields = json.loads(body or b"{}")
         except ValueError:
@@ -266,19 +287,101 @@ class ControlServer:
             raise HttpError(
                 400, "bad_input", str(exc), field=exc.field, value=exc.value, reason=exc.reason
             ) from None
-        created: list[dict[str, str]] = []
-        for spec in specs:
-            try:
-                run = await self.engine.invite(spec)
-            except NotConnected as exc:
-                raise HttpError(503, "not_connected", str(exc), created=created) from None
-            except EngineError as exc:
-                raise HttpError(503, "unavailable", str(exc), created=created) from None
-            created.append(
-                {"invite_id": run.invite_id, "uuid": run.call_uuid, "ext": spec.extension,
-                 "room": spec.room}
-            )
+        return specs
+
+    async def _create(self, body: bytes) -> dict[str, Any]:
+        created: list[dict[str, Any]] = []
+        for spec in self._parse_create(body):
+            created.append(await self._place(spec, created))
         return {"invites": created}
+
+    async def _place(self, spec: InviteSpec, created: list[dict[str, Any]]) -> dict[str, Any]:
+        """One invite; 503 (with what this request placed so far) when it cannot be placed."""
+        from confguard.engine import EngineError, NotConnected
+
+        try:
+            run = await self.engine.invite(spec)
+        except NotConnected as exc:
+            raise HttpError(503, "not_connected", str(exc), created=created) from None
+        except EngineError as exc:
+            raise HttpError(503, "unavailable", str(exc), created=created) from None
+        return {"invite_id": run.invite_id, "uuid": run.call_uuid, "ext": spec.extension,
+                "room": spec.room}
+
+    async def _create_once(
+        self, body: bytes, key: str
+    ) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        """`POST /invites` with an idempotency key (the rules: confguard.idempotency)."""
+        from confguard.journal import JournalError
+
+        specs = self._parse_create(body)  # 400 here: the key is not stored
+        digest = request_hash(specs)
+        store = self.idempotency
+        async with store.hold(key):
+            try:
+                row = store.lookup(key)
+            except JournalError as exc:
+                raise HttpError(503, "journal_unavailable",
+                                f"cannot read the {IDEMPOTENCY_HEADER} from the journal: {exc}; "
+                                "nothing was sent") from None
+            if row is not None and row["request_hash"] != digest:
+                raise HttpError(
+                    409, "idempotency_conflict",
+                    f"{IDEMPOTENCY_HEADER} {key!r} was used for a different request (other "
+                    "extensions, room or options); nothing was sent -- use a new key",
+                    field=IDEMPOTENCY_HEADER, invites=[i["invite_id"] for i in row["invites"]],
+                )
+            earlier: list[dict[str, Any]] = list(row["invites"]) if row else []
+            created_at = row["created_at"] if row else store.clock()
+            placed = {item["ext"] for item in earlier}
+            created = list(earlier)
+            fresh = 0
+            if row is None or not row["complete"]:
+                for spec in specs:
+                    if spec.extension in placed:
+                        continue
+                    created.append(await self._place(spec, created))
+                    fresh += 1
+                    # before this invite's originate can be written: no await since it returned
+                    store.record(key, digest, created, complete=False, created_at=created_at)
+                store.record(key, digest, created, complete=True, created_at=created_at)
+        order = {spec.extension: n for n, spec in enumerate(specs)}
+        created.sort(key=lambda item: order.get(item["ext"], len(order)))
+        if fresh:
+            log.info("api.idempotency_stored", key=key, placed=fresh, earlier=len(earlier))
+            return 201, {"invites": created}, []
+        log.info("api.idempotency_replayed", key=key,
+                 invites=[item["invite_id"] for item in created])
+        return 200, {"invites": created}, [(REPLAYED_HEADER, "true")]
+
+    def _from_journal(self, invite_id: str) -> dict[str, Any] | None:
+        """A finished invite the engine no longer holds (e.g. from before a restart), as its
+        final update, from the journal; None when it is not there (or still unfinished)."""
+        if self.journal is None:
+            return None
+        try:
+            record = self.journal.get(invite_id)
+        except Exception:
+            log.exception("journal.error", op="get")
+            return None
+        if record is None or not record.finished:
+            return None
+        return {
+            "seq": 0, "invite_id": record.invite_id, "uuid": record.call_uuid,
+            "ext": record.ext, "room": record.room, "state": "ended", "outcome": record.outcome,
+            "cause": record.cause,
+            "elapsed_ms": round((record.total_seconds or 0.0) * 1000),
+            "ts": record.ended_at, "from_journal": True,
+        }
+
+    async def _stream_ended(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, update: dict[str, Any]
+    ) -> None:
+        headers = [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]
+        writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
+        writer.write(conn.send(h11.Data(data=json.dumps(update).encode() + b"\n")))
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
 
     async def _stream(self, conn: h11.Connection, writer: asyncio.StreamWriter, key: str) -> None:
         headers = [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]
@@ -288,6 +391,22 @@ class ControlServer:
             await writer.drain()
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
+
+
+def _idempotency_key(request: h11.Request) -> str | None:
+    """The request's Idempotency-Key (validated: 400 naming the header), or None."""
+    values = [v for name, v in request.headers if name == IDEMPOTENCY_HEADER.lower().encode()]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise HttpError(400, "bad_input", f"{IDEMPOTENCY_HEADER}: given more than once",
+                        field=IDEMPOTENCY_HEADER, reason="one header")
+    try:
+        return check_key(values[0].decode("ascii"))
+    except (UnicodeDecodeError, BadInput) as exc:
+        shown = values[0].decode("ascii", "replace")[:80]
+        raise HttpError(400, "bad_input", f"{IDEMPOTENCY_HEADER}: {KEY_RULE_TEXT} (got {shown!r})",
+                        field=IDEMPOTENCY_HEADER, value=shown, reason=KEY_RULE_TEXT) from exc
 
 
 def _socket_in_use(path: str) -> bool:
@@ -329,10 +448,12 @@ async def _read_message(
 
 
 async def _send_json(
-    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, payload: Any
+    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, payload: Any,
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> None:
     data = json.dumps(payload).encode()
-    headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
+    headers = [("content-type", "application/json"), ("content-length", str(len(data))),
+               *extra_headers]
     writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
     writer.write(conn.send(h11.Data(data=data)))
     writer.write(conn.send(h11.EndOfMessage()))
@@ -370,14 +491,22 @@ class ControlClient:
             raise DaemonUnreachable(f"{self.path}: {exc.strerror or exc}") from None
 
     async def request(self, method: str, target: str, body: Any = None) -> Any:
+        return (await self.exchange(method, target, body))[1]
+
+    async def exchange(
+        self, method: str, target: str, body: Any = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> tuple[int, Any, dict[str, str]]:
+        """`request` with extra request headers; returns the status, the JSON body and the
+        response's headers (lower-case names). Raises ApiError for a 4xx/5xx."""
         reader, writer = await self._open()
         conn = h11.Connection(h11.CLIENT)
         try:
             data = b"" if body is None else json.dumps(body).encode()
-            headers = [("host", "confguard"), ("content-length", str(len(data)))]
+            sent = [("host", "confguard"), ("content-length", str(len(data))), *headers]
             if body is not None:
-                headers.append(("content-type", "application/json"))
-            writer.write(conn.send(h11.Request(method=method, target=target, headers=headers)))
+                sent.append(("content-type", "application/json"))
+            writer.write(conn.send(h11.Request(method=method, target=target, headers=sent)))
             writer.write(conn.send(h11.Data(data=data)) or b"")
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
@@ -387,7 +516,9 @@ class ControlClient:
             result = json.loads(payload) if payload else {}
             if response.status_code >= 400:
                 raise ApiError(response.status_code, result)
-            return result
+            received = {name.decode().lower(): value.decode("latin-1")
+                        for name, value in response.headers}
+            return response.status_code, result, received
         finally:
             writer.close()
 

@@ -179,21 +179,32 @@ def _err(message: str) -> None:
 
 async def cmd_invite(args: argparse.Namespace, out: TextIO) -> int:
     from confguard.api import ApiError, ControlClient, DaemonUnreachable, specs_from_request
+    from confguard.idempotency import HEADER, REPLAYED_HEADER, check_key
 
     config = _load_config(args)
     defaults = config.invite
     fields = _invite_fields(args)
     specs = specs_from_request(fields, defaults)  # BadInput here: nothing is sent anywhere
+    headers: list[tuple[str, str]] = []
+    if args.idempotency_key is not None:
+        headers.append((HEADER, check_key(args.idempotency_key, "--idempotency-key")))
+        if args.direct:
+            raise BadInput("--idempotency-key", args.idempotency_key,
+                           "needs the daemon, which keeps the keys; not with --direct")
     if args.direct:
         return await _invite_direct(config, defaults, fields, args, out)
     client = ControlClient(config.api.socket)
     try:
-        created = (await client.request("POST", "/invites", fields))["invites"]
+        _, answer, received = await client.exchange("POST", "/invites", fields, headers)
+        created = answer["invites"]
     except DaemonUnreachable as exc:
         _err(f"the confguard daemon is not reachable ({exc}); {USAGE_HINT_NO_DAEMON}")
         return EXIT_DAEMON_UNREACHABLE
     except ApiError as exc:
         return _api_error_exit(exc)
+    if received.get(REPLAYED_HEADER.lower()) == "true":
+        _err(f"{HEADER} {args.idempotency_key}: already used for this request; following its "
+             "invite(s) again, no new call placed")
     if args.no_wait:
         for item in created:
             print(item["uuid"] if not args.json else json.dumps(item), file=out)
@@ -498,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="print the uuid once placed and exit")
     p.add_argument("--direct", action="store_true",
                    help="no daemon: connect to FreeSWITCH from this process")
+    p.add_argument("--idempotency-key", metavar="KEY",
+                   help="run again with the same KEY: the same invite(s), no second call "
+                        "(1-128 of A-Z a-z 0-9 _ - . :)")
     p.add_argument("--esl-host", help=argparse.SUPPRESS)
     p.add_argument("--esl-port", type=int, help=argparse.SUPPRESS)
 
@@ -510,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file")
     p.add_argument("--metrics-listen", help="host:port for /metrics, e.g. 127.0.0.1:9464")
     p.add_argument("--journal", help="journal database path")
+    p.add_argument("--idempotency-retention",
+                   help="seconds an Idempotency-Key is remembered (default 86400)")
 
     p = sub.add_parser("status", help="the ESL connection and the active invites")
     _add_common(p)

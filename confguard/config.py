@@ -162,6 +162,8 @@ class InviteConfig:
 class ApiConfig:
     socket: str = ""  # filled by load_config from the environment (see default_socket_path)
     mode: int = 0o660
+    # Seconds an Idempotency-Key of POST /invites is remembered from its first use (idempotency.py)
+    idempotency_retention: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -496,7 +498,11 @@ SETTINGS: dict[str, dict[str, _Setting]] = {
             _optional(_pattern(_CALLER_NUMBER_RE, "an optional + then 1-32 of 0-9 A-Z a-z * #"))
         ),
     },
-    "api": {"socket": _Setting(_socket_path), "mode": _Setting(_mode)},
+    "api": {
+        "socket": _Setting(_socket_path),
+        "mode": _Setting(_mode),
+        "idempotency_retention": _Setting(_number(float, 1, 30 * 86400, " seconds"), numeric=True),
+    },
     "log": {
         "format": _Setting(_choice(LOG_FORMATS)),
         "level": _Setting(_choice(LOG_LEVELS)),
@@ -793,6 +799,7 @@ FLAG_KEYS = {
     "log_file": ("log.file", "--log-file"),
     "metrics_listen": ("metrics.listen", "--metrics-listen"),
     "journal": ("journal.path", "--journal"),
+    "idempotency_retention": ("api.idempotency_retention", "--idempotency-retention"),
 }
 FLAG_NAMES = dict(FLAG_KEYS.values())
 

@@ -4,7 +4,8 @@ Start-up order: logging, journal, metrics, the control socket (then systemd READ
 session, retried with backoff until FreeSWITCH answers (invites are refused with 503 meanwhile).
 SIGTERM/SIGINT: stop taking invites and exit within 5 s; live calls keep the hangup timers armed
 inside FreeSWITCH, so they stay bounded without us, and the journal keeps them for the next start.
-SIGHUP: reload the log level and the invite defaults, reopen the log file.
+SIGHUP: reload the log level, the invite defaults and the idempotency retention, reopen the log
+file.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class Daemon:
         self.journal: Any = None
         self.metrics: Any = None
         self.notifier: Any = None
+        self.idempotency: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_status: str | None = None
         self._inherited: list[Any] = []  # journal rows an earlier run left active
@@ -111,6 +113,7 @@ class Daemon:
         from confguard.config import esl_settings
         from confguard.engine import SUBSCRIBED_EVENTS, Engine
         from confguard.esl import EslSession
+        from confguard.idempotency import IdempotencyStore
         from confguard.journal import Journal
         from confguard.metrics import Metrics
         from confguard.notify import Notifier
@@ -121,6 +124,8 @@ class Daemon:
             self._install_signals()
         self.journal = Journal(config.journal.path)
         self.journal.prune(config.journal.retention_days)
+        self.idempotency = IdempotencyStore(self.journal, config.api.idempotency_retention)
+        self.idempotency.prune()
         # What an earlier run left active, read before the control socket takes any invite of
         # this run: only these are adopted once FreeSWITCH is reachable.
         try:
@@ -150,6 +155,8 @@ class Daemon:
             mode=config.api.mode,
             defaults=config.invite,
             status=self.status,
+            idempotency=self.idempotency,
+            journal=self.journal,
         )
         try:
             await self.api.start()
@@ -257,6 +264,7 @@ class Daemon:
             set_level(fresh.log.level)
             if self.api is not None:
                 self.api.defaults = fresh.invite
+                self.api.idempotency.retention = fresh.api.idempotency_retention
             self.config = fresh
             log.info("config.reloaded", log_level=fresh.log.level)
         self.notifier.ready()

@@ -13,7 +13,9 @@ commit at once, with whatever state changes were queued before them (so a crash 
 the last ~50 ms of intermediate states, never an invite's row or its outcome), and every read,
 `prune()` and `close()` writes the queue first. Rows of
 finished invites older than the retention are removed by `prune()`; unfinished rows are never
-pruned. The schema carries a version (`PRAGMA user_version`) and is created if missing.
+pruned. A second table keeps the idempotency keys of `POST /invites` (`put_idempotency`,
+`get_idempotency`, `prune_idempotency`; their meaning is confguard.idempotency's). The schema
+carries a version (`PRAGMA user_version`) and is created if missing.
 """
 
 from __future__ import annotations
@@ -33,7 +35,20 @@ from typing import Any
 
 # Schema steps after version 1, in order: the journal at version N runs _MIGRATIONS[N-1:] on open.
 # A feature that needs a table or a column appends one entry; never edit a released entry.
-_MIGRATIONS: tuple[str, ...] = ()
+_MIGRATIONS: tuple[str, ...] = (
+    # 2: idempotency keys of `POST /invites` (confguard.idempotency): the request's hash and the
+    # invites it placed, so a retried request is answered from here, across restarts too.
+    """
+    CREATE TABLE IF NOT EXISTS idempotency_keys (
+        key          TEXT PRIMARY KEY,
+        request_hash TEXT NOT NULL,
+        invites      TEXT NOT NULL,
+        complete     INTEGER NOT NULL DEFAULT 0,
+        created_at   REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency_keys (created_at)
+    """,
+)
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 _log = logging.getLogger(__name__)
 
@@ -351,6 +366,45 @@ class Journal:
             "DELETE FROM invites WHERE ended_at IS NOT NULL AND ended_at < ?", (cutoff,),
             with_pending=True,
         )
+
+    # -- idempotency keys (confguard.idempotency owns what they mean) -----------------------
+
+    def put_idempotency(
+        self, key: str, request_hash: str, invites: list[dict[str, Any]], *, complete: bool,
+        created_at: float,
+    ) -> None:
+        """Write (or overwrite) one key's row: the request's hash and the invites placed so far."""
+        self._write(
+            "INSERT INTO idempotency_keys (key, request_hash, invites, complete, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+            "request_hash = excluded.request_hash, invites = excluded.invites, "
+            "complete = excluded.complete, created_at = excluded.created_at",
+            (key, request_hash, json.dumps(invites, sort_keys=True), int(complete),
+             float(created_at)),
+        )
+
+    def get_idempotency(self, key: str) -> dict[str, Any] | None:
+        """One key's row as a dict (request_hash, invites, complete, created_at), or None."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                row = conn.execute(
+                    "SELECT key, request_hash, invites, complete, created_at "
+                    "FROM idempotency_keys WHERE key = ?", (key,),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+        if row is None:
+            return None
+        return {
+            "key": row["key"], "request_hash": row["request_hash"],
+            "invites": json.loads(row["invites"]), "complete": bool(row["complete"]),
+            "created_at": row["created_at"],
+        }
+
+    def prune_idempotency(self, cutoff: float) -> int:
+        """Delete the keys first used before `cutoff` (wall epoch seconds); returns how many."""
+        return self._write("DELETE FROM idempotency_keys WHERE created_at < ?", (float(cutoff),))
 
     # -- reading -----------------------------------------------------------------------------
 
