@@ -184,6 +184,9 @@ async def cmd_invite(args: argparse.Namespace, out: TextIO) -> int:
     defaults = config.invite
     fields = _invite_fields(args)
     specs = specs_from_request(fields, defaults)  # BadInput here: nothing is sent anywhere
+    if args.direct and args.notify:
+        raise BadInput("notify", args.notify[0], "webhooks are sent by the daemon from its "
+                       "durable outbox; --notify cannot be used with --direct")
     if args.direct:
         return await _invite_direct(config, defaults, fields, args, out)
     client = ControlClient(config.api.socket)
@@ -494,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--join", help="'inline' or '<extension> <context>' (default from config)")
     p.add_argument("--var", action="append", metavar="NAME=VALUE",
                    help="extra channel variable (whitelisted names and values)")
+    p.add_argument("--notify", action="append", metavar="URL",
+                   help="POST every state change and the outcome of these invites to this "
+                        "http(s) URL (signed; README 'Status webhooks'); repeatable")
     p.add_argument("--json", action="store_true", help="one JSON object per state change")
     p.add_argument("--no-wait", action="store_true", help="print the uuid once placed and exit")
     p.add_argument("--direct", action="store_true",
