@@ -290,6 +290,16 @@ async def invite_json(daemon: Daemon, *argv: str) -> tuple[int, list[dict[str, A
     return status, [json.loads(line) for line in out.splitlines()]
 
 
+async def drained(daemon: Daemon) -> None:
+    """Until the outbox is empty: a receiver records a request before the daemon reads its
+    answer and deletes the row."""
+    for _ in range(250):
+        if daemon.webhooks.queue_stats()[0] == 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"outbox not drained: {daemon.webhooks.queue_stats()}")
+
+
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -318,6 +328,7 @@ async def test_delivered_in_order_with_content(  # type: ignore[no-untyped-def]
             for path in ("/hook", "/mine"):
                 await receiver.wait_until(
                     lambda p=path: outcome_delivered(receiver, invite_id, p), 10)
+            await drained(daemon)
             metrics = daemon.metrics.render().decode()
     finally:
         await link.stop()
@@ -363,6 +374,7 @@ async def test_receiver_down_then_up_loses_nothing(  # type: ignore[no-untyped-d
         for _, updates in results:
             await receiver.wait_until(
                 lambda u=updates: outcome_delivered(receiver, u[0]["invite_id"]), 10)
+        await drained(daemon)
         up = daemon.metrics.render().decode()
     assert metric(down, "confguard_webhooks_queue_depth") == total
     assert metric(down, "confguard_webhooks_oldest_undelivered_age_seconds") >= 1.0
@@ -387,6 +399,7 @@ async def test_a_500_is_retried_with_the_same_seq(  # type: ignore[no-untyped-de
             status, updates = await invite_json(daemon, "1000", "--room", ROOM, "--timeout", "10")
             await receiver.wait_until(
                 lambda: outcome_delivered(receiver, updates[0]["invite_id"]), 10)
+        await drained(daemon)
         metrics = daemon.metrics.render().decode()
     assert status == 0
     lanes = check_lanes(receiver.hits)  # duplicates only with the same seq and body
@@ -444,6 +457,7 @@ async def test_given_up_after_the_limit_and_the_lane_goes_on(  # type: ignore[no
             daemon.engine.cancel(run.invite_id)  # an event after the outage: delivered
             await receiver.wait_until(
                 lambda: outcome_delivered(receiver, run.invite_id), 10)
+        await drained(daemon)
         metrics = daemon.metrics.render().decode()
     given_up = [e for e in logs if e["event"] == "webhook.given_up"]
     assert given_up and all(e["age_s"] >= 1.0 for e in given_up)
@@ -542,3 +556,52 @@ async def test_killed_daemon_resumes_from_the_outbox(  # type: ignore[no-untyped
     assert adopted[-1]["seq"] >= 3 and adopted[-1]["seq"] == len(adopted) - 1
     log = serve.log.read_text()
     assert "webhook.outbox_loaded" in log and SECRET not in log
+
+
+async def test_one_receiver_down_does_not_hold_back_another(  # type: ignore[no-untyped-def]
+    sim_peer, link_to, tmp_path, secret_file, receiver
+) -> None:
+    other = Receiver(SECRET)
+    await other.start()
+    await other.stop()  # down from the start
+    async with HookedDaemon(sim_peer, link_to, tmp_path, secret_file,
+                            [receiver.url(), other.url()]) as daemon:
+        status, updates = await invite_json(daemon, "1000", "--room", ROOM, "--timeout", "10")
+        invite_id = updates[0]["invite_id"]
+        await receiver.wait_until(lambda: outcome_delivered(receiver, invite_id), 10)
+        for _ in range(100):  # the last 200 of /hook deletes its row a moment after the hit
+            if daemon.webhooks.queue_stats()[0] == len(updates):
+                break
+            await asyncio.sleep(0.02)
+        assert daemon.webhooks.queue_stats()[0] == len(updates)  # every one, for the other URL
+        await other.start()
+        try:
+            await other.wait_until(lambda: outcome_delivered(other, invite_id), 10)
+        finally:
+            await other.stop()
+    assert status == 0
+    assert check_lanes(receiver.hits) == check_lanes(other.hits) == {
+        ("/hook", invite_id): [u["seq"] for u in updates]}
+    assert [h.raw for h in receiver.hits] == [h.raw for h in other.hits]  # the same events
+
+
+def test_an_old_journal_gains_the_outbox(tmp_path: Path) -> None:
+    import sqlite3
+
+    from confguard import journal as journal_module
+    from confguard.journal import SCHEMA_VERSION, Journal
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(journal_module._SCHEMA)
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    with Journal(path) as journal:
+        tables = {r[0] for r in journal.read_rows("SELECT name FROM sqlite_master")}
+        assert {"webhook_outbox", "webhook_invites", "invites"} <= tables
+        assert journal.read_rows("PRAGMA user_version")[0][0] == SCHEMA_VERSION >= 2
+        ids = journal.write_rows([(
+            "INSERT INTO webhook_outbox (invite_id, seq, url, event_id, body, created_at, "
+            "next_attempt_at) VALUES ('x', 0, 'http://127.0.0.1/', 'x-0', '{}', 1, 1)", ())])
+        assert ids == [1]
