@@ -5,6 +5,8 @@ session, retried with backoff until FreeSWITCH answers (invites are refused with
 SIGTERM/SIGINT: stop taking invites and exit within 5 s; live calls keep the hangup timers armed
 inside FreeSWITCH, so they stay bounded without us, and the journal keeps them for the next start.
 SIGHUP: reload the log level and the invite defaults, reopen the log file.
+With a webhook secret, status webhooks (`confguard.webhook_delivery`) start before the control
+socket (every invite's first update is an event) and resume what the outbox in the journal holds.
 """
 
 from __future__ import annotations

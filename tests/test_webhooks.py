@@ -605,3 +605,22 @@ def test_an_old_journal_gains_the_outbox(tmp_path: Path) -> None:
             "INSERT INTO webhook_outbox (invite_id, seq, url, event_id, body, created_at, "
             "next_attempt_at) VALUES ('x', 0, 'http://127.0.0.1/', 'x-0', '{}', 1, 1)", ())])
         assert ids == [1]
+
+
+def test_an_invites_notify_urls_survive_the_journal() -> None:
+    """A restarted daemon adopts an invite with its own --notify URLs (the journal's spec), and
+    a tampered one is refused like any bad input."""
+    from types import SimpleNamespace
+
+    from confguard.engine import spec_from_journal, spec_to_journal
+    from confguard.invite import BadInput, InviteSpec
+
+    spec = InviteSpec(extension="1000", room=ROOM, timeout=30,
+                      notify=("https://a.example/h", "http://127.0.0.1:9/x"))
+    saved = json.loads(json.dumps(spec_to_journal(spec)))
+    row = SimpleNamespace(detail={"spec": saved}, ext="1000", room=ROOM, timeout=30)
+    assert spec_from_journal(row).notify == spec.notify
+    saved["notify"] = ["https://a.example/h\r\nX: 1"]
+    with pytest.raises(BadInput, match="notify"):
+        spec_from_journal(row)
+    assert InviteSpec(extension="1000", room=ROOM, timeout=30).notify == ()
