@@ -774,8 +774,9 @@ def _read_webhook_secret(path: str, origin: str, key: str) -> Secret:
 def _load_webhook_secret(
     values: dict[str, object], sources: dict[str, str], environ: Mapping[str, str]
 ) -> None:
-    """webhooks.secret from secret_file, else from $CREDENTIALS_DIRECTORY/<secret_credential>
-    (a credential named explicitly must exist; the default name may be absent: no secret)."""
+    """webhooks.secret from secret_file, else from $CREDENTIALS_DIRECTORY/<secret_credential>.
+    Absent: no secret (the CLI runs without the service's credentials; `serve` refuses urls
+    without a secret) -- except a credential named explicitly while systemd passed others."""
     secret_file = values.get("secret_file")
     if isinstance(secret_file, str):
         origin = _origin(sources["webhooks.secret_file"])
@@ -791,10 +792,9 @@ def _load_webhook_secret(
             str(credential), f"systemd credential {credential}", "webhooks.secret_credential"
         )
         sources["webhooks.secret"] = f"credential:{credential}"
-    elif named:
-        where = credential or "$CREDENTIALS_DIRECTORY (not set: not started by systemd)"
+    elif named and credential is not None:
         raise ConfigError(_origin(sources["webhooks.secret_credential"]),
-                          "webhooks.secret_credential", f"no credential {name!r} in {where}",
+                          "webhooks.secret_credential", f"no credential {name!r} in {credentials}",
                           f"LoadCredential={name}:/etc/confguard/webhook-secret in the unit")
 
 

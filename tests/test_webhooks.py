@@ -141,9 +141,13 @@ def test_secret_from_the_systemd_credential(tmp_path: Path) -> None:
     named = load_config(env={**env, "CONFGUARD_WEBHOOKS_SECRET_CREDENTIAL": "hooks"}, euid=1000)
     assert named.webhooks.secret is not None
     assert named.webhooks.secret.reveal() == "another-secret-of-enough-length"
-    # An explicitly named credential must exist; the default one may be absent
+    # Under systemd a credential named explicitly must exist; the default one may be absent,
+    # and the CLI (no $CREDENTIALS_DIRECTORY) loads the same file without any
     with pytest.raises(ConfigError, match=r"webhooks\.secret_credential.*no credential 'nope'"):
         load_config(env={**env, "CONFGUARD_WEBHOOKS_SECRET_CREDENTIAL": "nope"}, euid=1000)
+    outside = {"CONFGUARD_WEBHOOKS_URLS": "https://a.example/",
+               "CONFGUARD_WEBHOOKS_SECRET_CREDENTIAL": "nope"}
+    assert load_config(env=outside, euid=1000).webhooks.secret is None
     with pytest.raises(ConfigError, match=r"webhooks\.secret_credential"):
         load_config(env={**env, "CONFGUARD_WEBHOOKS_SECRET_CREDENTIAL": "../esl-password"},
                     euid=1000)
