@@ -55,6 +55,7 @@ REQUEST_FIELDS = {
     "caller_id_number",
     "variables",
     "join",
+    "notify",  # status webhook URL(s) of these invites: a string or a list (confguard.webhooks)
 }
 
 
@@ -106,6 +107,12 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
         target = JoinTarget.dialplan(extension, context)
     else:
         raise BadInput("join", str(join)[:80], "'inline' or '<extension> <context>'")
+    notify = body.get("notify")
+    notify = [notify] if isinstance(notify, str) else notify
+    if notify is not None and not (
+        isinstance(notify, list) and all(isinstance(url, str) for url in notify)
+    ):
+        raise BadInput("notify", str(notify)[:80], "a URL or a list of URLs")
     timeout = pick("timeout", defaults.timeout)
     ring_timeout = body.get("ring_timeout", defaults.ring_timeout)
     if ring_timeout is not None and ring_timeout > timeout:
@@ -125,6 +132,7 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
             join=target,
             reprompt_interval=defaults.reprompt_interval,
             variables=dict(variables),
+            notify=tuple(notify or ()),
         )
         for extension in extensions
     ]
@@ -150,10 +158,14 @@ class ControlServer:
         status: Callable[[], dict[str, Any]] | None = None,
         idempotency: IdempotencyStore | None = None,
         journal: Any = None,
+        check_spec: Callable[[InviteSpec], None] | None = None,
     ) -> None:
         self.engine = engine
         self.idempotency = idempotency or IdempotencyStore(journal)
         self.journal = journal  # finished invites no longer in memory are read from it
+        # The daemon's own rules for a valid spec (webhooks: a notify URL needs a secret);
+        # raises BadInput -> 400, before any invite of the request is placed.
+        self.check_spec = check_spec
         self.path = path
         self.mode = mode
         self.defaults = defaults or InviteConfig()
@@ -283,6 +295,9 @@ class ControlServer:
             raise HttpError(400, "bad_json", "the request body must be a JSON object")
         try:
             specs = specs_from_request(fields, self.defaults)
+            if self.check_spec is not None:
+                for spec in specs:
+                    self.check_spec(spec)
         except BadInput as exc:
             raise HttpError(
                 400, "bad_input", str(exc), field=exc.field, value=exc.value, reason=exc.reason

@@ -191,6 +191,9 @@ async def cmd_invite(args: argparse.Namespace, out: TextIO) -> int:
         if args.direct:
             raise BadInput("--idempotency-key", args.idempotency_key,
                            "needs the daemon, which keeps the keys; not with --direct")
+    if args.direct and args.notify:
+        raise BadInput("notify", args.notify[0], "webhooks are sent by the daemon from its "
+                       "durable outbox; --notify cannot be used with --direct")
     if args.direct:
         return await _invite_direct(config, defaults, fields, args, out)
     client = ControlClient(config.api.socket)
@@ -505,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--join", help="'inline' or '<extension> <context>' (default from config)")
     p.add_argument("--var", action="append", metavar="NAME=VALUE",
                    help="extra channel variable (whitelisted names and values)")
+    p.add_argument("--notify", action="append", metavar="URL",
+                   help="POST every state change and the outcome of these invites to this "
+                        "http(s) URL (signed; README 'Status webhooks'); repeatable")
     p.add_argument("--json", action="store_true", help="one JSON object per state change")
     p.add_argument("--no-wait", action="store_true", help="print the uuid once placed and exit")
     p.add_argument("--direct", action="store_true",

@@ -43,6 +43,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "Secret",
+    "WebhooksConfig",
     "default_journal_path",
     "default_socket_path",
     "load_config",
@@ -52,6 +53,7 @@ __all__ = [
 DEFAULT_CONFIG_PATH = "/etc/confguard/confguard.toml"
 DEFAULT_ESL_PASSWORD = "ClueCon"  # FreeSWITCH's shipped event_socket.conf.xml
 CREDENTIAL_NAME = "esl-password"  # LoadCredential=esl-password:... in the unit
+WEBHOOK_CREDENTIAL_NAME = "confguard-webhook"  # LoadCredential=confguard-webhook:...
 ENV_PREFIX = "CONFGUARD_"
 REDACTED = "<redacted>"
 
@@ -189,6 +191,21 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    """Status webhooks (confguard.webhook_delivery). The secret comes from `secret_file`, else
+    the systemd credential `secret_credential`; it is never a value in the file, env or flags."""
+
+    urls: tuple[str, ...] = ()
+    secret: Secret | None = field(default=None, compare=False)
+    secret_file: str | None = None
+    secret_credential: str = WEBHOOK_CREDENTIAL_NAME
+    request_timeout: float = 10.0  # seconds for one POST, connect to response
+    retry_initial: float = 1.0  # first retry after this long, doubling up to retry_max
+    retry_max: float = 300.0
+    give_up_after: float = 86400.0  # an event still undelivered this long after it happened
+
+
+@dataclass(frozen=True)
 class Config:
     esl: EslConfig = field(default_factory=EslConfig)
     invite: InviteConfig = field(default_factory=InviteConfig)
@@ -196,6 +213,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: str | None = None  # the TOML file read, if any
 
@@ -207,6 +225,7 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "metrics": MetricsConfig,
     "journal": JournalConfig,
+    "webhooks": WebhooksConfig,
 }
 
 
@@ -461,6 +480,31 @@ def _mode(raw: object) -> object:
     return value
 
 
+def _webhook_urls(raw: object) -> object:
+    """A TOML array of URLs, or (env) one string of URLs separated by commas or spaces."""
+    from confguard.webhooks import BadUrl, check_url
+
+    allowed = 'http:// or https:// URLs, e.g. ["https://pbx.example/confguard-hook"]'
+    if isinstance(raw, str):
+        items: list[object] = [part for part in re.split(r"[,\s]+", raw.strip()) if part]
+    elif isinstance(raw, list):
+        items = list(raw)
+    else:
+        raise _Bad(f"expected a list of URLs, got {type(raw).__name__}", allowed)
+    urls: list[str] = []
+    for item in items:
+        try:
+            url = check_url(item)
+        except BadUrl as exc:
+            raise _Bad(f"{str(item)[:80]!r}: {exc}", allowed) from None
+        if url not in urls:
+            urls.append(url)
+    return tuple(urls)
+
+
+_CREDENTIAL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+
+
 @dataclass(frozen=True)
 class _Setting:
     parse: _Parser
@@ -513,6 +557,27 @@ SETTINGS: dict[str, dict[str, _Setting]] = {
         "path": _Setting(_path),
         "retention_days": _Setting(_number(int, 1, 36500, " days"), numeric=True),
     },
+    "webhooks": {
+        "urls": _Setting(_webhook_urls),
+        "secret": _Setting(lambda raw: raw, secret=True),
+        "secret_file": _Setting(_optional(_path)),
+        "secret_credential": _Setting(
+            _pattern(_CREDENTIAL_RE, "a credential name: 1-64 of A-Z a-z 0-9 _ . -")
+        ),
+        "request_timeout": _Setting(_number(float, 0.5, 120, " seconds"), numeric=True),
+        "retry_initial": _Setting(_number(float, 0.05, 3600, " seconds"), numeric=True),
+        "retry_max": _Setting(_number(float, 0.1, 86400, " seconds"), numeric=True),
+        "give_up_after": _Setting(_number(float, 1, 30 * 86400, " seconds"), numeric=True),
+    },
+}
+
+# Where each secret may come from instead (the message of a refused secret value).
+_SECRET_SOURCES = {
+    "esl.password": "esl.password_file, or the systemd credential 'esl-password' "
+                    "(LoadCredential=esl-password:/etc/confguard/esl-password)",
+    "webhooks.secret": "webhooks.secret_file, or the systemd credential named by "
+                       "webhooks.secret_credential (LoadCredential=confguard-webhook:"
+                       "/etc/confguard/webhook-secret)",
 }
 
 
@@ -553,10 +618,9 @@ def _apply(
         raise ConfigError(
             origin,
             dotted,
-            "the password is not accepted here (it would be visible in files, the process "
-            "environment or the process list)",
-            "esl.password_file, or the systemd credential 'esl-password' "
-            "(LoadCredential=esl-password:/etc/confguard/esl-password)",
+            f"the {'password' if section == 'esl' else 'secret'} is not accepted here (it would "
+            "be visible in files, the process environment or the process list)",
+            _SECRET_SOURCES[dotted],
         )
     if setting.numeric and source.startswith("file:") and isinstance(raw, str):
         raise ConfigError(origin, dotted, f"expected a number, got the string {raw!r}",
@@ -679,6 +743,7 @@ def load_config(
                 str(credential), f"systemd credential {credential}"
             )
             sources["esl.password"] = f"credential:{credential}"
+    _load_webhook_secret(values["webhooks"], sources, environ)
 
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
@@ -690,6 +755,53 @@ def load_config(
     _check_together(config)
     _check_invite_defaults(config)
     return config
+
+
+def _read_webhook_secret(path: str, origin: str, key: str) -> Secret:
+    """One line of at least 16 printable characters; the message never shows the content."""
+    from confguard.webhooks import SECRET_MIN_LENGTH
+
+    allowed = f"one line of at least {SECRET_MIN_LENGTH} printable characters, e.g. from " \
+              "`openssl rand -hex 32`"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(origin, key, f"cannot read {path}: {error.strerror}", allowed) from None
+    try:
+        text = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(origin, key, f"{path} is not UTF-8", allowed) from None
+    if len(text) < SECRET_MIN_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ConfigError(origin, key, f"{path} is too short, or holds a control character or "
+                          "more than one line", allowed)
+    return Secret(text)
+
+
+def _load_webhook_secret(
+    values: dict[str, object], sources: dict[str, str], environ: Mapping[str, str]
+) -> None:
+    """webhooks.secret from secret_file, else from $CREDENTIALS_DIRECTORY/<secret_credential>.
+    Absent: no secret (the CLI runs without the service's credentials; `serve` refuses urls
+    without a secret) -- except a credential named explicitly while systemd passed others."""
+    secret_file = values.get("secret_file")
+    if isinstance(secret_file, str):
+        origin = _origin(sources["webhooks.secret_file"])
+        values["secret"] = _read_webhook_secret(secret_file, origin, "webhooks.secret_file")
+        sources["webhooks.secret"] = f"secret_file:{secret_file}"
+        return
+    name = str(values.get("secret_credential") or WEBHOOK_CREDENTIAL_NAME)
+    named = "webhooks.secret_credential" in sources
+    credentials = _first_dir(environ.get("CREDENTIALS_DIRECTORY"))
+    credential = Path(credentials, name) if credentials else None
+    if credential is not None and credential.exists():
+        values["secret"] = _read_webhook_secret(
+            str(credential), f"systemd credential {credential}", "webhooks.secret_credential"
+        )
+        sources["webhooks.secret"] = f"credential:{credential}"
+    elif named and credential is not None:
+        raise ConfigError(_origin(sources["webhooks.secret_credential"]),
+                          "webhooks.secret_credential", f"no credential {name!r} in {credentials}",
+                          f"LoadCredential={name}:/etc/confguard/webhook-secret in the unit")
 
 
 def _check_invite_defaults(config: Config) -> None:
@@ -736,6 +848,11 @@ def _check_together(config: Config) -> None:
         where = _origin(config.sources["invite.decline_key"])
         raise ConfigError(where, "invite.decline_key", f"same as invite.key ({invite.key!r})",
                           "a different DTMF key, or none")
+    hooks = config.webhooks
+    if hooks.retry_initial > hooks.retry_max:
+        raise ConfigError(_origin(config.sources["webhooks.retry_initial"]),
+                          "webhooks.retry_initial", f"{hooks.retry_initial} is above "
+                          f"webhooks.retry_max {hooks.retry_max}", "at most webhooks.retry_max")
     esl = config.esl
     if esl.reconnect_initial > esl.reconnect_max:
         raise ConfigError(_origin(config.sources["esl.reconnect_initial"]), "esl.reconnect_initial",
@@ -761,6 +878,8 @@ def _render_value(section: str, key: str, value: object) -> str | None:
         return f"0o{value:03o}"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(_render_value(section, key, item)) for item in value) + "]"
     if isinstance(value, int | float):
         return repr(value)
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')

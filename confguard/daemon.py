@@ -6,6 +6,8 @@ SIGTERM/SIGINT: stop taking invites and exit within 5 s; live calls keep the han
 inside FreeSWITCH, so they stay bounded without us, and the journal keeps them for the next start.
 SIGHUP: reload the log level, the invite defaults and the idempotency retention, reopen the log
 file.
+With a webhook secret, status webhooks (`confguard.webhook_delivery`) start before the control
+socket (every invite's first update is an event) and resume what the outbox in the journal holds.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class Daemon:
         self.metrics: Any = None
         self.notifier: Any = None
         self.idempotency: Any = None
+        self.webhooks: Any = None  # confguard.webhook_delivery.WebhookDelivery, when configured
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_status: str | None = None
         self._inherited: list[Any] = []  # journal rows an earlier run left active
@@ -119,6 +122,7 @@ class Daemon:
         from confguard.notify import Notifier
 
         config = self.config
+        check_webhooks(config)
         self.notifier = Notifier.from_env()
         if self.handle_signals:  # early: a SIGTERM during start-up still ends in a clean exit
             self._install_signals()
@@ -149,6 +153,12 @@ class Daemon:
             on_state=self._esl_state,
         )
         self.engine.attach(self.session)
+        if config.webhooks.secret is not None:  # before any invite: its first update is an event
+            from confguard.webhook_delivery import WebhookDelivery
+
+            self.webhooks = WebhookDelivery(self.journal, config.webhooks, metrics=self.metrics)
+            self.engine.add_observer(self.webhooks.observe)
+            await self.webhooks.start()
         self.api = ControlServer(
             self.engine,
             config.api.socket,
@@ -157,11 +167,14 @@ class Daemon:
             status=self.status,
             idempotency=self.idempotency,
             journal=self.journal,
+            check_spec=None if self.webhooks is not None else refuse_notify,
         )
         try:
             await self.api.start()
         except OSError as exc:  # another confguard on the socket, a directory we may not use
             log.error("api.start_failed", socket=config.api.socket, error=str(exc))
+            if self.webhooks is not None:
+                await self.webhooks.stop()
             await self.metrics.stop()
             self.journal.close()
             return EXIT_START_FAILED
@@ -280,6 +293,8 @@ class Daemon:
             for task in self._tasks:
                 task.cancel()
             await self.engine.stop()
+            if self.webhooks is not None:  # undelivered events stay in the outbox
+                await self.webhooks.stop()
             await self.session.close()
             await self.metrics.stop()
 
@@ -325,6 +340,30 @@ class Daemon:
                 "reconnects": getattr(self.session, "reconnects", 0),
             },
         }
+
+
+def check_webhooks(config: Any) -> None:
+    """`[webhooks] urls` without a secret is a configuration error of the daemon (the CLI loads
+    the same file without the service's credentials, so it is not one at load time)."""
+    from confguard.config import ConfigError, _origin
+
+    hooks = config.webhooks
+    if hooks.urls and hooks.secret is None:
+        raise ConfigError(
+            _origin(config.sources.get("webhooks.urls", "default")),
+            "webhooks.urls", "webhooks need a secret to sign with, and none was found",
+            f"webhooks.secret_file, or the systemd credential {hooks.secret_credential!r} "
+            f"(LoadCredential={hooks.secret_credential}:/etc/confguard/webhook-secret)",
+        )
+
+
+def refuse_notify(spec: Any) -> None:
+    """The control API's check when the daemon has no webhook secret: no `notify`."""
+    from confguard.invite import BadInput
+
+    if spec.notify:
+        raise BadInput("notify", spec.notify[0], "this daemon has no webhook secret to sign with "
+                       "([webhooks] secret_file or its systemd credential); nothing was sent")
 
 
 async def serve(

@@ -694,6 +694,7 @@ def spec_to_journal(spec: InviteSpec) -> dict[str, Any]:
         "hangup_cause": spec.hangup_cause,
         "reprompt_interval": spec.reprompt_interval,
         "variables": dict(spec.variables),
+        "notify": list(spec.notify),
         "join": {
             "kind": spec.join.kind,
             "room": spec.join.room,

@@ -399,6 +399,8 @@ class InviteSpec:
     join: JoinTarget = field(default_factory=JoinTarget.inline)
     reprompt_interval: float = 5.0
     variables: Mapping[str, str] = field(default_factory=dict)
+    # Status webhook URLs of this invite only (confguard.webhooks; never part of an ESL command).
+    notify: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_text("extension", self.extension, _EXTENSION_RE, "1-64 of 0-9 A-Z a-z _ . + -")
@@ -443,6 +445,7 @@ class InviteSpec:
         for name, value in self.variables.items():
             validate_variable(name, value)
         object.__setattr__(self, "variables", MappingProxyType(dict(self.variables)))
+        object.__setattr__(self, "notify", _check_notify(self.notify) if self.notify else ())
 
     @property
     def effective_ring_timeout(self) -> int:
@@ -454,6 +457,22 @@ class InviteSpec:
         if self.join.kind != "conference":
             return None
         return (self.join.room or self.room).split("@", 1)[0]
+
+
+def _check_notify(urls: object) -> tuple[str, ...]:
+    from confguard.webhooks import MAX_NOTIFY_URLS, BadUrl, check_url
+
+    if isinstance(urls, str) or not isinstance(urls, list | tuple):
+        raise BadInput("notify", str(urls)[:80], "a list of http(s) URLs")
+    if len(urls) > MAX_NOTIFY_URLS:
+        raise BadInput("notify", str(len(urls)), f"at most {MAX_NOTIFY_URLS} URLs per invite")
+    checked: list[str] = []
+    for url in urls:
+        try:
+            checked.append(check_url(url))
+        except BadUrl as exc:
+            raise BadInput("notify", str(url)[:80], str(exc)) from None
+    return tuple(dict.fromkeys(checked))
 
 
 # --------------------------------------------------------------------------------------------

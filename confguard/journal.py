@@ -15,7 +15,9 @@ the last ~50 ms of intermediate states, never an invite's row or its outcome), a
 finished invites older than the retention are removed by `prune()`; unfinished rows are never
 pruned. A second table keeps the idempotency keys of `POST /invites` (`put_idempotency`,
 `get_idempotency`, `prune_idempotency`; their meaning is confguard.idempotency's). The schema
-carries a version (`PRAGMA user_version`) and is created if missing.
+carries a version (`PRAGMA user_version`) and is created if missing; later steps (`_MIGRATIONS`)
+add the tables of other modules, which use them through `write_rows` and `read_rows` (the
+webhook outbox of `confguard.webhook_delivery`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -47,6 +49,28 @@ _MIGRATIONS: tuple[str, ...] = (
         created_at   REAL NOT NULL
     );
     CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency_keys (created_at)
+    """,
+    # 3: status webhooks (confguard.webhook_delivery): the durable outbox, one row per event and
+    # URL until it is delivered or given up; and each invite's next webhook sequence number.
+    """
+    CREATE TABLE IF NOT EXISTS webhook_outbox (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        invite_id       TEXT NOT NULL,
+        seq             INTEGER NOT NULL,
+        url             TEXT NOT NULL,
+        event_id        TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        created_at      REAL NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error      TEXT
+    );
+    CREATE INDEX IF NOT EXISTS webhook_outbox_lane ON webhook_outbox (url, invite_id, id);
+    CREATE TABLE IF NOT EXISTS webhook_invites (
+        invite_id TEXT PRIMARY KEY,
+        next_seq  INTEGER NOT NULL,
+        timings   TEXT NOT NULL DEFAULT '{}'
+    );
     """,
 )
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)
@@ -447,6 +471,33 @@ class Journal:
             "ORDER BY created_at DESC, rowid DESC LIMIT ?",
             params,
         )
+
+    # -- tables of other modules (the webhook outbox) ----------------------------------------
+
+    def write_rows(self, statements: Sequence[tuple[str, Any]]) -> list[int | None]:
+        """Run write statements on a feature's own tables in one transaction, after the queued
+        state changes (so a row about a state is never committed before the state itself).
+        Returns each statement's `lastrowid`."""
+        if self.readonly:
+            raise JournalError(f"journal {self.path} is open read-only")
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _transaction(conn):
+                    self._write_pending(conn)
+                    return [conn.execute(sql, params).lastrowid for sql, params in statements]
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def read_rows(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """Rows of a feature's own tables (the queued invite state changes are not written
+        first: those tables do not depend on them)."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
 
     # -- lifecycle ---------------------------------------------------------------------------
 

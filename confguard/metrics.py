@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -49,6 +49,7 @@ COMMAND_VERBS = (
     "event", "filter", "nixevent", "noevents", "auth", "exit",
 )
 OTHER = "other"
+WEBHOOK_FAILURES = ("attempt", "given_up")
 
 KEY_TO_JOINED_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 # Delay after the earliest moment FreeSWITCH may fire (deadline - 1 s): normal window is 0..1.5.
@@ -102,6 +103,25 @@ class Metrics:
         self.command_seconds = Histogram(
             "confguard_command_seconds", "ESL command round trip, by command verb.",
             ["verb"], buckets=COMMAND_BUCKETS, registry=reg)
+        self.webhooks_delivered_total = Counter(
+            "confguard_webhooks_delivered",
+            "Webhook events delivered (a 2xx answer), one per event and URL.", registry=reg)
+        self.webhooks_failed_total = Counter(
+            "confguard_webhooks_failed",
+            "Webhook failures: kind=attempt is one POST that failed (retried later), "
+            "kind=given_up an event dropped after webhooks.give_up_after.",
+            ["kind"], registry=reg)
+        self.webhooks_queue_depth = Gauge(
+            "confguard_webhooks_queue_depth",
+            "Webhook events in the outbox, not yet delivered (one per event and URL).",
+            registry=reg)
+        self.webhooks_oldest_age_seconds = Gauge(
+            "confguard_webhooks_oldest_undelivered_age_seconds",
+            "Age of the oldest undelivered webhook event (0 when the outbox is empty).",
+            registry=reg)
+        self._webhook_failures = {
+            kind: self.webhooks_failed_total.labels(kind=kind) for kind in WEBHOOK_FAILURES
+        }
         # Children created up front so every series shows (as 0) from the first scrape.
         # The labelled children are kept: `labels()` costs a lock and a tuple per call, and the
         # engine counts every event and every state change.
@@ -159,6 +179,18 @@ class Metrics:
         verb = verb.split(" ", 1)[0] if verb else OTHER
         self.command_seconds.labels(verb=verb if verb in self._command_verbs else OTHER).observe(
             max(0.0, seconds))
+
+    def webhook_delivered(self) -> None:
+        self.webhooks_delivered_total.inc()
+
+    def webhook_failed(self, kind: str) -> None:
+        """`attempt` (one failed POST) or `given_up` (an event dropped)."""
+        self._webhook_failures.get(kind, self._webhook_failures["attempt"]).inc()
+
+    def watch_webhook_queue(self, probe: Callable[[], tuple[int, float]]) -> None:
+        """Read the outbox's depth and oldest age from `probe()` at every scrape."""
+        self.webhooks_queue_depth.set_function(lambda: probe()[0])
+        self.webhooks_oldest_age_seconds.set_function(lambda: probe()[1])
 
     def active_count(self) -> int:
         """Invites currently active (for the systemd STATUS= line)."""
