@@ -1,0 +1,158 @@
+"""The member's watch in the room (confguard/room.py): why and when a joined member left, from
+the events the real switch sends (their order as recorded on it: the in-room timer's hangup is
+CHANNEL_HANGUP, then del-member carrying the cause; a kick is del-member first), and after a
+restart from what ``uuid_dump`` can still tell."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from confguard.invite import (
+    AddFilter,
+    DelFilter,
+    Invite,
+    InviteSpec,
+    Outcome,
+    SendApi,
+    UsageError,
+    WakeAt,
+)
+from confguard.room import Left, MemberWatch, Reason, WatchState
+
+U = "7f0c1d2e-0000-4000-8000-00000000c411"
+CAUSE = "ALLOTTED_TIMEOUT"
+
+
+def watch(max_duration: int | None = 30) -> MemberWatch:
+    return MemberWatch.after_join(call_uuid=U, max_duration=max_duration, timer_cause=CAUSE,
+                                  now=100.0)
+
+
+def hangup(cause: str, name: str = "CHANNEL_HANGUP", **extra: str) -> dict[str, str]:
+    return {"Event-Name": name, "Unique-ID": U, "Hangup-Cause": cause, **extra}
+
+
+def del_member(**extra: str) -> dict[str, str]:
+    return {"Event-Name": "CUSTOM", "Event-Subclass": "conference::maintenance",
+            "Action": "del-member", "Unique-ID": U, "Member-ID": "3", **extra}
+
+
+def left(commands: list[object]) -> Left:
+    found = [c for c in commands if isinstance(c, Left)]
+    assert len(found) == 1, commands
+    assert commands[-1] == DelFilter("Unique-ID", U)  # the handed-over filter goes at the end
+    return found[0]
+
+
+def test_after_the_join_the_watch_costs_nothing() -> None:
+    member = watch()
+    assert member.start() == []
+    assert member.state is WatchState.IN_ROOM
+
+
+def test_the_in_room_timer_is_told_by_its_cause_and_the_channel_variable() -> None:
+    member = watch(30)
+    done = left(member.event(hangup(CAUSE, variable_confguard_max_duration="30"), 130.5))
+    assert done.reason is Reason.MAX_DURATION and done.cause == CAUSE
+    assert done.detail["watched_s"] == 30.5
+    assert member.state is WatchState.LEFT
+    # The rest of the hangup changes nothing.
+    assert member.event(del_member(**{"Hangup-Cause": CAUSE}), 130.6) == []
+    assert member.event(hangup(CAUSE, "CHANNEL_HANGUP_COMPLETE"), 130.7) == []
+
+
+@pytest.mark.parametrize(
+    ("max_duration", "cause", "variable"),
+    [
+        (None, CAUSE, "30"),  # not bounded: the cause alone proves nothing
+        (30, CAUSE, None),  # no variable: not a channel the timer was armed on
+        (30, "NORMAL_CLEARING", "30"),  # another cause: the member (or the conference) ended it
+    ],
+)
+def test_any_other_hangup_in_the_room_is_hung_up(
+    max_duration: int | None, cause: str, variable: str | None
+) -> None:
+    member = watch(max_duration)
+    extra = {} if variable is None else {"variable_confguard_max_duration": variable}
+    done = left(member.event(hangup(cause, **extra), 101.0))
+    assert done.reason is Reason.HUNG_UP and done.cause == cause
+
+
+def test_leaving_the_room_alive_then_hanging_up_is_kicked() -> None:
+    member = watch()
+    assert member.event(del_member(), 105.0) == []
+    assert member.state is WatchState.OUT_OF_ROOM
+    done = left(member.event(hangup("NORMAL_CLEARING"), 105.1))
+    assert done.reason is Reason.KICKED and done.cause == "NORMAL_CLEARING"
+
+
+def test_a_del_member_of_a_channel_already_hanging_up_is_not_a_kick() -> None:
+    member = watch()
+    member.event(del_member(**{"Hangup-Cause": "NORMAL_CLEARING"}), 105.0)
+    assert member.state is WatchState.IN_ROOM
+
+
+def test_an_event_of_another_call_is_refused() -> None:
+    with pytest.raises(UsageError):
+        watch().event({"Event-Name": "CHANNEL_HANGUP", "Unique-ID": "other"}, 101.0)
+
+
+def test_adopted_the_watch_asks_the_switch_and_a_gone_channel_left_unseen() -> None:
+    member = MemberWatch.adopted(call_uuid=U, max_duration=None, timer_cause=CAUSE, now=50.0)
+    first = member.start()
+    assert first[0] == AddFilter("Unique-ID", U)  # the filter before the question
+    probe = first[1]
+    assert isinstance(probe, SendApi) and probe.command == f"uuid_dump {U} json"
+    done = left(member.reply(probe.tag, "-ERR No such channel!\n", 50.2))
+    assert done.reason is Reason.UNSEEN and done.cause is None
+
+
+def test_adopted_a_member_still_in_the_room_is_watched_on() -> None:
+    member = MemberWatch.adopted(call_uuid=U, max_duration=60, timer_cause=CAUSE, now=50.0)
+    probe = member.start()[1]
+    assert isinstance(probe, SendApi)
+    dump = {"Channel-State": "CS_EXECUTE", "Answer-State": "answered",
+            "variable_conference_member_id": "4", "variable_confguard_max_duration": "60"}
+    assert member.reply(probe.tag, json.dumps(dump), 50.1) == []
+    assert member.state is WatchState.IN_ROOM
+    done = left(member.event(hangup(CAUSE, variable_confguard_max_duration="60"), 80.0))
+    assert done.reason is Reason.MAX_DURATION
+
+
+def test_a_channel_seen_hanging_up_gets_a_grace_for_its_event_then_is_unseen() -> None:
+    member = MemberWatch.adopted(call_uuid=U, max_duration=None, timer_cause=CAUSE, now=50.0)
+    probe = member.start()[1]
+    assert isinstance(probe, SendApi)
+    wake = member.reply(probe.tag, json.dumps({"Channel-State": "CS_HANGUP"}), 50.1)
+    assert len(wake) == 1 and isinstance(wake[0], WakeAt)
+    assert member.tick(wake[0].when - 0.1) == []
+    assert left(member.tick(wake[0].when)).reason is Reason.UNSEEN
+
+
+def test_a_lost_link_assumes_nothing_and_resync_asks() -> None:
+    member = watch()
+    assert member.connection_lost(110.0) == []
+    again = member.resync(112.0)
+    assert len(again) == 1 and isinstance(again[0], SendApi)
+    assert member.reply(again[0].tag, "-ERR confguard: EslConnectionLost", 112.1) == []
+    assert member.state is WatchState.IN_ROOM
+    with pytest.raises(UsageError):
+        member.reply(again[0].tag, "+OK", 112.2)  # answered twice
+
+
+def test_the_joined_invite_hands_its_unique_id_filter_to_the_watch() -> None:
+    spec = InviteSpec(extension="1000", room="test1", timeout=30, max_duration=10)
+    invite = Invite(spec, call_uuid=U, job_uuid="j-1", invite_id="i-1", now=0.0, wall=0.0)
+    invite.start()
+    invite.event({"Event-Name": "CHANNEL_ANSWER", "Unique-ID": U}, None, 1.0)
+    invite.event({"Event-Name": "DTMF", "Unique-ID": U, "DTMF-Digit": "1"}, None, 2.0)
+    end = invite.event(
+        {"Event-Name": "CUSTOM", "Event-Subclass": "conference::maintenance",
+         "Action": "add-member", "Unique-ID": U, "Conference-Name": "test1", "Member-ID": "1"},
+        None, 2.1,
+    )
+    assert invite.outcome is Outcome.JOINED and invite.watch_handover
+    assert DelFilter("Unique-ID", U) not in end
+    assert DelFilter("Task-Group", U) in end and DelFilter("Job-UUID", "j-1") in end
