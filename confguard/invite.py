@@ -456,12 +456,12 @@ class InviteSpec:
             validate_variable(name, value)
         object.__setattr__(self, "variables", MappingProxyType(dict(self.variables)))
         if self.max_duration is not None:
-            value = self.max_duration
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise BadInput("max_duration", value, "must be a whole number of seconds")
-            if not 1 <= value <= MAX_DURATION_S:
+            bound: object = self.max_duration
+            if isinstance(bound, bool) or not isinstance(bound, int):
+                raise BadInput("max_duration", bound, "must be a whole number of seconds")
+            if not 1 <= bound <= MAX_DURATION_S:
                 raise BadInput(
-                    "max_duration", value, f"must be between 1 and {MAX_DURATION_S} seconds"
+                    "max_duration", bound, f"must be between 1 and {MAX_DURATION_S} seconds"
                 )
         for name in MEMBER_FLAGS:
             if type(getattr(self, name)) is not bool:
@@ -562,8 +562,8 @@ def build_waiting_app(spec: InviteSpec) -> str:
 
         'm:~:sched_hangup:+T CAUSE
             ~play_and_get_digits:1 1 TRIES MS TERM PROMPT INVALID confguard_key ^[K]$ MS park inline
-            ~sched_cancel[~sched_hangup:+S CAUSE]~conference:ROOM[+flags{mute|deaf|moderator|endconf}]'
-        inline
+            ~sched_cancel[~sched_hangup:+S CAUSE]
+            ~conference:ROOM[+flags{mute|deaf|moderator|endconf}]' inline
 
     * ``sched_hangup +T`` (the dialplan app) arms a second hangup task of the call's group at the
       answer: the call stays bounded even if ``api_on_originate``'s task was never armed. The

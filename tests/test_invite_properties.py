@@ -23,10 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from confguard.invite import (
+    LOST_REPLY,
     MAX_DURATION_S,
     MEMBER_FLAGS,
-    JoinTarget,
-    LOST_REPLY,
     AddFilter,
     BadInput,
     Command,
@@ -34,6 +33,7 @@ from confguard.invite import (
     Finished,
     Invite,
     InviteSpec,
+    JoinTarget,
     Outcome,
     SendApi,
     SendBgapi,
