@@ -156,3 +156,54 @@ def test_the_joined_invite_hands_its_unique_id_filter_to_the_watch() -> None:
     assert invite.outcome is Outcome.JOINED and invite.watch_handover
     assert DelFilter("Unique-ID", U) not in end
     assert DelFilter("Task-Group", U) in end and DelFilter("Job-UUID", "j-1") in end
+
+
+# ------------------------------------------------------------------ the request, the config
+
+
+def test_the_request_takes_flags_as_booleans_only_and_defaults_from_invite_config() -> None:
+    from confguard.api import specs_from_request
+    from confguard.config import InviteConfig
+    from confguard.invite import BadInput
+
+    defaults = InviteConfig(max_duration=600, muted=True)
+    [spec] = specs_from_request({"extensions": ["1000"], "room": "test1"}, defaults)
+    assert spec.max_duration == 600 and spec.member_flags == ("muted",)
+    [spec] = specs_from_request(
+        {"extensions": ["1000"], "room": "test1", "muted": False, "moderator": True,
+         "endconf": True, "max_duration": 5},
+        defaults,
+    )
+    assert spec.max_duration == 5 and spec.member_flags == ("moderator", "endconf")
+    for field, value in (("muted", "yes"), ("deaf", 1), ("endconf", "true"), ("moderator", [])):
+        with pytest.raises(BadInput) as refused:
+            specs_from_request({"extensions": ["1000"], "room": "test1", field: value}, defaults)
+        assert refused.value.field == field
+    for value in (0, 86401, True, 2.5, "60"):
+        with pytest.raises(BadInput) as refused:
+            specs_from_request(
+                {"extensions": ["1000"], "room": "test1", "max_duration": value}, InviteConfig()
+            )
+        assert refused.value.field == "max_duration"
+
+
+def test_invite_config_keys_are_typed_and_shown_with_their_sources(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from confguard.config import ConfigError, load_config, render_config
+
+    path = tmp_path / "c.toml"
+    path.write_text("[invite]\nmax_duration = 900\nmoderator = true\n")
+    config = load_config(str(path), env={"CONFGUARD_INVITE_MUTED": "yes"})
+    assert config.invite.max_duration == 900 and config.invite.moderator
+    assert config.invite.muted and not config.invite.deaf
+    shown = render_config(config)
+    assert any(line.startswith("max_duration = 900") and f"file:{path}" in line
+               for line in shown.splitlines())
+    assert any(line.startswith("muted = true") and "env:CONFGUARD_INVITE_MUTED" in line
+               for line in shown.splitlines())
+    assert any(line.startswith("deaf = false") and "# default" in line
+               for line in shown.splitlines())
+    path.write_text('[invite]\nmuted = "true"\n')  # a string is not a TOML boolean
+    with pytest.raises(ConfigError, match="invite.muted"):
+        load_config(str(path), env={})
+    with pytest.raises(ConfigError, match="invite.max_duration"):
+        load_config(None, env={"CONFGUARD_INVITE_MAX_DURATION": "0"})
