@@ -203,7 +203,7 @@ def test_invite_config_keys_are_typed_and_shown_with_their_sources(tmp_path) -> 
     assert any(line.startswith("deaf = false") and "# default" in line
                for line in shown.splitlines())
     path.write_text('[invite]\nmuted = "true"\n')  # a string is not a TOML boolean
-    with pytest.raises(ConfigError, match="invite.muted"):
+    with pytest.raises(ConfigError, match=r"invite\.muted"):
         load_config(str(path), env={})
-    with pytest.raises(ConfigError, match="invite.max_duration"):
+    with pytest.raises(ConfigError, match=r"invite\.max_duration"):
         load_config(None, env={"CONFGUARD_INVITE_MAX_DURATION": "0"})
