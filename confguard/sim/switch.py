@@ -210,6 +210,7 @@ class Channel:
     last_app: str | None = None  # the last application run (last_app / last_arg at hangup)
     last_arg: str | None = None
     inline_apps: list[tuple[str, str | None]] = field(default_factory=list)  # still to run
+    member_flags: frozenset[str] = frozenset()  # mod_conference's: mute, deaf, moderator, endconf
     collector: DigitCollector | None = None  # a running play_and_get_digits
 
     @property
@@ -919,7 +920,19 @@ class Switch:
 
     # -- conferences -------------------------------------------------------------------------
 
+    def _member(self, channel: Channel, *, floor: bool = False) -> MemberFacts:
+        flags = channel.member_flags
+        return MemberFacts(channel.member_id, floor=floor, hear="deaf" not in flags,
+                           speak="mute" not in flags, moderator="moderator" in flags)
+
     def _join_conference(self, channel: Channel, target: str) -> None:
+        # As mod_conference's app: `+flags{a|b}` (or a,b) is cut off first, then room@profile.
+        target, _, flag_text = target.partition("+flags{")
+        channel.member_flags = frozenset(
+            word.strip().lower()
+            for word in flag_text.split("}", 1)[0].replace(",", "|").split("|")
+            if word.strip()
+        )
         room, _, profile = target.partition("@")
         conference = self.conferences.get(room)
         if conference is None:
@@ -943,7 +956,7 @@ class Switch:
             ("read_codec", "L16"),
             ("read_rate", "8000"),
             ("conference_member_id", str(channel.member_id)),
-            ("conference_moderator", "false"),
+            ("conference_moderator", "true" if "moderator" in channel.member_flags else "false"),
             ("conference_ghost", "false"),
             ("conference_uuid", conf_uuid),
             ("conference_call_key", f"conference_{room}_{conference.facts.domain}_XML"),
@@ -951,7 +964,7 @@ class Switch:
             channel.facts.set_var(var_name, value)
         self.publish(
             self.events.conference(
-                "add-member", conference.facts, member=MemberFacts(channel.member_id),
+                "add-member", conference.facts, member=self._member(channel),
                 ch=channel.facts,
             )
         )  # fmt: skip
@@ -963,7 +976,7 @@ class Switch:
                     self.publish(
                         self.events.floor_change(
                             conference.facts,
-                            member=MemberFacts(channel.member_id, floor=True),
+                            member=self._member(channel, floor=True),
                             ch=channel.facts,
                         )
                     )
@@ -994,7 +1007,7 @@ class Switch:
                         self.publish(
                             self.events.floor_change(
                                 conference.facts,
-                                member=MemberFacts(heir.member_id, floor=True),
+                                member=self._member(heir, floor=True),
                                 ch=heir.facts,
                             )
                         )
@@ -1003,10 +1016,15 @@ class Switch:
         conference.facts.size = len(conference.members)
         self.publish(
             self.events.conference(
-                "del-member", conference.facts, member=MemberFacts(channel.member_id),
+                "del-member", conference.facts, member=self._member(channel),
                 ch=channel.facts,
             )
         )  # fmt: skip
+        if "endconf" in channel.member_flags and conference.members:
+            # mod_conference: an endconf member's leaving ends the conference; its thread hangs
+            # up every member left (NORMAL_CLEARING), then the room is destroyed.
+            for other in list(conference.members):
+                self.hangup(other, "NORMAL_CLEARING")
         if not conference.members:
             self.conferences.pop(conference.facts.name, None)
 
@@ -1457,11 +1475,17 @@ class Switch:
         )
 
     def _member_line(self, conference: Conference, member: Channel) -> str:
-        flags = (
-            "hear|speak|floor"
-            if conference.members and member is conference.members[0]
-            else "hear|speak"
-        )
+        # conference_list's order: hear, speak, (talking, hold, video), floor, moderator.
+        has_floor = bool(conference.members) and member is conference.members[0]
+        words = [
+            word for word, on in (
+                ("hear", "deaf" not in member.member_flags),
+                ("speak", "mute" not in member.member_flags),
+                ("floor", has_floor),
+                ("moderator", "moderator" in member.member_flags),
+            ) if on
+        ]
+        flags = "|".join(words)
         return (
             f"{member.member_id};{member.facts.name};{member.uuid};"
             f"{member.facts.caller_id_name or ''};{member.facts.caller_id_number};"
@@ -1488,17 +1512,17 @@ class Switch:
                 "type": "caller",
                 "id": member.member_id,
                 "flags": {
-                    "can_hear": True,
+                    "can_hear": "deaf" not in member.member_flags,
                     "can_see": True,
-                    "can_speak": True,
+                    "can_speak": "mute" not in member.member_flags,
                     "hold": False,
                     "mute_detect": False,
                     "talking": False,
                     "has_video": False,
                     "video_bridge": False,
                     "has_floor": index == 0,
-                    "is_moderator": False,
-                    "end_conference": False,
+                    "is_moderator": "moderator" in member.member_flags,
+                    "end_conference": "endconf" in member.member_flags,
                     "mandatory_member_end_conference": False,
                     "pass_digits": False,
                 },
@@ -1546,10 +1570,13 @@ class Switch:
         ]
         for member in reversed(conference.members):
             flags = {
-                "can_hear": True, "can_see": True, "can_speak": True, "mute_detect": False,
+                "can_hear": "deaf" not in member.member_flags, "can_see": True,
+                "can_speak": "mute" not in member.member_flags, "mute_detect": False,
                 "talking": False, "hold": False, "has_video": False, "video_bridge": False,
-                "has_floor": member is conference.floor, "is_moderator": False,
-                "end_conference": False, "mandatory_member_end_conference": False,
+                "has_floor": member is conference.floor,
+                "is_moderator": "moderator" in member.member_flags,
+                "end_conference": "endconf" in member.member_flags,
+                "mandatory_member_end_conference": False,
                 "is_ghost": False,
             }  # fmt: skip
             out.append('      <member type="caller">')
