@@ -1467,7 +1467,7 @@ class Switch:
         if sub[:1] == ["xml_list"]:
             return self._conference_xml(conference)
         if sub[:1] == ["kick"] or sub[:1] == ["hup"]:
-            return self._conference_kick(conference, sub[1:])
+            return self._conference_kick(conference, sub[1:], sub_hup=sub[0] == "hup")
         return (
             f"-ERR Unknown conference command {' '.join(sub)}\n"
             if sub
@@ -1603,13 +1603,22 @@ class Switch:
         out.extend(["    </members>", "  </conference>", "</conferences>"])
         return "\n".join(out) + "\n"
 
-    def _conference_kick(self, conference: Conference, args: list[str]) -> str:
+    def _conference_kick(
+        self, conference: Conference, args: list[str], *, sub_hup: bool = False
+    ) -> str:
         if not args:
             return "-ERR Invalid member\n"
+        out: list[str] = []
         for member in list(conference.members):
             if args[0] == "all" or args[0] == str(member.member_id):
-                self.hangup(member, "NORMAL_CLEARING")
-        return "+OK kicked\n"
+                # As mod_conference (kick and hup clear the member's running flag): the member
+                # leaves the room alive (del-member), the conference app returns, and the
+                # dialplan goes on -- the inline one has nothing after it, so the channel
+                # hangs up (NORMAL_CLEARING).
+                self._leave_conference(member)
+                self._app_done(member)
+                out.append(f"+OK {'hup' if sub_hup else 'kicked'} {member.member_id}\n")
+        return "".join(out) or "-ERR Non-Existant ID " + args[0] + "\n"
 
 
 def _table(header: list[str], rows: list[list[str]], as_json: bool) -> str:
