@@ -1118,3 +1118,48 @@ def test_a_hangup_showing_the_room_is_joined_when_the_join_fell_in_a_gap() -> No
                        "variable_conference_member_id": "7"})
     invite = answered()
     assert finished(invite.event(other_room, None, T0 + 9)).outcome is Outcome.HUNG_UP
+
+
+# ------------------------------------------------------------------------------ the room
+
+
+def test_the_time_limits_task_after_the_key_neither_blocks_the_join_nor_counts_as_a_timer() -> None:
+    """The order the real switch sent with max_duration (recorded while building it): the key,
+    then the in-room task's ADD_SCHEDULE (armed right after sched_cancel), the cancelled tasks'
+    DEL_SCHEDULE, add-member; the in-room task is the member's, not a waiting timer."""
+    invite = answered(max_duration=60)
+    invite.event(sched("ADD_SCHEDULE", "5"), None, T0 + 1.01)  # the waiting app's own timer
+    invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2.0)
+    assert invite.state is State.CANCELLING
+    assert invite.event(sched("ADD_SCHEDULE", "6"), None, T0 + 2.01) == []
+    invite.event(sched("DEL_SCHEDULE", "4"), None, T0 + 2.01)
+    out = invite.event(add_member(), None, T0 + 2.02)
+    assert finished(out).outcome is Outcome.JOINED
+    assert not invite.timer_armed  # the in-room task is the watch's business (room.py)
+    assert DelFilter("Unique-ID", U) not in out  # handed over to the member's watch
+    assert invite.event(sched("DEL_SCHEDULE", "5"), None, T0 + 2.5) == []
+
+
+def test_the_originate_carries_the_limit_and_the_flags() -> None:
+    _, commands = make(max_duration=600, muted=True, deaf=True, moderator=True, endconf=True)
+    command = commands[3].command  # type: ignore[union-attr]
+    assert ",confguard_max_duration=600," in command
+    assert command.endswith(
+        "~sched_cancel~sched_hangup:+600 ALLOTTED_TIMEOUT"
+        "~conference:test1+flags{mute|deaf|moderator|endconf}' inline"
+    )
+    _, plain = make()
+    assert "max_duration" not in plain[3].command  # type: ignore[union-attr]
+    assert "+flags" not in plain[3].command  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("muted", "true"), ("deaf", 1), ("moderator", None), ("endconf", 0),
+     ("max_duration", 0), ("max_duration", 86401), ("max_duration", True),
+     ("max_duration", 1.5), ("max_duration", "60")],
+)
+def test_room_fields_are_validated(field: str, value: object) -> None:
+    with pytest.raises(BadInput) as refused:
+        spec(**{field: value})
+    assert refused.value.field == field
