@@ -207,3 +207,16 @@ def test_invite_config_keys_are_typed_and_shown_with_their_sources(tmp_path) -> 
         load_config(str(path), env={})
     with pytest.raises(ConfigError, match=r"invite\.max_duration"):
         load_config(None, env={"CONFGUARD_INVITE_MAX_DURATION": "0"})
+
+
+def test_status_text_lists_members_with_flags_and_time_left() -> None:
+    from confguard.cli import format_status
+
+    text = format_status({
+        "esl": {"target": "127.0.0.1:8021", "connected": True}, "invites": [],
+        "members": [{"uuid": U, "ext": "1000", "room": "test1", "flags": ["muted", "endconf"],
+                     "max_duration": 60, "in_room_s": 12.4, "seconds_left": 47.6}],
+    })
+    lines = text.splitlines()
+    assert "no active invites" in lines and "1 member(s) in the room:" in lines
+    assert lines[-1].split() == [U, "1000", "test1", "12s", "48s", "muted,endconf", "max", "60s"]
