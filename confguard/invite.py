@@ -29,7 +29,8 @@ order, on the call's own thread. So:
 * a live call that has not been joined always has a hangup task (invariant 1), whether or not
   confguard runs; confguard never arms or deletes a timer itself;
 * the call reaches the room only after its timers were cancelled, and never after one fired (a
-  fired timer hangs the channel up, which ends the waiting app) (invariant 2);
+  fired timer hangs the channel up, which ends the waiting app) (invariant 2); a time limit in the
+  room (``max_duration``) is a new task armed after that cancel, the member's, not a waiting one;
 * a key pressed while confguard cannot see the switch still counts: the switch joins the call,
   and the machine reads it back (``uuid_dump``: in the room, or ``confguard_key``) (invariant 6);
 * waiting costs confguard nothing: no command per waiting call (invariant 8).

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from confguard.invite import (
     AddFilter,
@@ -220,3 +222,59 @@ def test_status_text_lists_members_with_flags_and_time_left() -> None:
     lines = text.splitlines()
     assert "no active invites" in lines and "1 member(s) in the room:" in lines
     assert lines[-1].split() == [U, "1000", "test1", "12s", "48s", "muted,endconf", "max", "60s"]
+
+
+# ------------------------------------------------------------------ any order of events
+
+_STEPS = st.lists(
+    st.sampled_from(["hangup_timer", "hangup_clear", "hangup_complete", "del_member_alive",
+                     "del_member_dying", "lost", "resync", "tick", "other_event"]),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_STEPS, bounded=st.booleans(), adopted=st.booleans(),
+       dump=st.sampled_from(["-ERR No such channel!", '{"Channel-State": "CS_EXECUTE", '
+                             '"variable_conference_member_id": "1"}', '{"Channel-State": '
+                             '"CS_HANGUP"}']))
+def test_whatever_the_order_a_member_leaves_once_and_its_filter_goes_last(
+    steps: list[str], bounded: bool, adopted: bool, dump: str
+) -> None:
+    make = MemberWatch.adopted if adopted else MemberWatch.after_join
+    member = make(call_uuid=U, max_duration=30 if bounded else None, timer_cause=CAUSE, now=0.0)
+    out: list[object] = list(member.start())
+    now = 0.0
+    for step in [*steps, "resync", "hangup_clear"]:
+        now += 1.0
+        for command in [c for c in out if isinstance(c, SendApi)]:
+            if command.tag in member._pending:
+                out += member.reply(command.tag, dump, now)
+        out = [c for c in out if not isinstance(c, SendApi)]  # answered (kept the rest)
+        if step == "hangup_timer":
+            out += member.event(hangup(CAUSE, variable_confguard_max_duration="30"), now)
+        elif step == "hangup_clear":
+            out += member.event(hangup("NORMAL_CLEARING"), now)
+        elif step == "hangup_complete":
+            out += member.event(hangup("NORMAL_CLEARING", "CHANNEL_HANGUP_COMPLETE"), now)
+        elif step == "del_member_alive":
+            out += member.event(del_member(), now)
+        elif step == "del_member_dying":
+            out += member.event(del_member(**{"Hangup-Cause": CAUSE}), now)
+        elif step == "lost":
+            out += member.connection_lost(now)
+        elif step == "resync":
+            out += member.resync(now)
+        elif step == "tick":
+            out += member.tick(now + 10)
+        else:
+            out += member.event({"Event-Name": "DTMF", "Unique-ID": U}, now)
+        if member.state is WatchState.LEFT:
+            break
+    lefts = [c for c in out if isinstance(c, Left)]
+    assert member.state is WatchState.LEFT and len(lefts) == 1
+    assert out[-1] == DelFilter("Unique-ID", U)
+    reason = lefts[0].reason
+    # max_duration only from the timer's own hangup on a bounded member; unseen has no cause.
+    assert reason is not Reason.MAX_DURATION or bounded
+    assert (reason is Reason.UNSEEN) == (lefts[0].cause is None)
