@@ -56,6 +56,11 @@ REQUEST_FIELDS = {
     "variables",
     "join",
     "notify",  # status webhook URL(s) of these invites: a string or a list (confguard.webhooks)
+    "max_duration",
+    "muted",
+    "deaf",
+    "moderator",
+    "endconf",
 }
 
 
@@ -84,7 +89,11 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
         value = body.get(name)
         return default if value is None else value
 
-    for name in ("timeout", "ring_timeout"):
+    for name in ("muted", "deaf", "moderator", "endconf"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise BadInput(name, str(value)[:80], "true or false")
+    for name in ("timeout", "ring_timeout", "max_duration"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise BadInput(name, str(value), "a whole number of seconds")
@@ -133,6 +142,11 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
             reprompt_interval=defaults.reprompt_interval,
             variables=dict(variables),
             notify=tuple(notify or ()),
+            max_duration=pick("max_duration", defaults.max_duration),
+            muted=pick("muted", defaults.muted),
+            deaf=pick("deaf", defaults.deaf),
+            moderator=pick("moderator", defaults.moderator),
+            endconf=pick("endconf", defaults.endconf),
         )
         for extension in extensions
     ]
@@ -246,6 +260,7 @@ class ControlServer:
         if parts == ["status"] and method == "GET":
             status = dict(self._status())
             status["invites"] = self.engine.active()
+            status["members"] = self.engine.members.rows()
             return await _send_json(conn, writer, 200, status)
         if parts == ["invites"] and method == "GET":
             return await _send_json(conn, writer, 200, {"invites": self.engine.active()})

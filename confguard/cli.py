@@ -313,18 +313,41 @@ def format_status(status: dict[str, Any]) -> str:
         f"daemon      up {status.get('uptime_s', 0):.0f} s, pid {status.get('pid', '?')}",
     ]
     invites = status.get("invites", [])
+    members = format_members(status.get("members", []))
     if not invites:
         lines.append("no active invites")
-        return "\n".join(lines)
+        return "\n".join(lines + members)
     lines.append(f"{len(invites)} active invite(s):")
-    header = f"{'UUID':<36}  {'EXT':<10} {'ROOM':<12} {'STATE':<12} {'LEFT':>6}"
+    header = f"{'UUID':<36}  {'EXT':<10} {'ROOM':<12} {'STATE':<12} {'LEFT':>6}  FLAGS"
     lines.append(header)
     for row in invites:
         lines.append(
             f"{row['uuid']:<36}  {row['ext']:<10} {row['room']:<12} {row['state']:<12} "
-            f"{row['seconds_left']:>5.0f}s"
+            f"{row['seconds_left']:>5.0f}s  {_flags_text(row)}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + members)
+
+
+def _flags_text(row: dict[str, Any]) -> str:
+    """A member's flags and time limit, e.g. `muted,moderator max 600s` (`-` for none)."""
+    words = ",".join(row.get("flags") or [])
+    if row.get("max_duration") is not None:
+        words = f"{words} max {row['max_duration']}s".strip()
+    return words or "-"
+
+
+def format_members(members: list[dict[str, Any]]) -> list[str]:
+    """The `status` lines of the members confguard watches in the room."""
+    if not members:
+        return []
+    lines = [f"{len(members)} member(s) in the room:",
+             f"{'UUID':<36}  {'EXT':<10} {'ROOM':<12} {'IN ROOM':>8} {'LEFT':>6}  FLAGS"]
+    for row in members:
+        in_room = "-" if row.get("in_room_s") is None else f"{row['in_room_s']:.0f}s"
+        left = "-" if row.get("seconds_left") is None else f"{row['seconds_left']:.0f}s"
+        lines.append(f"{row['uuid']:<36}  {row['ext']:<10} {row['room']:<12} {in_room:>8} "
+                     f"{left:>6}  {_flags_text(row)}")
+    return lines
 
 
 async def cmd_cancel(args: argparse.Namespace, out: TextIO) -> int:
@@ -449,7 +472,7 @@ def format_history(rows: Sequence[Any]) -> str:
         return "no finished invites match"
     header = (
         f"{'WHEN':<19}  {'EXT':<10} {'ROOM':<12} {'OUTCOME':<11} {'CAUSE':<24} "
-        f"{'RING':>6} {'WAIT':>6} {'TOTAL':>7}"
+        f"{'RING':>6} {'WAIT':>6} {'TOTAL':>7}  IN ROOM"
     )
     lines = [header]
     for row in rows:
@@ -457,9 +480,24 @@ def format_history(rows: Sequence[Any]) -> str:
             f"{_local_time(row.created_at):<19}  {row.ext:<10} {row.room:<12} "
             f"{row.outcome or '?':<11} {row.cause or '-':<24} "
             f"{_seconds(row.ring_seconds):>6} {_seconds(row.wait_key_seconds):>6} "
-            f"{_seconds(row.total_seconds):>7}"
+            f"{_seconds(row.total_seconds):>7}  {_in_room_text(row)}"
         )
     return "\n".join(lines)
+
+
+def _in_room_text(row: Any) -> str:
+    """A joined member's stay: `12.0s max_duration (ALLOTTED_TIMEOUT) [muted]`, `in the room`
+    while it has not been seen leaving, `-` for an invite that never joined."""
+    if row.outcome != "joined":
+        return "-"
+    spec = (row.detail or {}).get("spec") or {}
+    flags = [name for name in ("muted", "deaf", "moderator", "endconf") if spec.get(name)]
+    tail = f" [{','.join(flags)}]" if flags else ""
+    if row.left_at is None:
+        return "in the room" + tail
+    stay = "?" if row.joined_at is None else _seconds(row.left_at - row.joined_at)
+    cause = f" ({row.left_cause})" if row.left_cause else ""
+    return f"{stay} {row.left_reason}{cause}{tail}"
 
 
 async def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
@@ -506,6 +544,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caller-id-name")
     p.add_argument("--caller-id-number")
     p.add_argument("--join", help="'inline' or '<extension> <context>' (default from config)")
+    p.add_argument("--max-duration", type=_seconds_flag, metavar="S",
+                   help="once joined, FreeSWITCH hangs the member up after S seconds "
+                        "(default [invite] max_duration: none, unlimited)")
+    for flag, what in (("muted", "joins muted (cannot speak)"), ("deaf", "joins deaf"),
+                       ("moderator", "joins as a moderator"),
+                       ("endconf", "the conference ends when this member leaves")):
+        p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"member flag: {what} (default [invite] {flag})")
     p.add_argument("--var", action="append", metavar="NAME=VALUE",
                    help="extra channel variable (whitelisted names and values)")
     p.add_argument("--notify", action="append", metavar="URL",

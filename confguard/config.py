@@ -158,6 +158,12 @@ class InviteConfig:
     join_context: str = "default"
     caller_id_name: str | None = None
     caller_id_number: str | None = None
+    # In the room (README "In the room"): the member's time limit, and its mod_conference flags.
+    max_duration: int | None = None
+    muted: bool = False
+    deaf: bool = False
+    moderator: bool = False
+    endconf: bool = False
 
 
 @dataclass(frozen=True)
@@ -344,6 +350,19 @@ def _number(kind: type, low: float, high: float, unit: str = "") -> _Parser:
     return parse
 
 
+def _boolean(raw: object) -> bool:
+    """true/false (TOML), or from the environment and flags: true/false, yes/no, on/off, 1/0."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+    raise _Bad(f"not a boolean: {raw!r}", "true or false")
+
+
 def _choice(choices: tuple[str, ...]) -> _Parser:
     allowed = " | ".join(choices)
 
@@ -510,6 +529,7 @@ class _Setting:
     parse: _Parser
     secret: bool = False  # never accepted as a value, only through password_file
     numeric: bool = False  # in TOML it must be a number, not a quoted string
+    boolean: bool = False  # in TOML it must be true or false, not a quoted string
 
 
 SETTINGS: dict[str, dict[str, _Setting]] = {
@@ -541,6 +561,11 @@ SETTINGS: dict[str, dict[str, _Setting]] = {
         "caller_id_number": _Setting(
             _optional(_pattern(_CALLER_NUMBER_RE, "an optional + then 1-32 of 0-9 A-Z a-z * #"))
         ),
+        "max_duration": _Setting(_optional(_number(int, 1, 86400, " seconds")), numeric=True),
+        "muted": _Setting(_boolean, boolean=True),
+        "deaf": _Setting(_boolean, boolean=True),
+        "moderator": _Setting(_boolean, boolean=True),
+        "endconf": _Setting(_boolean, boolean=True),
     },
     "api": {
         "socket": _Setting(_socket_path),
@@ -622,6 +647,9 @@ def _apply(
             "be visible in files, the process environment or the process list)",
             _SECRET_SOURCES[dotted],
         )
+    if setting.boolean and source.startswith("file:") and not isinstance(raw, bool):
+        raise ConfigError(origin, dotted, f"expected true or false, got {raw!r}",
+                          "a TOML boolean without quotes")
     if setting.numeric and source.startswith("file:") and isinstance(raw, str):
         raise ConfigError(origin, dotted, f"expected a number, got the string {raw!r}",
                           "a TOML number without quotes")
@@ -821,7 +849,9 @@ def _check_invite_defaults(config: Config) -> None:
             decline_key=invite.decline_key, prompt=invite.prompt,
             caller_id_name=invite.caller_id_name, caller_id_number=invite.caller_id_number,
             hangup_cause=invite.hangup_cause, join=join,
-            reprompt_interval=invite.reprompt_interval,
+            reprompt_interval=invite.reprompt_interval, max_duration=invite.max_duration,
+            muted=invite.muted, deaf=invite.deaf, moderator=invite.moderator,
+            endconf=invite.endconf,
         )
     except BadInput as exc:
         key = "invite." + exc.field.replace("join.", "join_")

@@ -100,6 +100,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_status: str | None = None
         self._inherited: list[Any] = []  # journal rows an earlier run left active
+        self._inherited_members: list[Any] = []  # joined rows whose member was not seen leaving
         self.gc_pauses = GcPauses()
 
     # --- life --------------------------------------------------------------------------------
@@ -137,6 +138,11 @@ class Daemon:
         except Exception:
             log.exception("journal.error", op="active")
             self._inherited = []
+        try:
+            self._inherited_members = self.journal.in_room()
+        except Exception:
+            log.exception("journal.error", op="in_room")
+            self._inherited_members = []
         # State changes are written in batches (outcomes and new rows at once: journal.py).
         self.journal.batch_updates(asyncio.get_running_loop().call_later, JOURNAL_BATCH_S)
         self.metrics = Metrics(event_names=SUBSCRIBED_EVENTS)
@@ -238,6 +244,15 @@ class Daemon:
                             error=str(exc))
                 self.journal.finish_invite(row.invite_id, "lost", "NOT_ADOPTED", time.time(),
                                            {"error": str(exc)})
+        # Joined members an earlier run saw in the room and not leave: still there? (room.py)
+        members, self._inherited_members = self._inherited_members, []
+        for row in members:
+            try:
+                await self.engine.adopt_member(row)
+            except Exception as exc:
+                log.warning("journal.adopt_member_failed", uuid=row.call_uuid,
+                            invite=row.invite_id, error=str(exc))
+                self.journal.leave_invite(row.invite_id, "unseen", None, time.time())
 
     async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and gets

@@ -28,6 +28,7 @@ import structlog
 from confguard.esl import EslCommandError, EslConnectionLost, EslError, EslNotConnected
 from confguard.invite import (
     LOST_REPLY,
+    MEMBER_FLAGS,
     AddFilter,
     DelFilter,
     Finished,
@@ -42,6 +43,7 @@ from confguard.invite import (
     UsageError,
     WakeAt,
 )
+from confguard.members import Member, Members
 
 log = structlog.get_logger("confguard.engine")
 
@@ -145,6 +147,8 @@ class InviteRun:
             "seconds_left": round(max(0.0, self.machine.deadline - now), 1),
             "elapsed_ms": int((now - self.started) * 1000),
             "started_at": self.started_wall,
+            "flags": list(self.spec.member_flags),
+            "max_duration": self.spec.max_duration,
         }
 
 
@@ -173,6 +177,9 @@ class Engine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._observers: list[Callable[[InviteRun, dict[str, Any]], None]] = []
+        # Joined members, watched until they leave the room (confguard/members.py).
+        self.members = Members(session=lambda: self.session, journal=journal, wall=wall,
+                               publish=self._publish_left)
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -209,6 +216,7 @@ class Engine:
                 await asyncio.wait_for(self._idle.wait(), timeout)
         for run in list(self._by_id.values()):
             self._stop_run(run)
+        await self.members.stop()
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -353,6 +361,7 @@ class Engine:
             now = asyncio.get_running_loop().time()
             for run in list(self._by_id.values()):
                 self._apply(run, run.machine.connection_lost(now))
+            self.members.connection_lost()
 
     async def esl_reconnected(self) -> None:
         """Hook for EslSession(on_reconnect=...): events may have been missed; ask each machine."""
@@ -361,6 +370,7 @@ class Engine:
         for run in list(self._by_id.values()):
             if run.originate_out:  # an originate still queued is sent now, then followed
                 self._apply(run, run.machine.resync(now))
+        self.members.resync()
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -396,6 +406,12 @@ class Engine:
             name = event.name
             self._metric("event_received", event.subclass or name)
             headers: Mapping[str, str] = event.headers
+            member = self.members.get(headers.get("Unique-ID", ""))
+            if member is not None and (
+                member.invite_run is None or member.invite_run.machine.state is State.ENDED
+            ):
+                self.members.route(headers)
+                continue
             run = (
                 self._by_uuid.get(headers.get("Unique-ID", ""))
                 or self._by_uuid.get(headers.get("Task-Group", ""))
@@ -438,6 +454,8 @@ class Engine:
         if finished is not None:
             ended = next((c for c in changes if c.state is State.ENDED), None)
             self._publish_finished(run, finished, ended, loop.time())
+            if run.machine.watch_handover:
+                self.members.after_join(run)  # its time in the room, until it leaves
         if run.machine.state is State.ENDED:
             run.queue.put_nowait(_DONE)
 
@@ -637,6 +655,25 @@ class Engine:
         if run.final is not None and not run.final.done():
             run.final.set_result(update)
 
+    def _publish_left(self, member: Member, update: dict[str, Any]) -> None:
+        """A joined member left the room: the engine's observers hear it (`state: left`)."""
+        self._metric("member_left", update.get("left_reason"))
+        run = member.invite_run
+        if run is None:
+            return
+        update = {"seq": len(run.history), **update}
+        run.history.append(update)
+        for observer in self._observers:
+            try:
+                observer(run, update)
+            except Exception:
+                log.exception("engine.observer_error", uuid=run.call_uuid)
+
+    async def adopt_member(self, record: Any) -> Member:
+        """Watch again a member an earlier run of the daemon left in the room (the journal's
+        joined row without `left_at`): FreeSWITCH tells whether it is still there."""
+        return self.members.adopt(record, spec_from_journal(record))
+
     def _metric(self, name: str, *args: Any) -> None:
         if self._metrics is None:
             return
@@ -695,6 +732,8 @@ def spec_to_journal(spec: InviteSpec) -> dict[str, Any]:
         "reprompt_interval": spec.reprompt_interval,
         "variables": dict(spec.variables),
         "notify": list(spec.notify),
+        "max_duration": spec.max_duration,
+        **{name: getattr(spec, name) for name in MEMBER_FLAGS},
         "join": {
             "kind": spec.join.kind,
             "room": spec.join.room,

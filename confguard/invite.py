@@ -29,7 +29,8 @@ order, on the call's own thread. So:
 * a live call that has not been joined always has a hangup task (invariant 1), whether or not
   confguard runs; confguard never arms or deletes a timer itself;
 * the call reaches the room only after its timers were cancelled, and never after one fired (a
-  fired timer hangs the channel up, which ends the waiting app) (invariant 2);
+  fired timer hangs the channel up, which ends the waiting app) (invariant 2); a time limit in the
+  room (``max_duration``) is a new task armed after that cancel, the member's, not a waiting one;
 * a key pressed while confguard cannot see the switch still counts: the switch joins the call,
   and the machine reads it back (``uuid_dump``: in the room, or ``confguard_key``) (invariant 6);
 * waiting costs confguard nothing: no command per waiting call (invariant 8).
@@ -57,6 +58,8 @@ Whose fault is it (as in h11):
   legitimately sends them.
 
 After ``ended`` every input returns ``[]`` -- except ``cancel`` of a joined call, which raises.
+A ``joined`` call keeps its ``Unique-ID`` filter (``watch_handover``): the member's time in the
+room, until its hangup, is watched by confguard/room.py (``MemberWatch``), which deletes it.
 """
 
 from __future__ import annotations
@@ -229,7 +232,12 @@ _VARIABLE_VALUE_RE = re.compile(r"[A-Za-z0-9_.:;@+/=*#-]{0,256}")
 _UUID_RE = re.compile(r"[0-9A-Za-z-]{1,64}")
 _INVITE_ID_RE = re.compile(r"[0-9A-Za-z_.-]{1,64}")
 MAX_TIMEOUT_S = 3600
+MAX_DURATION_S = 86400
 MAX_VARIABLES = 32
+MEMBER_FLAGS = ("muted", "deaf", "moderator", "endconf")
+"""The spec's member flags, in the order they are passed to mod_conference."""
+_CONFERENCE_FLAG = {"muted": "mute", "deaf": "deaf", "moderator": "moderator", "endconf": "endconf"}
+"""Each member flag as mod_conference names it (conference_utils_set_mflags)."""
 
 # Channel variables a user may never set: FreeSWITCH runs them as code, or confguard owns them.
 DENIED_VARIABLE_PREFIXES: tuple[str, ...] = (
@@ -401,6 +409,11 @@ class InviteSpec:
     variables: Mapping[str, str] = field(default_factory=dict)
     # Status webhook URLs of this invite only (confguard.webhooks; never part of an ESL command).
     notify: tuple[str, ...] = ()
+    max_duration: int | None = None  # seconds in the room, then FreeSWITCH hangs up
+    muted: bool = False
+    deaf: bool = False
+    moderator: bool = False
+    endconf: bool = False
 
     def __post_init__(self) -> None:
         _check_text("extension", self.extension, _EXTENSION_RE, "1-64 of 0-9 A-Z a-z _ . + -")
@@ -446,10 +459,30 @@ class InviteSpec:
             validate_variable(name, value)
         object.__setattr__(self, "variables", MappingProxyType(dict(self.variables)))
         object.__setattr__(self, "notify", _check_notify(self.notify) if self.notify else ())
+        if self.max_duration is not None:
+            bound: object = self.max_duration
+            if isinstance(bound, bool) or not isinstance(bound, int):
+                raise BadInput("max_duration", bound, "must be a whole number of seconds")
+            if not 1 <= bound <= MAX_DURATION_S:
+                raise BadInput(
+                    "max_duration", bound, f"must be between 1 and {MAX_DURATION_S} seconds"
+                )
+        for name in MEMBER_FLAGS:
+            if type(getattr(self, name)) is not bool:
+                raise BadInput(name, getattr(self, name), "must be true or false")
+        if self.member_flags and self.join.kind != "conference":
+            raise BadInput(
+                self.member_flags[0], True, "member flags need the inline conference join"
+            )
 
     @property
     def effective_ring_timeout(self) -> int:
         return self.timeout if self.ring_timeout is None else self.ring_timeout
+
+    @property
+    def member_flags(self) -> tuple[str, ...]:
+        """The member flags that are set (``muted``, ``deaf``, ``moderator``, ``endconf``)."""
+        return tuple(name for name in MEMBER_FLAGS if getattr(self, name))
 
     @property
     def conference_name(self) -> str | None:
@@ -506,6 +539,8 @@ def build_originate(
         parts.append(f"origination_caller_id_name='{spec.caller_id_name}'")
     if spec.caller_id_number is not None:
         parts.append(f"origination_caller_id_number={spec.caller_id_number}")
+    if spec.max_duration is not None:
+        parts.append(f"{MAX_DURATION_VARIABLE}={int(spec.max_duration)}")
     parts.extend(f"{name}={value}" for name, value in spec.variables.items())
     parts.append(f"api_on_originate='sched_hangup +{spec.timeout} {uuid} {spec.hangup_cause}'")
     return (
@@ -519,6 +554,15 @@ KEY_VARIABLE = "confguard_key"
 confguard can see the switch, and read back by ``uuid_dump`` on resync and adoption. A refused
 key (e.g. the decline key) lands in ``confguard_key_invalid``."""
 
+MAX_DURATION_VARIABLE = "confguard_max_duration"
+"""The channel variable that says the call's time in the room is bounded (its seconds): set by
+the originate, so that the hangup of its in-room timer (``sched_hangup +S CAUSE`` after the
+join's ``sched_cancel``) can be told from any other (``room.left_reason``)."""
+
+APP_SEPARATOR = "~"
+"""The inline dialplan's application separator (``m:~:``): in no validated value, no app
+argument and no member flag list (which uses ``|``)."""
+
 INVALID_PROMPT = "silence_stream://250"
 """What ``play_and_get_digits`` plays after a key that is not the key."""
 
@@ -527,16 +571,19 @@ def build_join_app(spec: InviteSpec) -> str:
     """The dialplan application that moves an accepted call to its target."""
     if spec.join.kind == "dialplan":
         return f"transfer:{spec.join.extension} XML {spec.join.context}"
-    return f"conference:{spec.join.room or spec.room}"
+    flags = "|".join(_CONFERENCE_FLAG[name] for name in spec.member_flags)
+    suffix = "+flags{" + flags + "}" if flags else ""
+    return f"conference:{spec.join.room or spec.room}{suffix}"
 
 
 def build_waiting_app(spec: InviteSpec) -> str:
     """The inline dialplan the answered call runs inside FreeSWITCH: the whole "key -> cancel
     the timer -> join" step, so that it holds whether or not confguard can see the switch::
 
-        'm:|:sched_hangup:+T CAUSE
-            |play_and_get_digits:1 1 TRIES MS TERM PROMPT INVALID confguard_key ^[K]$ MS park inline
-            |sched_cancel|conference:ROOM' inline
+        'm:~:sched_hangup:+T CAUSE
+            ~play_and_get_digits:1 1 TRIES MS TERM PROMPT INVALID confguard_key ^[K]$ MS park inline
+            ~sched_cancel[~sched_hangup:+S CAUSE]
+            ~conference:ROOM[+flags{mute|deaf|moderator|endconf}]' inline
 
     * ``sched_hangup +T`` (the dialplan app) arms a second hangup task of the call's group at the
       answer: the call stays bounded even if ``api_on_originate``'s task was never armed. The
@@ -551,9 +598,14 @@ def build_waiting_app(spec: InviteSpec) -> str:
       only after the key, on the call's thread, before ``conference``: the call can never be in
       the room with a timer pending, and a timer that fired first has hung the channel up, which
       ends the dialplan before the join.
-    * ``m:|:`` makes ``|`` the inline dialplan's separator (mod_dptools' inline_dialplan_hunt):
-      a prompt may contain commas (``tone_stream://%(250,250,440)``); ``|`` is in no validated
-      value, nor are the single quotes that group the extension for ``originate``.
+    * with ``max_duration`` S, ``sched_hangup +S`` after ``sched_cancel`` arms the member's time
+      in the room: a new task of the call's group (the cancel already took the old ones), inside
+      FreeSWITCH, so the bound holds whether or not confguard runs. It hangs up with the timer's
+      cause; ``confguard_max_duration`` (set by the originate) tells that hangup from others.
+    * member flags go the way mod_conference's app reads them: ``ROOM+flags{a|b}``.
+    * ``m:~:`` makes ``~`` the inline dialplan's separator (mod_dptools' inline_dialplan_hunt):
+      a prompt may contain commas (``tone_stream://%(250,250,440)``) and the flag list ``|``;
+      ``~`` is in no validated value, nor are the single quotes that group the extension.
     The terminator is a DTMF key that is neither the key nor the decline key (a terminator press
     ends a try with no digit: it is retried).
     """
@@ -570,13 +622,13 @@ def build_waiting_app(spec: InviteSpec) -> str:
         f"play_and_get_digits:1 1 {tries} {wait_ms} {terminator} {prompt} {INVALID_PROMPT} "
         f"{KEY_VARIABLE} ^[{spec.key}]$ {wait_ms} park inline"
     )
-    apps = (
-        f"sched_hangup:+{spec.timeout} {spec.hangup_cause}",
-        collect,
-        "sched_cancel",
-        build_join_app(spec),
-    )
-    return "'m:|:" + "|".join(apps) + "' inline"
+    apps = [f"sched_hangup:+{spec.timeout} {spec.hangup_cause}", collect, "sched_cancel"]
+    if spec.max_duration is not None:
+        apps.append(f"sched_hangup:+{int(spec.max_duration)} {spec.hangup_cause}")
+    apps.append(build_join_app(spec))
+    if any(APP_SEPARATOR in app or "'" in app for app in apps):
+        raise UsageError(f"an application holds the separator {APP_SEPARATOR!r}: {apps!r}")
+    return f"'m:{APP_SEPARATOR}:" + APP_SEPARATOR.join(apps) + "' inline"
 
 
 def build_kill(call_uuid: str, cause: str | None = None) -> str:
@@ -681,6 +733,8 @@ class Invite:
         self.settle_at: float | None = None  # a dump's answer was lost: ask again then
         self._pending: dict[str, str] = {}  # tag -> kind of every SendApi awaiting its reply
         self._tag_counter = 0
+        # Joined: the Unique-ID filter was left in place for the member's watch in the room.
+        self.watch_handover = False
 
     # ---------------------------------------------------------------------------- helpers
 
@@ -716,9 +770,13 @@ class Invite:
         full = {"elapsed_s": self._elapsed(now), "answered": self.answered, **detail}
         commands: list[Command] = [Finished(outcome, cause, full)]
         if self.started:
+            # A joined call is watched on in the room (confguard/room.py, until its hangup):
+            # its Unique-ID filter is handed over to that watch, the others go.
+            self.watch_handover = outcome is Outcome.JOINED
             commands.extend(
                 DelFilter(header, value)
                 for header, value in zip(_FILTER_HEADERS, self._filter_values(), strict=True)
+                if not (self.watch_handover and header == "Unique-ID")
             )
         commands.append(self._move(State.ENDED, now, outcome=str(outcome), cause=cause))
         return commands

@@ -72,6 +72,10 @@ _MIGRATIONS: tuple[str, ...] = (
         timings   TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 4: the room (confguard.room): when and why a joined member left (room.py's Reason), its cause.
+    "ALTER TABLE invites ADD COLUMN left_at REAL; "
+    "ALTER TABLE invites ADD COLUMN left_reason TEXT; "
+    "ALTER TABLE invites ADD COLUMN left_cause TEXT",
 )
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 _log = logging.getLogger(__name__)
@@ -113,6 +117,8 @@ _COLUMNS = (
     "invite_id, call_uuid, job_uuid, ext, room, timeout, deadline, created_at, updated_at, "
     "state, outcome, cause, answered_at, key_at, joined_at, ended_at, detail"
 )
+# Reads take every column: those of later schema steps (`_record` reads the ones it knows).
+_READ_COLUMNS = "*"
 
 
 class JournalError(Exception):
@@ -140,6 +146,9 @@ class InviteRecord:
     joined_at: float | None = None
     ended_at: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    left_at: float | None = None  # a joined member left the room (or was found gone) then
+    left_reason: str | None = None  # room.Reason: max_duration, kicked, hung_up, unseen
+    left_cause: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -379,6 +388,26 @@ class Journal:
                 raise JournalError(f"journal {self.path}: {exc}") from exc
         return True
 
+    def leave_invite(
+        self, invite_id: str, reason: str, cause: str | None, wall: float
+    ) -> bool:
+        """Record that a joined member left the room: when, why and the hangup cause. Only
+        the first counts; False if the invite is unknown, not joined, or already left."""
+        return self._write(
+            "UPDATE invites SET left_at = ?, left_reason = ?, left_cause = ?, updated_at = ? "
+            "WHERE invite_id = ? AND outcome = 'joined' AND left_at IS NULL",
+            (float(wall), _text(reason), cause, float(wall), invite_id),
+            with_pending=True,
+        ) == 1
+
+    def in_room(self) -> list[InviteRecord]:
+        """Joined invites whose member has not been seen leaving: what a restarted daemon
+        watches again (the channel may still be in the room), oldest first."""
+        return self._read(
+            f"SELECT {_READ_COLUMNS} FROM invites WHERE outcome = 'joined' AND left_at IS NULL "
+            "ORDER BY created_at, rowid"
+        )
+
     def prune(self, retention_days: float, *, now: float | None = None) -> int:
         """Delete finished invites that ended more than `retention_days` ago; returns how many.
 
@@ -433,14 +462,14 @@ class Journal:
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, invite_id: str) -> InviteRecord | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM invites WHERE invite_id = ?", (invite_id,))
+        rows = self._read(f"SELECT {_READ_COLUMNS} FROM invites WHERE invite_id = ?", (invite_id,))
         return rows[0] if rows else None
 
     def active(self) -> list[InviteRecord]:
         """Invites started and not finished, oldest first: what a restarted daemon must
         re-adopt (the call still exists in FreeSWITCH) or finish as `lost`."""
         return self._read(
-            f"SELECT {_COLUMNS} FROM invites WHERE ended_at IS NULL ORDER BY created_at, rowid"
+            f"SELECT {_READ_COLUMNS} FROM invites WHERE ended_at IS NULL ORDER BY created_at, rowid"
         )
 
     def history(
@@ -467,7 +496,7 @@ class Journal:
             params.append(float(since))
         params.append(int(limit))
         return self._read(
-            f"SELECT {_COLUMNS} FROM invites WHERE {' AND '.join(where)} "
+            f"SELECT {_READ_COLUMNS} FROM invites WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, rowid DESC LIMIT ?",
             params,
         )
@@ -616,6 +645,8 @@ def _record(row: sqlite3.Row) -> InviteRecord:
         outcome=row["outcome"], cause=row["cause"], answered_at=row["answered_at"],
         key_at=row["key_at"], joined_at=row["joined_at"], ended_at=row["ended_at"],
         detail=_load_detail(row["detail"]),
+        **{name: row[name] for name in ("left_at", "left_reason", "left_cause")
+           if name in row.keys()},  # noqa: SIM118 (sqlite3.Row has no __contains__ by name)
     )
 
 

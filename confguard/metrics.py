@@ -79,6 +79,9 @@ class Metrics:
         self.invites_finished_total = Counter(
             "confguard_invites_finished", "Invites finished, by final outcome.",
             ["outcome"], registry=reg)
+        self.members_left_total = Counter(
+            "confguard_members_left", "Joined members that left the room, by reason.",
+            ["reason"], registry=reg)
         self.active_invites = Gauge(
             "confguard_active_invites", "Invites in progress, by state.", ["state"], registry=reg)
         self.esl_connected = Gauge(
@@ -145,6 +148,10 @@ class Metrics:
         outcome = _value(outcome)
         child = self._finished.get(outcome)
         (child or self.invites_finished_total.labels(outcome=OTHER)).inc()
+
+    def member_left(self, reason: str | None) -> None:
+        known = ("max_duration", "kicked", "hung_up", "unseen")
+        self.members_left_total.labels(reason=reason if reason in known else OTHER).inc()
 
     def state_changed(self, old: str | None, new: str | None) -> None:
         """Move one invite between states. `old=None`: a new invite; `new` of `ended` (or None):

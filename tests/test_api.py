@@ -160,7 +160,8 @@ async def test_stale_socket_file_is_replaced_and_absent_daemon_reported(tmp_path
     control = ControlServer(engine, str(path))
     await control.start()
     try:
-        assert await ControlClient(str(path)).request("GET", "/status") == {"invites": []}
+        status = await ControlClient(str(path)).request("GET", "/status")
+        assert status == {"invites": [], "members": []}
     finally:
         await control.stop()
     assert not path.exists()

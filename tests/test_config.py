@@ -367,6 +367,7 @@ def test_example_config_commented_keys_are_valid(tmp_path: Path) -> None:
         lines.append(line)
     config = load_config(write(tmp_path, "\n".join(lines)), env={}, euid=999)
     assert config.invite.decline_key == "9"
+    assert config.invite.max_duration == 3600 and config.invite.muted is False
     assert config.metrics.listen == "127.0.0.1:9464"
     assert config.log.file == "/var/log/confguard/confguard.log"
 

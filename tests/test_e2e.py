@@ -223,9 +223,9 @@ async def test_prompt_is_played_by_freeswitch_until_the_key(peer, daemon, link) 
     originates = [cmd for cmd in link.commands() if f"origination_uuid={call_uuid}," in cmd]
     assert len(originates) == 1, link.commands()
     assert originates[0].endswith(
-        f"}}user/1000 'm:|:sched_hangup:+10 ALLOTTED_TIMEOUT|play_and_get_digits:1 1 11 5000 # "
+        f"}}user/1000 'm:~:sched_hangup:+10 ALLOTTED_TIMEOUT~play_and_get_digits:1 1 11 5000 # "
         f"{prompt} silence_stream://250 confguard_key ^[1]$ 5000 park inline"
-        f"|sched_cancel|conference:{ROOM}' inline"
+        f"~sched_cancel~conference:{ROOM}' inline"
     )
     sent_for_call = [
         cmd.split(" ", 2)[1] for cmd in link.commands()

@@ -155,8 +155,11 @@ def answered(**overrides: object) -> Invite:
 def assert_ended_cleanly(invite: Invite, commands: list[Command]) -> None:
     dels = [c for c in commands if isinstance(c, DelFilter)]
     call, job_uuid = invite.call_uuid, invite.job_uuid
+    # A joined call's Unique-ID filter is handed over to its watch in the room (room.py).
+    joined = invite.outcome is Outcome.JOINED
+    assert invite.watch_handover is joined
     assert dels == [
-        DelFilter("Unique-ID", call),
+        *([] if joined else [DelFilter("Unique-ID", call)]),
         DelFilter("Job-UUID", job_uuid),
         DelFilter("Task-Group", call),
     ]
@@ -189,9 +192,9 @@ def test_start_adds_filters_before_the_originate_and_arms_the_timer_inside_frees
         "sim_answer_after=1,"
         f"api_on_originate='sched_hangup +30 {U} ALLOTTED_TIMEOUT'"
         "}user/1000 "
-        "'m:|:sched_hangup:+30 ALLOTTED_TIMEOUT"
-        "|play_and_get_digits:1 1 31 5000 # silence silence_stream://250 confguard_key ^[1]$ "
-        "5000 park inline|sched_cancel|conference:test1' inline"
+        "'m:~:sched_hangup:+30 ALLOTTED_TIMEOUT"
+        "~play_and_get_digits:1 1 31 5000 # silence silence_stream://250 confguard_key ^[1]$ "
+        "5000 park inline~sched_cancel~conference:test1' inline"
     )
     assert commands[4] == StateChanged(State.PLACING, State.PLACING, commands[4].detail)  # type: ignore[union-attr]
     assert commands[5] == WakeAt(T0 + 30 + 3.0, commands[5].reason)  # type: ignore[union-attr]
@@ -205,16 +208,16 @@ def test_the_waiting_app_has_the_key_the_prompt_the_timers_and_the_target() -> N
              join=JoinTarget.dialplan("7001", "default"))
     )
     assert app == (
-        "'m:|:sched_hangup:+45 MEDIA_TIMEOUT"
-        "|play_and_get_digits:1 1 46 1000 D tone_stream://%(250,250,440);loops=2 "
+        "'m:~:sched_hangup:+45 MEDIA_TIMEOUT"
+        "~play_and_get_digits:1 1 46 1000 D tone_stream://%(250,250,440);loops=2 "
         "silence_stream://250 confguard_key ^[#]$ 1000 park inline"
-        "|sched_cancel|transfer:7001 XML default' inline"
+        "~sched_cancel~transfer:7001 XML default' inline"
     )
-    # The apps are separated by `|` (set by `m:|:`), which no validated value can hold, and
+    # The apps are separated by `~` (set by `m:~:`), which no validated value can hold, and
     # quoted as one originate argument: nothing but the four apps.
-    assert app.count("|") == 1 + 3 and app.count("'") == 2
+    assert app.count("~") == 1 + 3 and app.count("'") == 2
     room_app = build_waiting_app(spec(room="sales-1", join=JoinTarget.inline("big@wide")))
-    assert room_app.endswith("|sched_cancel|conference:big@wide' inline")
+    assert room_app.endswith("~sched_cancel~conference:big@wide' inline")
 
 
 def test_ring_timeout_defaults_to_timeout() -> None:
@@ -1115,3 +1118,48 @@ def test_a_hangup_showing_the_room_is_joined_when_the_join_fell_in_a_gap() -> No
                        "variable_conference_member_id": "7"})
     invite = answered()
     assert finished(invite.event(other_room, None, T0 + 9)).outcome is Outcome.HUNG_UP
+
+
+# ------------------------------------------------------------------------------ the room
+
+
+def test_the_time_limits_task_after_the_key_neither_blocks_the_join_nor_counts_as_a_timer() -> None:
+    """The order the real switch sent with max_duration (recorded while building it): the key,
+    then the in-room task's ADD_SCHEDULE (armed right after sched_cancel), the cancelled tasks'
+    DEL_SCHEDULE, add-member; the in-room task is the member's, not a waiting timer."""
+    invite = answered(max_duration=60)
+    invite.event(sched("ADD_SCHEDULE", "5"), None, T0 + 1.01)  # the waiting app's own timer
+    invite.event(ev("DTMF", DTMF_Digit="1"), None, T0 + 2.0)
+    assert invite.state is State.CANCELLING
+    assert invite.event(sched("ADD_SCHEDULE", "6"), None, T0 + 2.01) == []
+    invite.event(sched("DEL_SCHEDULE", "4"), None, T0 + 2.01)
+    out = invite.event(add_member(), None, T0 + 2.02)
+    assert finished(out).outcome is Outcome.JOINED
+    assert not invite.timer_armed  # the in-room task is the watch's business (room.py)
+    assert DelFilter("Unique-ID", U) not in out  # handed over to the member's watch
+    assert invite.event(sched("DEL_SCHEDULE", "5"), None, T0 + 2.5) == []
+
+
+def test_the_originate_carries_the_limit_and_the_flags() -> None:
+    _, commands = make(max_duration=600, muted=True, deaf=True, moderator=True, endconf=True)
+    command = commands[3].command  # type: ignore[union-attr]
+    assert ",confguard_max_duration=600," in command
+    assert command.endswith(
+        "~sched_cancel~sched_hangup:+600 ALLOTTED_TIMEOUT"
+        "~conference:test1+flags{mute|deaf|moderator|endconf}' inline"
+    )
+    _, plain = make()
+    assert "max_duration" not in plain[3].command  # type: ignore[union-attr]
+    assert "+flags" not in plain[3].command  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("muted", "true"), ("deaf", 1), ("moderator", None), ("endconf", 0),
+     ("max_duration", 0), ("max_duration", 86401), ("max_duration", True),
+     ("max_duration", 1.5), ("max_duration", "60")],
+)
+def test_room_fields_are_validated(field: str, value: object) -> None:
+    with pytest.raises(BadInput) as refused:
+        spec(**{field: value})
+    assert refused.value.field == field

@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 
 from confguard.invite import (
     LOST_REPLY,
+    MAX_DURATION_S,
+    MEMBER_FLAGS,
     AddFilter,
     BadInput,
     Command,
@@ -31,6 +33,7 @@ from confguard.invite import (
     Finished,
     Invite,
     InviteSpec,
+    JoinTarget,
     Outcome,
     SendApi,
     SendBgapi,
@@ -381,8 +384,11 @@ def test_interleavings_keep_the_invariants(
     assert len(model.finished) == 1, "the invite never finished"
     assert invite.state is State.ENDED
     dels = [c for c in model.commands if isinstance(c, DelFilter)]
-    assert dels == [DelFilter("Unique-ID", U), DelFilter("Job-UUID", J), DelFilter("Task-Group", U)]
     outcome = model.finished[0].outcome
+    # Joined: the Unique-ID filter stays for the member's watch in the room (room.py).
+    handed_over = [] if outcome is Outcome.JOINED else [DelFilter("Unique-ID", U)]
+    assert dels == [*handed_over, DelFilter("Job-UUID", J), DelFilter("Task-Group", U)]
+    assert invite.watch_handover is (outcome is Outcome.JOINED)
     # Invariant 6: joined <=> the switch put the call in the room -- whether or not confguard
     # saw the key, the add-member or anything else; unless confguard hung up the member, which
     # it does only when it did not know (a cancel or decline raced with the key).
@@ -456,7 +462,7 @@ def test_arbitrary_text_in_any_field_never_becomes_syntax(field: str, text: str)
             assert inner.count("'") % 2 == 0  # quotes stay balanced
             outside = command[command.rindex("}") + 1 :]
             # The waiting app: one quoted argument of exactly four apps, whatever the values.
-            assert outside.count("'") == 2 and outside.count("|") == 1 + 3
+            assert outside.count("'") == 2 and outside.count("~") == 1 + 3
         assert not FORBIDDEN.search(outside)
     if field in ("extension", "room", "caller_id_name", "caller_id_number", "prompt"):
         assert not set(text) & set("\n\r{},'\"$")
@@ -485,3 +491,63 @@ def test_specific_nasty_values_are_refused_everywhere(text: str) -> None:
     for field in TEXT_FIELDS:
         assert accepted(**{field: text}) is None, field
     assert accepted(variables={"ok": text}) is None
+
+
+# ------------------------------------------------------------------ the room: time and flags
+
+ANYTHING = st.one_of(
+    st.booleans(), st.none(), st.integers(-5, 100_000), st.floats(allow_nan=True),
+    st.text(max_size=10), st.lists(st.booleans(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flags=st.fixed_dictionaries({name: ANYTHING for name in MEMBER_FLAGS}),
+    max_duration=ANYTHING,
+    room=st.sampled_from(["test1", "test1@default", "big_room-2"]),
+)
+def test_member_flags_and_max_duration_are_validated_and_never_become_syntax(
+    flags: dict[str, object], max_duration: object, room: str
+) -> None:
+    spec = accepted(room=room, max_duration=max_duration, **flags)
+    valid_flags = all(type(value) is bool for value in flags.values())
+    valid_duration = max_duration is None or (
+        type(max_duration) is int and 1 <= max_duration <= MAX_DURATION_S
+    )
+    assert (spec is not None) == (valid_flags and valid_duration)
+    if spec is None:
+        return
+    command = build_originate(spec, call_uuid=U, invite_id="p", wall_deadline=0)
+    head, _, app = command.partition("}user/1000 ")
+    assert not FORBIDDEN.search(head[len("originate {"):])
+    # One quoted argument: the four apps, plus the in-room timer when bounded.
+    bounded = spec.max_duration is not None
+    assert app.count("'") == 2 and app.count("~") == 1 + 3 + bounded
+    apps = app[len("'m:~:") : app.rindex("'")].split("~")
+    assert apps[2] == "sched_cancel"
+    if bounded:
+        assert apps[3] == f"sched_hangup:+{spec.max_duration} {spec.hangup_cause}"
+        assert f",confguard_max_duration={spec.max_duration}," in head
+    else:
+        assert "sched_hangup" not in "~".join(apps[3:]) and "confguard_max_duration" not in head
+    wanted = [word for name, word in
+              (("muted", "mute"), ("deaf", "deaf"), ("moderator", "moderator"),
+               ("endconf", "endconf")) if flags[name]]
+    expected = f"conference:{room}" + ("+flags{" + "|".join(wanted) + "}" if wanted else "")
+    assert apps[-1] == expected
+    # Braces and `|` appear only inside the flag list.
+    assert "{" not in app.replace("+flags{", "") and app.count("}") == (1 if wanted else 0)
+
+
+def test_member_flags_need_the_inline_conference_join() -> None:
+    with pytest.raises(BadInput) as refused:
+        InviteSpec(extension="1000", room="test1", timeout=30, muted=True,
+                   join=JoinTarget.dialplan("7001", "default"))
+    assert refused.value.field == "muted"
+    # The time limit applies after a dialplan join too (the timer is the call's).
+    spec = InviteSpec(extension="1000", room="test1", timeout=30, max_duration=60,
+                      join=JoinTarget.dialplan("7001", "default"))
+    assert "~sched_cancel~sched_hangup:+60 ALLOTTED_TIMEOUT~transfer:7001 XML default'" in (
+        build_originate(spec, call_uuid=U, invite_id="p", wall_deadline=0)
+    )

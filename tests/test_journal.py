@@ -393,3 +393,26 @@ def test_an_older_journal_is_migrated_step_by_step_and_keeps_its_rows(
         assert conn.execute("SELECT count(*) FROM step_b").fetchone()[0] == 0
     finally:
         conn.close()
+
+
+def test_a_joined_member_leaving_is_recorded_once_and_in_room_lists_the_others(
+    journal: Journal,
+) -> None:
+    for n in (1, 2, 3):
+        journal.open_invite(make_record(n, created=T0 + n))
+    journal.finish_invite("inv-1", "joined", None, T0 + 10)
+    journal.finish_invite("inv-2", "joined", None, T0 + 11)
+    journal.finish_invite("inv-3", "timeout", "ALLOTTED_TIMEOUT", T0 + 12)
+    assert [r.invite_id for r in journal.in_room()] == ["inv-1", "inv-2"]
+    assert journal.leave_invite("inv-1", "max_duration", "ALLOTTED_TIMEOUT", T0 + 40)
+    assert not journal.leave_invite("inv-1", "hung_up", "NORMAL_CLEARING", T0 + 41)  # first only
+    assert not journal.leave_invite("inv-3", "hung_up", None, T0 + 42)  # never in the room
+    row = journal.get("inv-1")
+    assert row is not None
+    assert (row.left_at, row.left_reason, row.left_cause) == (
+        T0 + 40, "max_duration", "ALLOTTED_TIMEOUT"
+    )
+    assert row.as_dict()["left_reason"] == "max_duration"
+    assert [r.invite_id for r in journal.in_room()] == ["inv-2"]
+    other = journal.get("inv-3")
+    assert other is not None and other.left_at is None and other.left_reason is None

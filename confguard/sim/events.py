@@ -350,6 +350,9 @@ class MemberFacts:
 
     member_id: int
     floor: bool = False
+    hear: bool = True  # mod_conference's flags: `deaf` clears hear, `mute` speak
+    speak: bool = True
+    moderator: bool = False
 
 
 class EventFactory:
@@ -602,14 +605,14 @@ def _member_block(member: MemberFacts, ch: ChannelFacts) -> Headers:
     headers += channel_block(ch)
     headers += [
         ("Video", "false"),
-        ("Hear", "true"),
+        ("Hear", "true" if member.hear else "false"),
         ("See", "true"),
-        ("Speak", "true"),
+        ("Speak", "true" if member.speak else "false"),
         ("Talking", "false"),
         ("Mute-Detect", "false"),
         ("Hold", "false"),
         ("Member-ID", str(member.member_id)),
-        ("Member-Type", "member"),
+        ("Member-Type", "moderator" if member.moderator else "member"),
         ("Member-Ghost", "false"),
         ("Energy-Level", "100"),
         ("Current-Energy", "0"),

@@ -210,6 +210,7 @@ class Channel:
     last_app: str | None = None  # the last application run (last_app / last_arg at hangup)
     last_arg: str | None = None
     inline_apps: list[tuple[str, str | None]] = field(default_factory=list)  # still to run
+    member_flags: frozenset[str] = frozenset()  # mod_conference's: mute, deaf, moderator, endconf
     collector: DigitCollector | None = None  # a running play_and_get_digits
     # Keys pressed while no application ran (before the originate's first app, between a
     # transfer and the next): FreeSWITCH queues them on the channel, and the next app that
@@ -928,7 +929,19 @@ class Switch:
 
     # -- conferences -------------------------------------------------------------------------
 
+    def _member(self, channel: Channel, *, floor: bool = False) -> MemberFacts:
+        flags = channel.member_flags
+        return MemberFacts(channel.member_id, floor=floor, hear="deaf" not in flags,
+                           speak="mute" not in flags, moderator="moderator" in flags)
+
     def _join_conference(self, channel: Channel, target: str) -> None:
+        # As mod_conference's app: `+flags{a|b}` (or a,b) is cut off first, then room@profile.
+        target, _, flag_text = target.partition("+flags{")
+        channel.member_flags = frozenset(
+            word.strip().lower()
+            for word in flag_text.split("}", 1)[0].replace(",", "|").split("|")
+            if word.strip()
+        )
         room, _, profile = target.partition("@")
         conference = self.conferences.get(room)
         if conference is None:
@@ -952,7 +965,7 @@ class Switch:
             ("read_codec", "L16"),
             ("read_rate", "8000"),
             ("conference_member_id", str(channel.member_id)),
-            ("conference_moderator", "false"),
+            ("conference_moderator", "true" if "moderator" in channel.member_flags else "false"),
             ("conference_ghost", "false"),
             ("conference_uuid", conf_uuid),
             ("conference_call_key", f"conference_{room}_{conference.facts.domain}_XML"),
@@ -960,7 +973,7 @@ class Switch:
             channel.facts.set_var(var_name, value)
         self.publish(
             self.events.conference(
-                "add-member", conference.facts, member=MemberFacts(channel.member_id),
+                "add-member", conference.facts, member=self._member(channel),
                 ch=channel.facts,
             )
         )  # fmt: skip
@@ -972,7 +985,7 @@ class Switch:
                     self.publish(
                         self.events.floor_change(
                             conference.facts,
-                            member=MemberFacts(channel.member_id, floor=True),
+                            member=self._member(channel, floor=True),
                             ch=channel.facts,
                         )
                     )
@@ -1003,7 +1016,7 @@ class Switch:
                         self.publish(
                             self.events.floor_change(
                                 conference.facts,
-                                member=MemberFacts(heir.member_id, floor=True),
+                                member=self._member(heir, floor=True),
                                 ch=heir.facts,
                             )
                         )
@@ -1012,10 +1025,15 @@ class Switch:
         conference.facts.size = len(conference.members)
         self.publish(
             self.events.conference(
-                "del-member", conference.facts, member=MemberFacts(channel.member_id),
+                "del-member", conference.facts, member=self._member(channel),
                 ch=channel.facts,
             )
         )  # fmt: skip
+        if "endconf" in channel.member_flags and conference.members:
+            # mod_conference: an endconf member's leaving ends the conference; its thread hangs
+            # up every member left (NORMAL_CLEARING), then the room is destroyed.
+            for other in list(conference.members):
+                self.hangup(other, "NORMAL_CLEARING")
         if not conference.members:
             self.conferences.pop(conference.facts.name, None)
 
@@ -1458,7 +1476,7 @@ class Switch:
         if sub[:1] == ["xml_list"]:
             return self._conference_xml(conference)
         if sub[:1] == ["kick"] or sub[:1] == ["hup"]:
-            return self._conference_kick(conference, sub[1:])
+            return self._conference_kick(conference, sub[1:], sub_hup=sub[0] == "hup")
         return (
             f"-ERR Unknown conference command {' '.join(sub)}\n"
             if sub
@@ -1466,11 +1484,17 @@ class Switch:
         )
 
     def _member_line(self, conference: Conference, member: Channel) -> str:
-        flags = (
-            "hear|speak|floor"
-            if conference.members and member is conference.members[0]
-            else "hear|speak"
-        )
+        # conference_list's order: hear, speak, (talking, hold, video), floor, moderator.
+        has_floor = bool(conference.members) and member is conference.members[0]
+        words = [
+            word for word, on in (
+                ("hear", "deaf" not in member.member_flags),
+                ("speak", "mute" not in member.member_flags),
+                ("floor", has_floor),
+                ("moderator", "moderator" in member.member_flags),
+            ) if on
+        ]
+        flags = "|".join(words)
         return (
             f"{member.member_id};{member.facts.name};{member.uuid};"
             f"{member.facts.caller_id_name or ''};{member.facts.caller_id_number};"
@@ -1497,17 +1521,17 @@ class Switch:
                 "type": "caller",
                 "id": member.member_id,
                 "flags": {
-                    "can_hear": True,
+                    "can_hear": "deaf" not in member.member_flags,
                     "can_see": True,
-                    "can_speak": True,
+                    "can_speak": "mute" not in member.member_flags,
                     "hold": False,
                     "mute_detect": False,
                     "talking": False,
                     "has_video": False,
                     "video_bridge": False,
                     "has_floor": index == 0,
-                    "is_moderator": False,
-                    "end_conference": False,
+                    "is_moderator": "moderator" in member.member_flags,
+                    "end_conference": "endconf" in member.member_flags,
                     "mandatory_member_end_conference": False,
                     "pass_digits": False,
                 },
@@ -1555,10 +1579,13 @@ class Switch:
         ]
         for member in reversed(conference.members):
             flags = {
-                "can_hear": True, "can_see": True, "can_speak": True, "mute_detect": False,
+                "can_hear": "deaf" not in member.member_flags, "can_see": True,
+                "can_speak": "mute" not in member.member_flags, "mute_detect": False,
                 "talking": False, "hold": False, "has_video": False, "video_bridge": False,
-                "has_floor": member is conference.floor, "is_moderator": False,
-                "end_conference": False, "mandatory_member_end_conference": False,
+                "has_floor": member is conference.floor,
+                "is_moderator": "moderator" in member.member_flags,
+                "end_conference": "endconf" in member.member_flags,
+                "mandatory_member_end_conference": False,
                 "is_ghost": False,
             }  # fmt: skip
             out.append('      <member type="caller">')
@@ -1585,13 +1612,22 @@ class Switch:
         out.extend(["    </members>", "  </conference>", "</conferences>"])
         return "\n".join(out) + "\n"
 
-    def _conference_kick(self, conference: Conference, args: list[str]) -> str:
+    def _conference_kick(
+        self, conference: Conference, args: list[str], *, sub_hup: bool = False
+    ) -> str:
         if not args:
             return "-ERR Invalid member\n"
+        out: list[str] = []
         for member in list(conference.members):
             if args[0] == "all" or args[0] == str(member.member_id):
-                self.hangup(member, "NORMAL_CLEARING")
-        return "+OK kicked\n"
+                # As mod_conference (kick and hup clear the member's running flag): the member
+                # leaves the room alive (del-member), the conference app returns, and the
+                # dialplan goes on -- the inline one has nothing after it, so the channel
+                # hangs up (NORMAL_CLEARING).
+                self._leave_conference(member)
+                self._app_done(member)
+                out.append(f"+OK {'hup' if sub_hup else 'kicked'} {member.member_id}\n")
+        return "".join(out) or "-ERR Non-Existant ID " + args[0] + "\n"
 
 
 def _table(header: list[str], rows: list[list[str]], as_json: bool) -> str:
