@@ -22,6 +22,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -49,12 +50,16 @@ REQUEST_FIELDS = {
     "caller_id_number",
     "variables",
     "join",
+    "via",
 }
 
 
-def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[InviteSpec]:
-    """Validated invite specs for a request body; what it leaves out comes from `[invite]`.
-    Raises BadInput naming the field."""
+def specs_from_request(
+    body: Mapping[str, Any], defaults: InviteConfig, routes: Mapping[str, Any] | None = None
+) -> list[InviteSpec]:
+    """Validated invite specs for a request body; what it leaves out comes from `[invite]`
+    (and, for `caller_id_number` / `ring_timeout`, first from its route: `routes`, the
+    `[routes.<name>]` of confguard.routes). Raises BadInput naming the field."""
     unknown = set(body) - REQUEST_FIELDS
     if unknown:
         name = sorted(unknown)[0]
@@ -100,6 +105,13 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
         target = JoinTarget.dialplan(extension, context)
     else:
         raise BadInput("join", str(join)[:80], "'inline' or '<extension> <context>'")
+    route = _route_of(body, defaults, routes or {})
+    if route is not None:
+        defaults = replace(
+            defaults,
+            caller_id_number=route.caller_id_number or defaults.caller_id_number,
+            ring_timeout=route.ring_timeout or defaults.ring_timeout,
+        )
     timeout = pick("timeout", defaults.timeout)
     ring_timeout = body.get("ring_timeout", defaults.ring_timeout)
     if ring_timeout is not None and ring_timeout > timeout:
@@ -119,9 +131,22 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
             join=target,
             reprompt_interval=defaults.reprompt_interval,
             variables=dict(variables),
+            route=route,
         )
         for extension in extensions
     ]
+
+
+def _route_of(body: Mapping[str, Any], defaults: InviteConfig, routes: Mapping[str, Any]) -> Any:
+    """The request's `via` (else `[invite] via`) as a DialRoute; None for `user/{ext}`."""
+    from confguard.routes import DEFAULT_ROUTE_NAME, lookup
+
+    via = body.get("via")
+    if via is None:
+        via = defaults.via
+    if via is None or via == DEFAULT_ROUTE_NAME:
+        return None
+    return lookup(routes, via, "via")
 
 
 class HttpError(Exception):
@@ -142,11 +167,13 @@ class ControlServer:
         mode: int = 0o660,
         defaults: InviteConfig | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        routes: Mapping[str, Any] | None = None,
     ) -> None:
         self.engine = engine
         self.path = path
         self.mode = mode
         self.defaults = defaults or InviteConfig()
+        self.routes = dict(routes or {})  # [routes.<name>] (confguard.routes.DialRoute)
         self._status = status or (lambda: {})
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
@@ -261,7 +288,7 @@ class ControlServer:
         if not isinstance(fields, dict):
             raise HttpError(400, "bad_json", "the request body must be a JSON object")
         try:
-            specs = specs_from_request(fields, self.defaults)
+            specs = specs_from_request(fields, self.defaults, self.routes)
         except BadInput as exc:
             raise HttpError(
                 400, "bad_input", str(exc), field=exc.field, value=exc.value, reason=exc.reason

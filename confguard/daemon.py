@@ -149,6 +149,7 @@ class Daemon:
             config.api.socket,
             mode=config.api.mode,
             defaults=config.invite,
+            routes=config.routes,
             status=self.status,
         )
         try:
@@ -257,6 +258,7 @@ class Daemon:
             set_level(fresh.log.level)
             if self.api is not None:
                 self.api.defaults = fresh.invite
+                self.api.routes = dict(fresh.routes)
             self.config = fresh
             log.info("config.reloaded", log_level=fresh.log.level)
         self.notifier.ready()

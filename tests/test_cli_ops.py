@@ -174,12 +174,13 @@ def test_history_table_newest_first_with_durations(journal_path: Path, tmp_path:
                              "--config", str(write_config(tmp_path, "x")))
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["WHEN", "EXT", "ROOM", "OUTCOME", "CAUSE", "RING", "WAIT", "TOTAL"]
+    assert lines[0].split() == ["WHEN", "EXT", "ROOM", "OUTCOME", "CAUSE", "RING", "WAIT", "TOTAL",
+                                "VIA"]
     rows = [line.split() for line in lines[1:]]
     assert len(rows) == 2  # the active invite is not history
     # newest first; date and time are two words
     assert rows[0][2:6] == ["1000", "test1", "joined", "-"]
-    assert rows[0][6:] == ["2.0s", "2.0s", "4.5s"]
+    assert rows[0][6:] == ["2.0s", "2.0s", "4.5s", "user"]
     assert rows[1][2:6] == ["1001", "sales", "timeout", "ALLOTTED_TIMEOUT"]
     assert rows[1][7] == "-"  # no key press: no wait-for-key duration
     assert rows[1][8] == "30.0s"
