@@ -18,7 +18,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peers import EslLink, Peer
+from peers import EslLink, Peer, SimPeer
 from test_hostile_input import Listeners, Stack, post, run_cli
 
 from confguard import cli
@@ -422,6 +424,7 @@ def check_config(tmp_path: Path, port: int, password_file: Path) -> Path:
         '[routes.lab]\ndial = "loopback/{ext}/confguard_callee/XML"\n'
         '[routes.desk]\ndial = "user/{ext}@confguard.test"\n'
         '[routes.web]\ndial = "verto.rtc/{ext}"\n'
+        '[routes.odd]\ndial = "odd_tech/{ext}"\n'
     )
     return path
 
@@ -463,11 +466,15 @@ async def test_check_without_mod_sofia_cannot_tell_the_gateway(sim_with: Any) ->
     gateway = lines["route mobile gateway carrier"]
     assert gateway.startswith("? ") and "cannot tell: mod_sofia is not loaded" in gateway, out
     assert lines["route lab (loopback/{ext}/confguard_callee/XML)"].startswith(
-        "✓ route lab (loopback/{ext}/confguard_callee/XML): endpoint loopback loaded "
-        "(mod_loopback)")
+        "✓ route lab (loopback/{ext}/confguard_callee/XML): endpoint loopback loaded: "
+        "mod_loopback (module_exists: true)")
     assert lines["route desk (user/{ext}@confguard.test)"].startswith("✓ "), out
     assert "up to the directory" in lines["route desk (user/{ext}@confguard.test)"]
-    assert lines["route web (verto.rtc/{ext})"].startswith("✗ "), out
+    web = lines["route web (verto.rtc/{ext})"]
+    assert web.startswith("✗ ") and "mod_verto (module_exists: false)" in web, out
+    # A type whose module confguard does not know: the switch's `show endpoint` list decides.
+    odd = lines["route odd (odd_tech/{ext})"]
+    assert odd.startswith("✗ ") and "not in `show endpoint`" in odd, out
     assert code == 1  # a route that cannot work is a failure of the setup
 
 
@@ -477,7 +484,8 @@ async def test_check_with_mod_sofia_asks_each_gateway(sim_with: Any) -> None:
     code, out, _ = await asyncio.to_thread(run_cli, ["check", f"--config={config}"])
     lines = check_lines(out)
     assert lines["route mobile (sofia/gateway/carrier/{number})"].startswith(
-        "✓ route mobile (sofia/gateway/carrier/{number}): endpoint sofia loaded (mod_sofia)")
+        "✓ route mobile (sofia/gateway/carrier/{number}): endpoint sofia loaded: mod_sofia "
+        "(module_exists: true)")
     assert lines["route mobile gateway carrier"] == (
         "✓ route mobile gateway carrier: up (Status UP, State REGED)")
     backup = lines["route backup gateway backup"]
@@ -499,8 +507,14 @@ async def test_check_sends_only_checked_gateway_names(sim_with: Any) -> None:
     routes = parse_routes({"mobile": {"dial": "sofia/gateway/carrier/{number}"}})
     await run_checks(api, target="x", join_mode="inline", join_target="", prompt=None,
                      routes=routes)
-    assert "show endpoint as json" in sent
     assert sent[-2:] == ["module_exists mod_sofia", "sofia status gateway carrier"]
+    assert "show endpoint as json" not in sent  # sofia's module is known: module_exists
+    sent.clear()
+    routes = parse_routes({"odd": {"dial": "null/{ext}"}, "x": {"dial": "x_tech/{ext}"}})
+    results = await run_checks(api, target="x", join_mode="inline", join_target="",
+                               prompt=None, routes=routes)
+    assert sent[-2:] == ["show endpoint as json", "module_exists mod_loopback"]
+    assert [r.ok for r in results[-2:]] == [True, False]
 
 
 # ------------------------------------------------------------ both peers: what the switch says
@@ -511,7 +525,15 @@ async def test_the_switch_answers_about_endpoints_and_sofia(peer: Peer) -> None:
     assert (await peer.api("module_exists mod_sofia")).strip() == "false"
     assert (await peer.api("module_exists mod_loopback")).strip() == "true"
     assert await peer.api("sofia status gateway carrier") == "-ERR sofia Command not found!\n"
-    endpoints = json.loads(await peer.api("show endpoint as json"))
+    # `show endpoint` reads the core database, which the SQL thread fills from MODULE_LOAD
+    # events: just after a start it can lack the last modules (seen: 4 rows, no mod_loopback's,
+    # while `module_exists mod_loopback` already said true).
+    deadline = time.monotonic() + 5
+    while True:
+        endpoints = json.loads(await peer.api("show endpoint as json"))
+        if endpoints.get("row_count") == 6 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     assert endpoints == {"row_count": 6, "rows": [
         {"type": "endpoint", "name": name, "ikey": module}
         for name, module in [("error", "mod_dptools"), ("group", "mod_dptools"),
@@ -537,12 +559,17 @@ async def test_the_switch_answers_about_endpoints_and_sofia(peer: Peer) -> None:
 
 E2E_ROUTES = (
     '[routes.lab]\ndial = "loopback/{ext}/confguard_callee/XML"\n'
+    '[routes.void]\ndial = "loopback/{ext}/nowhere"\n'
     '[routes.mobile]\ndial = "sofia/gateway/carrier/{number}"\nring_timeout = 8\n'
+    '[routes.backup]\ndial = "sofia/gateway/backup/{number}"\n'
+    '[routes.nowhere]\ndial = "sofia/gateway/nowhere/{number}"\n'
 )
 
 
-@pytest.fixture
-async def route_daemon(peer: Peer, tmp_path: Path) -> AsyncIterator[tuple[Daemon, EslLink, Path]]:
+@contextlib.asynccontextmanager
+async def running_daemon(peer: Peer, tmp_path: Path
+                         ) -> AsyncIterator[tuple[Daemon, EslLink, Path]]:
+    """A daemon with E2E_ROUTES on `peer`, through a recording relay."""
     link = EslLink(peer)
     await link.start()
     path = tmp_path / "confguard.toml"
@@ -565,6 +592,43 @@ async def route_daemon(peer: Peer, tmp_path: Path) -> AsyncIterator[tuple[Daemon
         await link.stop()
 
 
+@pytest.fixture
+async def route_daemon(peer: Peer, tmp_path: Path) -> AsyncIterator[tuple[Daemon, EslLink, Path]]:
+    async with running_daemon(peer, tmp_path) as running:
+        yield running
+
+
+class SofiaSimPeer(SimPeer):
+    """The simulator told it has mod_sofia, gateway `carrier` up and `backup` down."""
+
+    def _config(self) -> SimConfig:
+        config = super()._config()
+        config.modules = (*MODULES, "mod_sofia")
+        config.gateways = {"carrier": True, "backup": False}
+        return config
+
+
+@pytest.fixture
+async def sofia_daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, EslLink, Path, Peer]]:
+    sim = SofiaSimPeer(tmp_path)
+    await sim.start()
+    try:
+        async with running_daemon(sim, tmp_path) as (daemon, link, path):
+            yield daemon, link, path, sim
+    finally:
+        await sim.stop()
+
+
+async def originates_of(link: EslLink, call_uuid: str) -> list[str]:
+    """The originates of the call that crossed the relay (--no-wait returns before it may)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [c for c in link.commands() if f"origination_uuid={call_uuid}," in c]
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
 async def cli_json(*argv: str) -> tuple[int, list[dict[str, Any]]]:
     code, out, _ = await asyncio.to_thread(run_cli, [*argv, "--json"])
     return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -584,7 +648,7 @@ async def test_invite_via_a_route_joins_and_is_shown(peer: Peer, route_daemon: A
                                                          "--socket", sock])
     row = next(line for line in status_out.splitlines() if line.startswith(call_uuid))
     assert row.split()[-1] == "lab", status_out
-    originates = [c for c in link.commands() if f"origination_uuid={call_uuid}," in c]
+    originates = await originates_of(link, call_uuid)
     assert len(originates) == 1
     assert "}loopback/1000/confguard_callee/XML 'm:|:" in originates[0]
     run = daemon.engine.get(call_uuid)
@@ -636,3 +700,42 @@ async def test_bad_target_through_the_daemon_sends_nothing(peer: Peer, route_dae
     assert link.commands() == before
     assert await peer.channel_count() == 0
 
+
+
+async def test_invite_into_a_context_without_the_number_is_unreachable(peer: Peer,
+                                                                       route_daemon: Any) -> None:
+    """loopback/<n>/nowhere: the switch makes the channel, finds no extension, hangs it up
+    NO_ROUTE_DESTINATION (seen on the real switch; the simulator does the same)."""
+    daemon, _, path = route_daemon
+    code, updates = await cli_json(
+        "invite", "1000", "--room", "test1", "--timeout", str(peer.secs(10)), "--via", "void",
+        "--config", str(path), "--socket", str(daemon.config.api.socket))
+    assert updates[-1]["outcome"] == "unreachable", updates
+    assert updates[-1]["cause"] == "NO_ROUTE_DESTINATION"
+    assert code == cli.OUTCOME_EXIT["unreachable"]
+    assert await peer.no_task_left(updates[0]["uuid"])
+    assert not await peer.exists(updates[0]["uuid"])
+
+
+@pytest.mark.parametrize(("via", "outcome", "cause"), [
+    ("mobile", "joined", None),
+    ("backup", "failed", "GATEWAY_DOWN"),
+    ("nowhere", "failed", "INVALID_GATEWAY"),
+])
+async def test_sofia_routes_on_a_simulator_with_mod_sofia(
+    sofia_daemon: Any, via: str, outcome: str, cause: str | None
+) -> None:
+    """With mod_sofia (simulator only: the lab switch has none), a gateway that is up places
+    the call; one that is down or unknown refuses it with mod_sofia's cause, no channel."""
+    daemon, link, path, sim = sofia_daemon
+    code, updates = await cli_json(
+        "invite", "+15551234", "--room", "test1", "--timeout", str(sim.secs(10)), "--via", via,
+        "--var", f"sim_dtmf=1@{sim.secs(1.5)}", "--config", str(path),
+        "--socket", str(daemon.config.api.socket))
+    assert updates[-1]["outcome"] == outcome, updates
+    assert updates[-1]["cause"] == cause
+    assert code == cli.OUTCOME_EXIT.get(outcome, 0)
+    call_uuid = updates[0]["uuid"]
+    assert (call_uuid in await sim.members("test1")) == (outcome == "joined")
+    assert any(f"}}sofia/gateway/{'carrier' if via == 'mobile' else via}/+15551234 'm:|:" in c
+               for c in link.commands() if call_uuid in c)

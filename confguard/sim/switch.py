@@ -467,7 +467,7 @@ class Switch:
         routed = self._dial_target(target)
         if isinstance(routed, str):
             return routed
-        extension, domain, directory = routed
+        extension, domain, directory, refused = routed
         try:
             spec = resolve_callee(directory, extension, variables)
         except CalleeError:
@@ -475,7 +475,9 @@ class Switch:
         if spec is None:
             return "-ERR SUBSCRIBER_ABSENT\n"
         if spec.mode is CalleeMode.UNREGISTERED:
-            return "-ERR USER_NOT_REGISTERED\n"
+            if target.startswith("user/"):  # the directory's dial-string is error/...
+                return "-ERR USER_NOT_REGISTERED\n"
+            refused = refused or "USER_NOT_REGISTERED"  # callee.lua refuses from its leg
         call_uuid = variables.get("origination_uuid") or str(uuidlib.uuid4())
         if call_uuid in self.channels:
             return "-ERR DESTINATION_OUT_OF_ORDER\n"
@@ -490,7 +492,7 @@ class Switch:
             return f"-ERR {channel.facts.hangup_cause or 'ORIGINATOR_CANCEL'}\n"
         self.publish(self.events.channel_create(channel.facts))
 
-        failure = FAILURE_CAUSES.get(spec.mode)
+        failure = refused or FAILURE_CAUSES.get(spec.mode)
         if failure is not None:
             await self.clock.sleep(STEP)
             if channel.alive:
@@ -531,23 +533,27 @@ class Switch:
         self._after_answer(channel, variables, args[1:])
         return f"+OK {call_uuid}\n"
 
-    def _dial_target(self, target: str) -> tuple[str, str, Any] | str:
-        """(number, domain, directory) for a dial string, or the originate's `-ERR` answer:
-        `user/<ext>[@domain]` (the directory), `loopback/<n>/confguard_callee[/XML]` and, with
-        mod_sofia, `sofia/gateway/<gw>/<n>` (a callee that answers); an endpoint whose module is
-        not loaded is CHAN_NOT_IMPLEMENTED at once, no channel (as the real switch answers)."""
+    def _dial_target(self, target: str) -> tuple[str, str, Any, str | None] | str:
+        """(number, domain, directory, cause the new channel is hung up with at once) for a
+        dial string, or the originate's `-ERR` answer without a channel: `user/<ext>[@domain]`
+        (the directory), `loopback/<n>/confguard_callee[/XML]` and, with mod_sofia,
+        `sofia/gateway/<gw>/<n>` (a callee that answers). As on the real switch: an endpoint
+        whose module is not loaded is CHAN_NOT_IMPLEMENTED at once, no channel; a loopback call
+        into another context gets a channel that hangs up NO_ROUTE_DESTINATION (this
+        simulator's dialplan has no callee there)."""
         endpoint, _, rest = target.partition("/")
         if endpoint not in {name for name, _ in self.endpoints()}:
             return "-ERR CHAN_NOT_IMPLEMENTED\n"
         if endpoint == "user":
             extension, _, domain = rest.partition("@")
-            return extension, domain or self.config.domain, self.config.users
+            return extension, domain or self.config.domain, self.config.users, None
         if endpoint == "loopback":
             number, _, context = rest.partition("/")
             context = context.split("/", 1)[0] or "default"
-            if context != CALLEE_CONTEXT or not number:
-                return "-ERR NO_ROUTE_DESTINATION\n"
-            return number, self.config.domain, {number: DIRECT_CALLEE}
+            if not number:
+                return "-ERR INVALID_URL\n"
+            refused = None if context == CALLEE_CONTEXT else "NO_ROUTE_DESTINATION"
+            return number, self.config.domain, {number: DIRECT_CALLEE}, refused
         if endpoint == "sofia" and rest.startswith("gateway/"):
             gateway, sep, number = rest[len("gateway/") :].partition("/")
             if not sep or not number:
@@ -557,7 +563,7 @@ class Switch:
                 return "-ERR INVALID_GATEWAY\n"
             if not gateways[gateway]:
                 return "-ERR GATEWAY_DOWN\n"
-            return number, self.config.domain, {number: DIRECT_CALLEE}
+            return number, self.config.domain, {number: DIRECT_CALLEE}, None
         return "-ERR CHAN_NOT_IMPLEMENTED\n"  # an endpoint the simulator does not model
 
     def modules(self) -> tuple[str, ...]:
