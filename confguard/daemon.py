@@ -4,7 +4,7 @@ Start-up order: logging, journal, metrics, the control socket (then systemd READ
 session, retried with backoff until FreeSWITCH answers (invites are refused with 503 meanwhile).
 SIGTERM/SIGINT: stop taking invites and exit within 5 s; live calls keep the hangup timers armed
 inside FreeSWITCH, so they stay bounded without us, and the journal keeps them for the next start.
-SIGHUP: reload the log level and the invite defaults, reopen the log file.
+SIGHUP: reload the log level, the invite defaults and the dial routes, reopen the log file.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -574,14 +575,15 @@ async def running_daemon(peer: Peer, tmp_path: Path
     await link.start()
     path = tmp_path / "confguard.toml"
     path.write_text(E2E_ROUTES)
-    config = load_config(str(path), env={}, overrides={
+    overrides: dict[str, object] = {
         "esl.host": "127.0.0.1", "esl.port": link.port,
         "esl.password_file": str(peer.password_file),
         "api.socket": str(tmp_path / "confguard.sock"),
         "journal.path": str(tmp_path / "journal.sqlite3"),
         "invite.prompt": "tone_stream://%(200,100,440)",
-    })
-    running = Daemon(config, handle_signals=False)
+    }
+    config = load_config(str(path), env={}, overrides=overrides)
+    running = Daemon(config, config_path=str(path), overrides=overrides, handle_signals=False)
     task = asyncio.create_task(running.run())
     try:
         await asyncio.wait_for(running.linked.wait(), 15)
@@ -739,3 +741,24 @@ async def test_sofia_routes_on_a_simulator_with_mod_sofia(
     assert (call_uuid in await sim.members("test1")) == (outcome == "joined")
     assert any(f"}}sofia/gateway/{'carrier' if via == 'mobile' else via}/+15551234 'm:|:" in c
                for c in link.commands() if call_uuid in c)
+
+
+async def test_sighup_reloads_the_routes_and_keeps_them_on_a_bad_file(
+    sofia_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, link, path, _ = sofia_daemon
+    for name in [n for n in os.environ if n.startswith("CONFGUARD_")]:
+        monkeypatch.delenv(name)
+    sock = str(daemon.config.api.socket)
+    path.write_text('[routes.desk]\ndial = "user/{ext}"\n')
+    daemon.reload()
+    assert sorted(daemon.api.routes) == ["desk"]
+    before = list(link.commands())
+    body = {"extensions": ["+1555"], "room": "test1", "via": "mobile"}
+    status, reply = await asyncio.to_thread(post, sock, json.dumps(body).encode())
+    assert status == 400 and reply["error"]["field"] == "via", reply
+    assert "configured: user, desk" in reply["error"]["message"]
+    path.write_text('[routes.desk]\ndial = "user/{ext},user/1001"\n')  # refused: kept as it was
+    daemon.reload()
+    assert daemon.api.routes["desk"].dial == "user/{ext}"
+    assert link.commands() == before
