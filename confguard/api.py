@@ -25,6 +25,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -61,12 +62,16 @@ REQUEST_FIELDS = {
     "deaf",
     "moderator",
     "endconf",
+    "via",
 }
 
 
-def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[InviteSpec]:
-    """Validated invite specs for a request body; what it leaves out comes from `[invite]`.
-    Raises BadInput naming the field."""
+def specs_from_request(
+    body: Mapping[str, Any], defaults: InviteConfig, routes: Mapping[str, Any] | None = None
+) -> list[InviteSpec]:
+    """Validated invite specs for a request body; what it leaves out comes from `[invite]`
+    (and, for `caller_id_number` / `ring_timeout`, first from its route: `routes`, the
+    `[routes.<name>]` of confguard.routes). Raises BadInput naming the field."""
     unknown = set(body) - REQUEST_FIELDS
     if unknown:
         name = sorted(unknown)[0]
@@ -122,6 +127,13 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
         isinstance(notify, list) and all(isinstance(url, str) for url in notify)
     ):
         raise BadInput("notify", str(notify)[:80], "a URL or a list of URLs")
+    route = _route_of(body, defaults, routes or {})
+    if route is not None:
+        defaults = replace(
+            defaults,
+            caller_id_number=route.caller_id_number or defaults.caller_id_number,
+            ring_timeout=route.ring_timeout or defaults.ring_timeout,
+        )
     timeout = pick("timeout", defaults.timeout)
     ring_timeout = body.get("ring_timeout", defaults.ring_timeout)
     if ring_timeout is not None and ring_timeout > timeout:
@@ -147,9 +159,22 @@ def specs_from_request(body: Mapping[str, Any], defaults: InviteConfig) -> list[
             deaf=pick("deaf", defaults.deaf),
             moderator=pick("moderator", defaults.moderator),
             endconf=pick("endconf", defaults.endconf),
+            route=route,
         )
         for extension in extensions
     ]
+
+
+def _route_of(body: Mapping[str, Any], defaults: InviteConfig, routes: Mapping[str, Any]) -> Any:
+    """The request's `via` (else `[invite] via`) as a DialRoute; None for `user/{ext}`."""
+    from confguard.routes import DEFAULT_ROUTE_NAME, lookup
+
+    via = body.get("via")
+    if via is None:
+        via = defaults.via
+    if via is None or via == DEFAULT_ROUTE_NAME:
+        return None
+    return lookup(routes, via, "via")
 
 
 class HttpError(Exception):
@@ -173,6 +198,7 @@ class ControlServer:
         idempotency: IdempotencyStore | None = None,
         journal: Any = None,
         check_spec: Callable[[InviteSpec], None] | None = None,
+        routes: Mapping[str, Any] | None = None,
     ) -> None:
         self.engine = engine
         self.idempotency = idempotency or IdempotencyStore(journal)
@@ -183,6 +209,7 @@ class ControlServer:
         self.path = path
         self.mode = mode
         self.defaults = defaults or InviteConfig()
+        self.routes = dict(routes or {})  # [routes.<name>] (confguard.routes.DialRoute)
         self._status = status or (lambda: {})
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
@@ -309,7 +336,7 @@ class ControlServer:
         if not isinstance(fields, dict):
             raise HttpError(400, "bad_json", "the request body must be a JSON object")
         try:
-            specs = specs_from_request(fields, self.defaults)
+            specs = specs_from_request(fields, self.defaults, self.routes)
             if self.check_spec is not None:
                 for spec in specs:
                     self.check_spec(spec)

@@ -24,6 +24,7 @@ FreeSWITCH source, mod_commands.c / conference_api.c):
   `tone_stream://` / `silence_stream://` -> `module_exists mod_tone_stream`; relative paths (which
   FreeSWITCH resolves against the channel's `sound_prefix` / `sounds_dir`) and other schemes
   (`say:`, `phrase:`, `http://`, ...) -> "cannot tell".
+- dial routes (`[routes.<name>]`): their endpoint and sofia gateway, see confguard.check_routes.
 
 A result is ok (✓), failed (✗) or cannot tell (?, does not fail the run).
 """
@@ -32,8 +33,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 ApiCall = Callable[[str], Awaitable[str]]
 
@@ -75,6 +77,7 @@ async def run_checks(
     join_mode: str,
     join_target: str,
     prompt: str | None,
+    routes: Mapping[str, Any] | None = None,
 ) -> list[CheckResult]:
     """Run every check over `api` (an authenticated session's `api`), in a fixed order.
 
@@ -95,6 +98,10 @@ async def run_checks(
             "join target", False, f"unknown join mode {join_mode!r}",
             "set [invite] join_mode to inline or dialplan"))
     results.append(await _check_prompt(api, prompt))
+    if routes:
+        from confguard.check_routes import route_results  # `[routes.<name>]`: one module
+
+        results.extend(await route_results(api, routes))
     return results
 
 

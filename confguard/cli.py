@@ -184,7 +184,8 @@ async def cmd_invite(args: argparse.Namespace, out: TextIO) -> int:
     config = _load_config(args)
     defaults = config.invite
     fields = _invite_fields(args)
-    specs = specs_from_request(fields, defaults)  # BadInput here: nothing is sent anywhere
+    # BadInput here: nothing is sent anywhere
+    specs = specs_from_request(fields, defaults, config.routes)
     headers: list[tuple[str, str]] = []
     if args.idempotency_key is not None:
         headers.append((HEADER, check_key(args.idempotency_key, "--idempotency-key")))
@@ -267,7 +268,10 @@ async def _invite_direct(
         return EXIT_SWITCH_UNAVAILABLE
     try:
         await engine.start()
-        runs = [await engine.invite(spec) for spec in specs_from_request(fields, defaults)]
+        runs = [
+            await engine.invite(spec)
+            for spec in specs_from_request(fields, defaults, config.routes)
+        ]
         if args.no_wait:
             _err("--no-wait with --direct would leave nobody watching the call; waiting instead")
         streams = [(run.spec.extension, engine.follow(run.invite_id)) for run in runs]
@@ -318,12 +322,12 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("no active invites")
         return "\n".join(lines + members)
     lines.append(f"{len(invites)} active invite(s):")
-    header = f"{'UUID':<36}  {'EXT':<10} {'ROOM':<12} {'STATE':<12} {'LEFT':>6}  FLAGS"
+    header = f"{'UUID':<36}  {'EXT':<10} {'ROOM':<12} {'STATE':<12} {'LEFT':>6}  {'VIA':<10} FLAGS"
     lines.append(header)
     for row in invites:
         lines.append(
             f"{row['uuid']:<36}  {row['ext']:<10} {row['room']:<12} {row['state']:<12} "
-            f"{row['seconds_left']:>5.0f}s  {_flags_text(row)}"
+            f"{row['seconds_left']:>5.0f}s  {row.get('via') or 'user':<10} {_flags_text(row)}"
         )
     return "\n".join(lines + members)
 
@@ -392,6 +396,7 @@ async def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
             join_mode=config.invite.join_mode,
             join_target=check_join_target(config),
             prompt=config.invite.prompt,
+            routes=config.routes,
         )
     finally:
         await _close_quietly(session)
@@ -450,7 +455,14 @@ def history_item(row: Any) -> dict[str, Any]:
     """One `history --json` line: the journal row, its durations and its start as ISO time."""
     item = row.as_dict()
     item["when"] = _local_time(row.created_at, iso=True)
+    item["via"] = route_of_row(row)
     return item
+
+
+def route_of_row(row: Any) -> str:
+    """The dial route a journal row's invite took (its spec), `user` for user/{ext}."""
+    route = ((row.detail or {}).get("spec") or {}).get("route") or {}
+    return str(route.get("name") or "user")
 
 
 def _local_time(epoch: float, *, iso: bool = False) -> str:
@@ -472,7 +484,7 @@ def format_history(rows: Sequence[Any]) -> str:
         return "no finished invites match"
     header = (
         f"{'WHEN':<19}  {'EXT':<10} {'ROOM':<12} {'OUTCOME':<11} {'CAUSE':<24} "
-        f"{'RING':>6} {'WAIT':>6} {'TOTAL':>7}  IN ROOM"
+        f"{'RING':>6} {'WAIT':>6} {'TOTAL':>7}  {'VIA':<10} IN ROOM"
     )
     lines = [header]
     for row in rows:
@@ -480,7 +492,7 @@ def format_history(rows: Sequence[Any]) -> str:
             f"{_local_time(row.created_at):<19}  {row.ext:<10} {row.room:<12} "
             f"{row.outcome or '?':<11} {row.cause or '-':<24} "
             f"{_seconds(row.ring_seconds):>6} {_seconds(row.wait_key_seconds):>6} "
-            f"{_seconds(row.total_seconds):>7}  {_in_room_text(row)}"
+            f"{_seconds(row.total_seconds):>7}  {route_of_row(row):<10} {_in_room_text(row)}"
         )
     return "\n".join(lines)
 
@@ -552,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("endconf", "the conference ends when this member leaves")):
         p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
                        help=f"member flag: {what} (default [invite] {flag})")
+    p.add_argument("--via", metavar="ROUTE",
+                   help="a [routes.<name>] dial route; the targets are its {ext} or {number} "
+                        "(default [invite] via, else user/{ext})")
     p.add_argument("--var", action="append", metavar="NAME=VALUE",
                    help="extra channel variable (whitelisted names and values)")
     p.add_argument("--notify", action="append", metavar="URL",

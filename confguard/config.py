@@ -164,6 +164,7 @@ class InviteConfig:
     deaf: bool = False
     moderator: bool = False
     endconf: bool = False
+    via: str | None = None  # the [routes.<name>] an invite without --via takes; None: user/{ext}
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    # [routes.<name>] dial templates (confguard.routes.DialRoute), from the file only.
+    routes: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: str | None = None  # the TOML file read, if any
 
@@ -297,6 +300,7 @@ JOIN_MODES = ("inline", "dialplan")
 _EXTENSION_RE = re.compile(r"[0-9A-Za-z_+*#.\-]{1,64}")
 _CONTEXT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _CALLER_NUMBER_RE = re.compile(r"\+?[0-9A-Za-z*#]{1,32}")
+_ROUTE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
                           r"(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.?")
 
@@ -566,6 +570,7 @@ SETTINGS: dict[str, dict[str, _Setting]] = {
         "deaf": _Setting(_boolean, boolean=True),
         "moderator": _Setting(_boolean, boolean=True),
         "endconf": _Setting(_boolean, boolean=True),
+        "via": _Setting(_optional(_pattern(_ROUTE_NAME_RE, "a [routes.<name>] name, or user"))),
     },
     "api": {
         "socket": _Setting(_socket_path),
@@ -722,11 +727,15 @@ def load_config(
             file_path = named
         elif os.path.exists(DEFAULT_CONFIG_PATH):
             file_path = DEFAULT_CONFIG_PATH
+    routes: dict[str, Any] = {}
     if file_path is not None:
         document = _read_toml(file_path)
+        if "routes" in document:
+            routes = _load_routes(document.pop("routes"), file_path, sources)
         for section, table in document.items():
             if section not in SETTINGS:
-                raise ConfigError(file_path, section, "unknown section", ", ".join(SETTINGS))
+                raise ConfigError(file_path, section, "unknown section",
+                                  ", ".join([*SETTINGS, "routes.<name>"]))
             if not isinstance(table, dict):
                 raise ConfigError(file_path, section, "expected a [section] table",
                                   f"[{section}] with keys {_allowed_keys(section)}")
@@ -779,7 +788,7 @@ def load_config(
         for item in fields(cls):
             sources.setdefault(f"{name}.{item.name}", "default")
 
-    config = Config(**sections, sources=dict(sources), path=file_path)
+    config = Config(**sections, routes=routes, sources=dict(sources), path=file_path)
     _check_together(config)
     _check_invite_defaults(config)
     return config
@@ -832,12 +841,36 @@ def _load_webhook_secret(
                           f"LoadCredential={name}:/etc/confguard/webhook-secret in the unit")
 
 
+def _load_routes(table: object, origin: str, sources: dict[str, str]) -> dict[str, Any]:
+    """`[routes.<name>]` tables as checked DialRoutes: a template that could become ESL or
+    dial-string syntax is refused here, naming the route and why (confguard.routes)."""
+    from confguard.invite import BadInput
+    from confguard.routes import parse_routes
+
+    if not isinstance(table, dict):
+        raise ConfigError(origin, "routes", "expected [routes.<name>] tables",
+                          '[routes.mobile] dial = "sofia/gateway/carrier/{number}"')
+    try:
+        routes = parse_routes(table)
+    except BadInput as exc:
+        raise ConfigError(origin, exc.field, exc.reason) from None
+    for name, route in routes.items():
+        for key in ("dial", "caller_id_number", "ring_timeout"):
+            if getattr(route, key) is not None:
+                sources[f"routes.{name}.{key}"] = f"file:{origin}"
+    return routes
+
+
 def _check_invite_defaults(config: Config) -> None:
     """The `[invite]` defaults must pass the invite machine's own validation (one rule for
     what may reach FreeSWITCH), so a bad default fails here, not on every invite."""
     from confguard.invite import BadInput, InviteSpec, JoinTarget
 
     invite = config.invite
+    if invite.via is not None and invite.via != "user" and invite.via not in config.routes:
+        known = ", ".join(["user", *sorted(config.routes)])
+        raise ConfigError(_origin(config.sources.get("invite.via", "default")), "invite.via",
+                          f"no route {invite.via!r}", f"a configured route: {known}")
     join = (
         JoinTarget.dialplan(invite.join_extension, invite.join_context)
         if invite.join_mode == "dialplan"
@@ -932,6 +965,16 @@ def render_config(config: Config) -> str:
             text = (f"{item.name} = {rendered}" if rendered is not None
                     else f"# {item.name} = (not set)")
             rows.append((text, config.sources.get(f"{name}.{item.name}", "default")))
+        width = max(len(text) for text, _ in rows)
+        lines.extend(f"{text.ljust(width)}  # {source}" for text, source in rows)
+    for route_name, route in sorted(config.routes.items()):
+        lines.append("")
+        lines.append(f"[routes.{route_name}]")
+        rows = []
+        for key in ("dial", "caller_id_number", "ring_timeout"):
+            rendered = _render_value("routes", key, getattr(route, key))
+            text = f"{key} = {rendered}" if rendered is not None else f"# {key} = (not set)"
+            rows.append((text, config.sources.get(f"routes.{route_name}.{key}", "default")))
         width = max(len(text) for text, _ in rows)
         lines.extend(f"{text.ljust(width)}  # {source}" for text, source in rows)
     return "\n".join(lines) + "\n"

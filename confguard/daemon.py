@@ -4,8 +4,8 @@ Start-up order: logging, journal, metrics, the control socket (then systemd READ
 session, retried with backoff until FreeSWITCH answers (invites are refused with 503 meanwhile).
 SIGTERM/SIGINT: stop taking invites and exit within 5 s; live calls keep the hangup timers armed
 inside FreeSWITCH, so they stay bounded without us, and the journal keeps them for the next start.
-SIGHUP: reload the log level, the invite defaults and the idempotency retention, reopen the log
-file.
+SIGHUP: reload the log level, the invite defaults, the idempotency retention and the dial
+routes, reopen the log file.
 With a webhook secret, status webhooks (`confguard.webhook_delivery`) start before the control
 socket (every invite's first update is an event) and resume what the outbox in the journal holds.
 """
@@ -170,6 +170,7 @@ class Daemon:
             config.api.socket,
             mode=config.api.mode,
             defaults=config.invite,
+            routes=config.routes,
             status=self.status,
             idempotency=self.idempotency,
             journal=self.journal,
@@ -293,6 +294,7 @@ class Daemon:
             if self.api is not None:
                 self.api.defaults = fresh.invite
                 self.api.idempotency.retention = fresh.api.idempotency_retention
+                self.api.routes = dict(fresh.routes)
             self.config = fresh
             log.info("config.reloaded", log_level=fresh.log.level)
         self.notifier.ready()

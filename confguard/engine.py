@@ -141,6 +141,7 @@ class InviteRun:
             "uuid": self.call_uuid,
             "ext": self.spec.extension,
             "room": self.spec.room,
+            "via": self.spec.route.name if self.spec.route is not None else None,
             "state": str(self.machine.state),
             "outcome": str(self.outcome) if self.outcome else None,
             "cause": self.cause,
@@ -740,6 +741,7 @@ def spec_to_journal(spec: InviteSpec) -> dict[str, Any]:
             "extension": spec.join.extension,
             "context": spec.join.context,
         },
+        **({"route": spec.route.as_dict()} if spec.route is not None else {}),
     }
 
 
@@ -747,12 +749,16 @@ def spec_from_journal(record: Any) -> InviteSpec:
     """The spec a journal row was started with (validated again: BadInput if it was tampered
     with). Rows written without a spec fall back to extension, room and timeout."""
     from confguard.invite import JoinTarget
+    from confguard.routes import DialRoute
 
     saved = dict((record.detail or {}).get("spec") or {})
     join = saved.pop("join", None) or {}
+    route = saved.pop("route", None)
     if not saved:
         return InviteSpec(extension=record.ext, room=record.room, timeout=int(record.timeout))
-    return InviteSpec(join=JoinTarget(**join), **saved)
+    # The route as it was when the call was placed (not as the config says now): the same dial.
+    via = DialRoute(**route) if route else None
+    return InviteSpec(join=JoinTarget(**join), route=via, **saved)
 
 
 _LOG_SKIP = {"seq", "ts", "invite_id"}

@@ -71,7 +71,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from confguard.routes import DialRoute
 
 __all__ = [
     "KNOWN_HANGUP_CAUSES",
@@ -91,6 +94,7 @@ __all__ = [
     "StateChanged",
     "UsageError",
     "WakeAt",
+    "build_dial",
     "build_dump",
     "build_kill",
     "build_originate",
@@ -414,8 +418,16 @@ class InviteSpec:
     deaf: bool = False
     moderator: bool = False
     endconf: bool = False
+    # The dial route (confguard.routes.DialRoute); None: `user/<extension>`, as always.
+    route: DialRoute | None = None
 
     def __post_init__(self) -> None:
+        if self.route is not None:  # the route's placeholder rule first: its message names it
+            from confguard.routes import DialRoute
+
+            if not isinstance(self.route, DialRoute):
+                raise BadInput("via", self.route, "must be a configured route")
+            self.route.fill(self.extension)
         _check_text("extension", self.extension, _EXTENSION_RE, "1-64 of 0-9 A-Z a-z _ . + -")
         _check_text("room", self.room, _ROOM_RE, "room[@profile], each 1-64 of 0-9 A-Z a-z _ -")
         _check_seconds("timeout", self.timeout)
@@ -521,9 +533,10 @@ def _uuid(value: str) -> str:
 def build_originate(
     spec: InviteSpec, *, call_uuid: str, invite_id: str, wall_deadline: int
 ) -> str:
-    """``originate {vars}user/<ext> '<waiting app>' inline``: the hangup timer armed at invite
-    time (``api_on_originate``), and the answered call running ``build_waiting_app`` inside
-    FreeSWITCH (the prompt, the key into ``confguard_key``, the timers cancelled, the join)."""
+    """``originate {vars}<dial> '<waiting app>' inline`` (``build_dial``): the hangup timer
+    armed at invite time (``api_on_originate``), and the answered call running
+    ``build_waiting_app`` inside FreeSWITCH (the prompt, the key into ``confguard_key``, the
+    timers cancelled, the join)."""
     uuid = _uuid(call_uuid)
     if not _INVITE_ID_RE.fullmatch(invite_id):
         raise UsageError(f"invite_id must be 1-64 of 0-9 A-Z a-z _ . -: {invite_id!r}")
@@ -544,8 +557,15 @@ def build_originate(
     parts.extend(f"{name}={value}" for name, value in spec.variables.items())
     parts.append(f"api_on_originate='sched_hangup +{spec.timeout} {uuid} {spec.hangup_cause}'")
     return (
-        "originate {" + ",".join(parts) + "}user/" + spec.extension + " " + build_waiting_app(spec)
+        "originate {" + ",".join(parts) + "}" + build_dial(spec) + " " + build_waiting_app(spec)
     )
+
+
+def build_dial(spec: InviteSpec) -> str:
+    """Where the call goes: ``user/<ext>``, or the spec's route filled with its target."""
+    if spec.route is None:
+        return "user/" + spec.extension
+    return spec.route.fill(spec.extension)
 
 
 KEY_VARIABLE = "confguard_key"

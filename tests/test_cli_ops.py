@@ -175,17 +175,18 @@ def test_history_table_newest_first_with_durations(journal_path: Path, tmp_path:
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["WHEN", "EXT", "ROOM", "OUTCOME", "CAUSE", "RING", "WAIT", "TOTAL",
-                                "IN", "ROOM"]
+                                "VIA", "IN", "ROOM"]
     rows = [line.split() for line in lines[1:]]
     assert len(rows) == 2  # the active invite is not history
     # newest first; date and time are two words
     assert rows[0][2:6] == ["1000", "test1", "joined", "-"]
     assert rows[0][6:9] == ["2.0s", "2.0s", "4.5s"]
-    assert rows[0][9:] == ["in", "the", "room"]  # joined, and not seen leaving (yet)
+    assert rows[0][9] == "user"
+    assert rows[0][10:] == ["in", "the", "room"]  # joined, and not seen leaving (yet)
     assert rows[1][2:6] == ["1001", "sales", "timeout", "ALLOTTED_TIMEOUT"]
     assert rows[1][7] == "-"  # no key press: no wait-for-key duration
     assert rows[1][8] == "30.0s"
-    assert rows[1][9:] == ["-"]  # never in the room
+    assert rows[1][9:] == ["user", "-"]  # the default route; never in the room
 
 
 def test_history_filters_and_json(journal_path: Path, tmp_path: Path) -> None:

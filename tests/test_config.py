@@ -347,7 +347,9 @@ def test_example_config_commented_keys_are_valid(tmp_path: Path) -> None:
     """Uncommenting any documented key gives a valid configuration."""
     example = (REPO / "deploy" / "confguard.toml").read_text()
     uncommented = "\n".join(
-        line[2:] if line.startswith("# ") and " = " in line and line[2].islower() else line
+        line[2:] if line.startswith("# ") and (
+            (" = " in line and line[2].islower()) or line.startswith("# [")
+        ) else line
         for line in example.splitlines()
     )
     secret_file = tmp_path / "pw"
@@ -370,6 +372,8 @@ def test_example_config_commented_keys_are_valid(tmp_path: Path) -> None:
     assert config.invite.max_duration == 3600 and config.invite.muted is False
     assert config.metrics.listen == "127.0.0.1:9464"
     assert config.log.file == "/var/log/confguard/confguard.log"
+    assert config.invite.via == "mobile"
+    assert config.routes["mobile"].gateway == "lab-carrier"
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,7 @@ RECORDING_HOST_IPV6 = "fd00::2"
 
 # Transcripts the simulator cannot reproduce yet, with the precise reason (strict xfail).
 _GAP_SHOW = (
-    "message 8: `show endpoint` (also `show management`, `show modules`, `show api <name>`, "
+    "message 9: `show management` (also `show modules`, `show api <name>`, "
     "`show application <name>`) answers -ERR Invalid show command; `user_exists`, `user_data` "
     "are not implemented; `xml_locate dialplan` prints the simulator's dialplan "
     "(confguard.realswitch's context default, transcript 17), not this set-up's (conf_test and "

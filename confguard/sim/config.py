@@ -17,6 +17,12 @@ class SimConfig:
     heartbeat_interval: float = 20.0  # simulated seconds
     allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # others get text/rude-rejection
     users: dict[str, Any] | None = None  # user -> CalleeSpec (callees.py); None = default directory
+    # The modules loaded (`module_exists`, `show endpoint`, which endpoints an originate can
+    # dial); None: those of the real build in shared/freeswitch/dist (switch.MODULES), which has
+    # no mod_sofia. With "mod_sofia" added, `gateways` are its gateways: name -> up (True) or
+    # down (False), for `sofia status gateway` and `sofia/gateway/<name>/...` originates.
+    modules: tuple[str, ...] | None = None
+    gateways: dict[str, bool] | None = None
     domain: str = "sim.local"
     hostname: str = "confguard-sim"
     ipv4: str = "127.0.0.1"  # FreeSWITCH-IPv4 / -IPv6 of every event (the host's addresses)

@@ -26,6 +26,7 @@ import uuid as uuidlib
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape as xml_escape
 
@@ -72,6 +73,17 @@ BROADCAST_DELAY = 0.2
 SAMPLE_RATE = 8000
 BROADCAST_USAGE = "-USAGE: <uuid> <path> [aleg|bleg|holdb|both]\n"
 NO_SUCH_CHANNEL = "-ERR No such channel!\n"
+# Endpoint interfaces by module, as `show endpoint` lists them (mod_sofia's from its source).
+ENDPOINTS = {
+    "mod_dptools": ("error", "group", "pickup", "user"),
+    "mod_loopback": ("loopback", "null"),
+    "mod_sofia": ("sofia",),
+}
+CALLEE_CONTEXT = "confguard_callee"  # realswitch/conf.py: its callee.lua answers any number
+# A callee dialled straight (loopback/<n>/confguard_callee, or a gateway): callee.lua with no
+# directory defaults answers after 1 s and presses nothing; a per-call sim_* still applies.
+DIRECT_CALLEE = CalleeSpec()
+SOFIA_LINE = "=" * 97  # mod_sofia.c's `sofia status` rule
 LOOPBACK_DESTINATION = "sim_callee"  # the recorded leg's first destination (loopback/sim_callee)
 CONFERENCE_EXTENSION = ("7001", "default", "test1")  # extension, context, room
 SCHED_API_USAGE = "-ERR Invalid syntax. USAGE: [+@]<time> <group_name> <command_string>[&]\n"
@@ -266,6 +278,7 @@ class Switch:
             "version": self._api_version,
             "hostname": self._api_hostname,
             "module_exists": self._api_module_exists,
+            "sofia": self._api_sofia,
             "uuid_exists": self._api_uuid_exists,
             "uuid_kill": self._api_uuid_kill,
             "uuid_getvar": self._api_uuid_getvar,
@@ -456,18 +469,20 @@ class Switch:
         if len(args) < 2:
             return ORIGINATE_USAGE
         variables, target = parse_dial_string(args[0])
-        if not target.startswith("user/"):
-            return "-ERR CHAN_NOT_IMPLEMENTED\n"
-        extension, _, domain = target[len("user/") :].partition("@")
-        domain = domain or self.config.domain
+        routed = self._dial_target(target)
+        if isinstance(routed, str):
+            return routed
+        extension, domain, directory, refused = routed
         try:
-            spec = resolve_callee(self.config.users, extension, variables)
+            spec = resolve_callee(directory, extension, variables)
         except CalleeError:
             return "-ERR INVALID_NUMBER_FORMAT\n"
         if spec is None:
             return "-ERR SUBSCRIBER_ABSENT\n"
         if spec.mode is CalleeMode.UNREGISTERED:
-            return "-ERR USER_NOT_REGISTERED\n"
+            if target.startswith("user/"):  # the directory's dial-string is error/...
+                return "-ERR USER_NOT_REGISTERED\n"
+            refused = refused or "USER_NOT_REGISTERED"  # callee.lua refuses from its leg
         call_uuid = variables.get("origination_uuid") or str(uuidlib.uuid4())
         if call_uuid in self.channels:
             return "-ERR DESTINATION_OUT_OF_ORDER\n"
@@ -482,7 +497,7 @@ class Switch:
             return f"-ERR {channel.facts.hangup_cause or 'ORIGINATOR_CANCEL'}\n"
         self.publish(self.events.channel_create(channel.facts))
 
-        failure = FAILURE_CAUSES.get(spec.mode)
+        failure = refused or FAILURE_CAUSES.get(spec.mode)
         if failure is not None:
             await self.clock.sleep(STEP)
             if channel.alive:
@@ -522,6 +537,51 @@ class Switch:
             return f"-ERR {channel.facts.hangup_cause}\n"
         self._after_answer(channel, variables, args[1:])
         return f"+OK {call_uuid}\n"
+
+    def _dial_target(self, target: str) -> tuple[str, str, Any, str | None] | str:
+        """(number, domain, directory, cause the new channel is hung up with at once) for a
+        dial string, or the originate's `-ERR` answer without a channel: `user/<ext>[@domain]`
+        (the directory), `loopback/<n>/confguard_callee[/XML]` and, with mod_sofia,
+        `sofia/gateway/<gw>/<n>` (a callee that answers). As on the real switch: an endpoint
+        whose module is not loaded is CHAN_NOT_IMPLEMENTED at once, no channel; a loopback call
+        into another context gets a channel that hangs up NO_ROUTE_DESTINATION (this
+        simulator's dialplan has no callee there)."""
+        endpoint, _, rest = target.partition("/")
+        if endpoint not in {name for name, _ in self.endpoints()}:
+            return "-ERR CHAN_NOT_IMPLEMENTED\n"
+        if endpoint == "user":
+            extension, _, domain = rest.partition("@")
+            return extension, domain or self.config.domain, self.config.users, None
+        if endpoint == "loopback":
+            number, _, context = rest.partition("/")
+            context = context.split("/", 1)[0] or "default"
+            if not number:
+                return "-ERR INVALID_URL\n"
+            refused = None if context == CALLEE_CONTEXT else "NO_ROUTE_DESTINATION"
+            return number, self.config.domain, {number: DIRECT_CALLEE}, refused
+        if endpoint == "sofia" and rest.startswith("gateway/"):
+            gateway, sep, number = rest[len("gateway/") :].partition("/")
+            if not sep or not number:
+                return "-ERR INVALID_URL\n"
+            gateways = self.config.gateways or {}
+            if gateway not in gateways:
+                return "-ERR INVALID_GATEWAY\n"
+            if not gateways[gateway]:
+                return "-ERR GATEWAY_DOWN\n"
+            return number, self.config.domain, {number: DIRECT_CALLEE}, None
+        return "-ERR CHAN_NOT_IMPLEMENTED\n"  # an endpoint the simulator does not model
+
+    def modules(self) -> tuple[str, ...]:
+        return MODULES if self.config.modules is None else self.config.modules
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        """(endpoint, module) of every loaded endpoint interface, by name."""
+        loaded = self.modules()
+        return sorted(
+            (name, module)
+            for module, names in ENDPOINTS.items() if module in loaded
+            for name in names
+        )
 
     async def _api_on_originate(self, variables: dict[str, str]) -> None:
         for name, value in list(variables.items()):
@@ -1067,7 +1127,35 @@ class Switch:
         return self.config.hostname
 
     async def _api_module_exists(self, arg: str) -> str:
-        return "true" if arg in MODULES else "false"
+        return "true" if arg in self.modules() else "false"
+
+    async def _api_sofia(self, arg: str) -> str:
+        """`sofia status gateway <name>` (mod_sofia.c's cmd_status); mod_sofia not loaded:
+        the real switch's `-ERR sofia Command not found!`."""
+        if "mod_sofia" not in self.modules():
+            return "-ERR sofia Command not found!\n"
+        words = arg.split()
+        if words[:2] != ["status", "gateway"] or len(words) != 3:
+            return "-ERR the simulator answers only `sofia status gateway <name>`\n"
+        name = words[2]
+        gateways = self.config.gateways or {}
+        if name not in gateways:
+            return "Invalid Gateway!\n"
+        up = gateways[name]
+        rows = [
+            ("Name    ", name), ("Profile ", "external"), ("Scheme  ", "Digest"),
+            ("Realm   ", name), ("Username", "confguard"), ("Password", "yes"),
+            ("From    ", f"<sip:confguard@{name}>"), ("Contact ", f"<sip:gw+{name}@127.0.0.1>"),
+            ("Exten   ", "confguard"), ("To      ", f"sip:confguard@{name}"),
+            ("Proxy   ", f"sip:{name}"), ("Context ", "public"), ("Expires ", "3600"),
+            ("Freq    ", "3600"), ("Ping    ", "0"), ("PingFreq", "0"), ("PingTime", "0.00"),
+            ("PingState", "0/0/0"), ("State   ", "REGED" if up else "FAIL_WAIT"),
+            ("Status  ", "UP" if up else "DOWN"), ("Uptime  ", "1s" if up else "0s"),
+            ("CallsIN ", "0"), ("CallsOUT", "0"), ("FailedCallsIN", "0"),
+            ("FailedCallsOUT", "0"),
+        ]  # fmt: skip
+        body = "".join(f"{key}\t{value}\n" for key, value in rows)
+        return f"{SOFIA_LINE}\n{body}{SOFIA_LINE}\n"
 
     async def _api_create_uuid(self, arg: str) -> str:
         return str(uuidlib.uuid4())
@@ -1423,6 +1511,10 @@ class Switch:
                 [str(tid), desc, group, str(runtime), "0", self.config.hostname]
                 for tid, desc, group, runtime in self.scheduler.mirror_rows()
             ]
+            return _xml_table(header, rows) if as_xml else _table(header, rows, as_json)
+        if what == "endpoint":
+            rows = [["endpoint", name, module] for name, module in self.endpoints()]
+            header = ["type", "name", "ikey"]
             return _xml_table(header, rows) if as_xml else _table(header, rows, as_json)
         if what in ("channels", "calls"):
             header = ["uuid", "direction", "created", "created_epoch", "name", "state",
