@@ -187,6 +187,15 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """Invites from inside FreeSWITCH (confguard/fs_events.py)."""
+
+    invites: bool = False  # take `CUSTOM confguard::invite` events
+    allowed_rooms: tuple[str, ...] = ()  # the rooms such an event may invite into (required)
+    outcomes: bool = False  # `confguard::outcome` for every invite, not only the events'
+
+
+@dataclass(frozen=True)
 class Config:
     esl: EslConfig = field(default_factory=EslConfig)
     invite: InviteConfig = field(default_factory=InviteConfig)
@@ -194,6 +203,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: str | None = None  # the TOML file read, if any
 
@@ -205,6 +215,7 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "metrics": MetricsConfig,
     "journal": JournalConfig,
+    "events": EventsConfig,
 }
 
 
@@ -269,6 +280,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 JOIN_MODES = ("inline", "dialplan")
 _EXTENSION_RE = re.compile(r"[0-9A-Za-z_+*#.\-]{1,64}")
 _CONTEXT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_ROOM_RE = re.compile(r"[0-9A-Za-z_-]{1,64}(?:@[0-9A-Za-z_-]{1,64})?")  # invite.py's rule
 _CALLER_NUMBER_RE = re.compile(r"\+?[0-9A-Za-z*#]{1,32}")
 _HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
                           r"(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.?")
@@ -333,6 +345,37 @@ def _choice(choices: tuple[str, ...]) -> _Parser:
         return text
 
     return parse
+
+
+def _boolean(raw: object) -> object:
+    allowed = "true or false"
+    if isinstance(raw, bool):
+        return raw
+    text = _string(raw, allowed).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0", ""):
+        return False
+    raise _Bad(f"{raw!r} is not a boolean", allowed)
+
+
+def _rooms(raw: object) -> object:
+    """A list of rooms (TOML array; env/flags: comma-separated), each one the invite's room rule."""
+    allowed = 'a list of rooms, e.g. ["test1", "sales@default"] (env: test1,sales@default)'
+    if isinstance(raw, str):
+        items: list[object] = [part.strip() for part in raw.split(",") if part.strip()]
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise _Bad(f"expected a list of rooms, got {type(raw).__name__} {raw!r}", allowed)
+    rooms: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not _ROOM_RE.fullmatch(item):
+            raise _Bad(f"{item!r} is not a room name",
+                       "room[@profile], each 1-64 of 0-9 A-Z a-z _ -")
+        if item not in rooms:
+            rooms.append(item)
+    return tuple(rooms)
 
 
 def _host(raw: object) -> object:
@@ -503,6 +546,11 @@ SETTINGS: dict[str, dict[str, _Setting]] = {
         "file": _Setting(_optional(_path)),
     },
     "metrics": {"listen": _Setting(_optional(_listen))},
+    "events": {
+        "invites": _Setting(_boolean),
+        "allowed_rooms": _Setting(_rooms),
+        "outcomes": _Setting(_boolean),
+    },
     "journal": {
         "path": _Setting(_path),
         "retention_days": _Setting(_number(int, 1, 36500, " days"), numeric=True),
@@ -730,6 +778,12 @@ def _check_together(config: Config) -> None:
         where = _origin(config.sources["invite.decline_key"])
         raise ConfigError(where, "invite.decline_key", f"same as invite.key ({invite.key!r})",
                           "a different DTMF key, or none")
+    events = config.events
+    if events.invites and not events.allowed_rooms:
+        where = _origin(config.sources["events.invites"])
+        raise ConfigError(where, "events.allowed_rooms",
+                          "required when events.invites is true (which rooms may an event "
+                          "from FreeSWITCH invite into?)", 'a non-empty list, e.g. ["test1"]')
     esl = config.esl
     if esl.reconnect_initial > esl.reconnect_max:
         raise ConfigError(_origin(config.sources["esl.reconnect_initial"]), "esl.reconnect_initial",
@@ -755,6 +809,8 @@ def _render_value(section: str, key: str, value: object) -> str | None:
         return f"0o{value:03o}"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(_render_value(section, key, item)) for item in value) + "]"
     if isinstance(value, int | float):
         return repr(value)
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')

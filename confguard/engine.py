@@ -173,6 +173,7 @@ class Engine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._observers: list[Callable[[InviteRun, dict[str, Any]], None]] = []
+        self._taps: dict[str, Callable[[Any], None]] = {}
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -184,6 +185,11 @@ class Engine:
         and the log line (webhooks, outcome events). An observer that raises is logged, never
         propagated: it must not stop live calls."""
         self._observers.append(observer)
+
+    def add_event_tap(self, subclass: str, handler: Callable[[Any], None]) -> None:
+        """Hand every event of this CUSTOM subclass to `handler(event)` instead of the invites
+        (confguard/fs_events.py: `confguard::invite`). A handler that raises is logged."""
+        self._taps[subclass] = handler
 
     @property
     def session(self) -> Session:
@@ -396,6 +402,12 @@ class Engine:
             name = event.name
             self._metric("event_received", event.subclass or name)
             headers: Mapping[str, str] = event.headers
+            if self._taps and event.subclass in self._taps:
+                try:
+                    self._taps[event.subclass](event)
+                except Exception:
+                    log.exception("engine.tap_error", subclass=event.subclass)
+                continue
             run = (
                 self._by_uuid.get(headers.get("Unique-ID", ""))
                 or self._by_uuid.get(headers.get("Task-Group", ""))

@@ -1,0 +1,425 @@
+"""Invites from inside FreeSWITCH (confguard/fs_events.py): `CUSTOM confguard::invite` in,
+`CUSTOM confguard::outcome` out.
+
+- unit: an event's headers become the same invite specs the API makes; a room not allowed, a
+  missing or hostile value (line breaks, braces, ESL syntax) is refused naming the field; the
+  outcome event's values never become ESL syntax; `[events]` in the configuration;
+- the simulator against the real switch's recording of `sendevent` and the `event` app
+  (tests/transcripts/20-custom-events.json, tests/custom_events.py), and live on the real switch;
+- end to end on both peers (`peer`: the simulator, and the real FreeSWITCH as `realfs`): the
+  daemon with `[events]` on, a `sendevent` from a second connection and the dialplan's `event`
+  app start an invite, and a watcher connection sees the outcome event; a refused event starts
+  nothing; with `[events]` off (the default) the event is ignored; a reconnect keeps it working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from custom_events import RECORDING, RawEsl, comparable, next_custom, scenario, watcher
+from hypothesis import given
+from hypothesis import strategies as st
+from peers import EslLink, Peer
+
+from confguard.api import specs_from_request
+from confguard.config import ConfigError, InviteConfig, load_config, render_config
+from confguard.daemon import Daemon
+from confguard.esl import EslSession, EslSettings, check_sendevent_header
+from confguard.fs_events import (
+    INVITE_SUBCLASS,
+    OUTCOME_SUBCLASS,
+    EventRefused,
+    outcome_headers,
+    request_id_of,
+    specs_from_event,
+)
+from confguard.sim import SimConfig, Simulator
+
+ROOMS = ("test1",)
+DEFAULTS = InviteConfig()
+
+# --- unit: event -> specs -----------------------------------------------------------------------
+
+
+def test_an_event_makes_the_specs_the_api_makes_for_the_same_request() -> None:
+    headers = {"Event-Subclass": INVITE_SUBCLASS, "ext": "1001", "room": "test1",
+               "timeout": "20", "ring_timeout": "10", "key": "5", "decline_key": "9",
+               "caller_id_name": "Front Desk", "caller_id_number": "7000",
+               "Unique-ID": "4b7d", "variable_uuid": "4b7d"}  # the event app's channel data
+    body = {"extensions": ["1001"], "room": "test1", "timeout": 20, "ring_timeout": 10,
+            "key": "5", "decline_key": "9", "caller_id_name": "Front Desk",
+            "caller_id_number": "7000"}
+    assert specs_from_event(headers, ROOMS, DEFAULTS) == specs_from_request(body, DEFAULTS)
+
+
+def test_extensions_travel_space_separated() -> None:
+    specs = specs_from_event({"extensions": "1001 1002  1003", "room": "test1"}, ROOMS, DEFAULTS)
+    assert [s.extension for s in specs] == ["1001", "1002", "1003"]
+    assert all(s.room == "test1" and s.timeout == DEFAULTS.timeout for s in specs)
+
+
+@pytest.mark.parametrize(
+    ("headers", "field", "cause"),
+    [
+        ({"ext": "1001", "room": "test2"}, "room", "ROOM_NOT_ALLOWED"),
+        ({"ext": "1001", "room": "test1@other"}, "room", "ROOM_NOT_ALLOWED"),
+        ({"ext": "1001"}, "room", "BAD_INPUT"),
+        ({"room": "test1"}, "ext", "BAD_INPUT"),
+        ({"ext": "1001", "extensions": "1002", "room": "test1"}, "ext", "BAD_INPUT"),
+        ({"ext": "1001\napi originate user/1002 &park()", "room": "test1"}, "extension",
+         "BAD_INPUT"),
+        ({"ext": "{origination_uuid=x}1001", "room": "test1"}, "extension", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "timeout": "30\nbgapi status"}, "timeout",
+         "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "timeout": "-5"}, "timeout", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "timeout": "99999"}, "timeout", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "key": "1}"}, "key", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "prompt": "/tmp/a'b.wav"}, "prompt", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "caller_id_name": "x}{api_on_answer=y"},
+         "caller_id_name", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "join": "7001 default\nexit"}, "join.context",
+         "BAD_INPUT"),
+        ({"extensions": "1001 1001", "room": "test1"}, "extensions", "BAD_INPUT"),
+    ],
+)
+def test_refused_events_name_the_field(headers: dict[str, str], field: str, cause: str) -> None:
+    with pytest.raises(EventRefused) as refused:
+        specs_from_event(headers, ROOMS, DEFAULTS)
+    assert (refused.value.field, refused.value.cause) == (field, cause)
+    # The reason is the rule, never the sender's value.
+    assert "\n" not in refused.value.reason and "{" not in refused.value.reason
+
+
+@pytest.mark.parametrize("value", ["a\nb", "x y", "{x}", "a%0Ab", "", "x" * 65])
+def test_a_hostile_request_id_is_refused(value: str) -> None:
+    with pytest.raises(EventRefused) as refused:
+        request_id_of({"request_id": value})
+    assert refused.value.field == "request_id"
+
+
+def test_a_good_request_id_is_kept() -> None:
+    assert request_id_of({"request_id": "moderator-7f3a:12"}) == "moderator-7f3a:12"
+    assert request_id_of({}) is None
+
+
+# --- unit: outcome events -----------------------------------------------------------------------
+
+
+def test_outcome_headers_carry_every_field_once_in_order() -> None:
+    headers = outcome_headers({"invite_id": "a1b2", "uuid": "u-1", "ext": "1001",
+                               "room": "test1", "outcome": "joined", "cause": None,
+                               "request_id": "r-1", "source": "event"})
+    assert headers == [("Event-Subclass", OUTCOME_SUBCLASS), ("invite_id", "a1b2"),
+                       ("uuid", "u-1"), ("ext", "1001"), ("room", "test1"),
+                       ("outcome", "joined"), ("request_id", "r-1"), ("source", "event")]
+
+
+def test_hostile_values_never_become_esl_syntax_in_an_outcome() -> None:
+    headers = outcome_headers({
+        "ext": "1001\n\nbgapi originate user/1002 &park()",
+        "room": "test1\r\nContent-Length: 5",
+        "reason": "x}{api_on_answer=y%0A",
+        "cause": "\x00\x7f",
+    })
+    for name, value in headers:
+        check_sendevent_header(name, value)
+        assert "%" not in value and "{" not in value and "}" not in value
+    values = dict(headers)
+    assert values["ext"] == "1001__bgapi originate user/1002 _park()"
+    assert values["room"] == "test1__Content-Length: 5"
+    assert values["cause"] == "__"  # each unsafe character stands in as `_`
+    assert "cause" not in dict(outcome_headers({"cause": "  "}))  # nothing left: no header
+
+
+@given(st.dictionaries(st.sampled_from(["ext", "room", "cause", "reason", "request_id"]),
+                       st.text(max_size=300)))
+def test_any_value_gives_one_safe_header_line(fields: dict[str, str]) -> None:
+    for name, value in outcome_headers(fields)[1:]:
+        check_sendevent_header(name, value)  # raises on a line break or control character
+        assert value == value.strip() and len(value) <= 256
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ext", "1\n2"), ("ext", "1\r"), ("ext", ""), ("ext", " 1"), ("Content-Length", "5"),
+     ("Unique-ID", "abc"), ("bad name", "x"), ("ext:x", "y"), ("ext", "a\x00")],
+)
+async def test_sendevent_refuses_a_header_before_anything_is_written(name: str, value: str) -> None:
+    session = EslSession(EslSettings(host="127.0.0.1", port=1, password="never-used-pw"))
+    # Not connected: had the check not refused first, this would be EslNotConnected.
+    with pytest.raises(ValueError):
+        await session.sendevent("CUSTOM", [("Event-Subclass", OUTCOME_SUBCLASS), (name, value)])
+    with pytest.raises(ValueError):
+        await session.sendevent("CUSTOM\nbgapi status", [])
+
+
+# --- unit: configuration ------------------------------------------------------------------------
+
+
+def test_events_are_off_by_default_and_shown_with_sources(tmp_path: Path) -> None:
+    config = load_config(None, env={}, euid=999)
+    assert (config.events.invites, config.events.allowed_rooms, config.events.outcomes) == (
+        False, (), False)
+    path = tmp_path / "c.toml"
+    path.write_text('[events]\ninvites = true\nallowed_rooms = ["test1", "sales@default"]\n')
+    config = load_config(str(path), env={"CONFGUARD_EVENTS_OUTCOMES": "true"}, euid=999)
+    assert config.events.allowed_rooms == ("test1", "sales@default")
+    text = render_config(config)
+    assert f'allowed_rooms = ["test1", "sales@default"]  # file:{path}' in text
+    lines = {line.split(" = ")[0]: line for line in text.splitlines() if " = " in line}
+    assert lines["invites"].startswith("invites = true ")
+    assert lines["invites"].endswith(f"# file:{path}")
+    assert lines["outcomes"].startswith("outcomes = true ")
+    assert lines["outcomes"].endswith("# env:CONFGUARD_EVENTS_OUTCOMES")
+    assert "[events]" in text
+
+
+def test_invites_on_need_allowed_rooms(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, env={"CONFGUARD_EVENTS_INVITES": "true"}, euid=999)
+    assert "events.allowed_rooms" in str(error.value)
+    config = load_config(None, env={"CONFGUARD_EVENTS_INVITES": "yes",
+                                    "CONFGUARD_EVENTS_ALLOWED_ROOMS": "test1, test2"}, euid=999)
+    assert config.events.allowed_rooms == ("test1", "test2")
+
+
+@pytest.mark.parametrize("rooms", ['["test 1"]', '["a}b"]', '[1]', '"x\\ny"'])
+def test_bad_allowed_rooms_are_refused(tmp_path: Path, rooms: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[events]\nallowed_rooms = {rooms}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path), env={}, euid=999)
+    assert "events.allowed_rooms" in str(error.value)
+
+
+# --- the simulator against the real switch ------------------------------------------------------
+
+
+async def test_the_simulator_fires_what_the_real_switch_recorded() -> None:
+    recorded = json.loads(RECORDING.read_text())["records"]
+    async with Simulator(SimConfig(port=0, time_scale=0.1, password="Sim-Pw-20")) as sim:
+        simulated = await scenario(sim.port, "Sim-Pw-20")
+    assert [comparable(r) for r in simulated] == [comparable(r) for r in recorded]
+
+
+@pytest.mark.realfs
+async def test_the_real_switch_still_fires_what_the_simulator_does(real_switch) -> None:  # type: ignore[no-untyped-def]
+    real = await scenario(real_switch.port, real_switch.password)
+    async with Simulator(SimConfig(port=0, time_scale=0.1, password="Sim-Pw-20")) as sim:
+        simulated = await scenario(sim.port, "Sim-Pw-20")
+    assert [comparable(r) for r in simulated] == [comparable(r) for r in real]
+
+
+async def test_the_simulator_hands_an_event_with_a_live_unique_id_to_the_call() -> None:
+    """mod_event_socket queues a sendevent whose Unique-ID names a live call to that call:
+    it is not fired (a reason the outcome event never carries a Unique-ID)."""
+    async with Simulator(SimConfig(port=0, time_scale=0.1, password="Sim-Pw-20")) as sim:
+        watch = await watcher(sim.port, "Sim-Pw-20", OUTCOME_SUBCLASS)
+        sender = await RawEsl.open(sim.port, "Sim-Pw-20")
+        try:
+            reply = await sender.command("api originate user/1001 &park()")
+            call_uuid = reply.split()[1]
+            assert (await sender.sendevent("CUSTOM", [("Event-Subclass", OUTCOME_SUBCLASS),
+                                                      ("Unique-ID", call_uuid),
+                                                      ("n", "1")])).startswith("+OK ")
+            assert (await sender.sendevent("CUSTOM", [("Event-Subclass", OUTCOME_SUBCLASS),
+                                                      ("n", "2")])).startswith("+OK ")
+            assert dict(await next_custom(watch))["n"] == "2"
+        finally:
+            await sender.close()
+            await watch.close()
+
+
+# --- end to end, on both peers ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def link(peer: Peer) -> AsyncIterator[EslLink]:
+    relay = EslLink(peer)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+async def start_daemon(peer: Peer, link: EslLink, tmp_path: Path,
+                       **events: object) -> tuple[Daemon, asyncio.Task[int]]:
+    overrides: dict[str, object] = {
+        "esl.host": "127.0.0.1",
+        "esl.port": link.port,
+        "esl.password_file": str(peer.password_file),
+        "esl.reconnect_initial": 0.2,
+        "esl.reconnect_max": 1.0,
+        "api.socket": str(tmp_path / "confguard.sock"),
+        "journal.path": str(tmp_path / "journal.sqlite3"),
+        "invite.prompt": "tone_stream://%(200,100,440)",
+        **{f"events.{k}": v for k, v in events.items()},
+    }
+    config = load_config(None, env={}, overrides=overrides)
+    running = Daemon(config, handle_signals=False)
+    task = asyncio.create_task(running.run())
+    await asyncio.wait_for(running.linked.wait(), 15)
+    return running, task
+
+
+@pytest.fixture
+async def events_daemon(peer: Peer, link: EslLink, tmp_path: Path) -> AsyncIterator[Daemon]:
+    running, task = await start_daemon(peer, link, tmp_path, invites="true",
+                                       allowed_rooms="test1")
+    try:
+        yield running
+    finally:
+        running.stopping.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def outcomes(peer: Peer) -> AsyncIterator[RawEsl]:
+    """A watcher on the switch: what a Lua script or a dialplan reacting to outcomes sees."""
+    watch = await watcher(peer.port, peer.password, OUTCOME_SUBCLASS)
+    try:
+        yield watch
+    finally:
+        await watch.close()
+
+
+@pytest.fixture
+async def sender(peer: Peer) -> AsyncIterator[RawEsl]:
+    esl = await RawEsl.open(peer.port, peer.password)
+    try:
+        yield esl
+    finally:
+        await esl.close()
+
+
+def invite_event(**fields: str) -> list[tuple[str, str]]:
+    return [("Event-Subclass", INVITE_SUBCLASS), *fields.items()]
+
+
+def outcome_timeout(peer: Peer) -> float:
+    return peer.real(60) + 10  # well past any invite's bound (its timeout is 30 peer seconds)
+
+
+async def test_a_sendevent_invite_joins_and_its_outcome_comes_back(
+    peer: Peer, link: EslLink, events_daemon: Daemon, outcomes: RawEsl, sender: RawEsl
+) -> None:
+    reply = await sender.sendevent("CUSTOM", invite_event(ext="1000", room="test1",
+                                                          request_id="req-42"))
+    assert reply.startswith("+OK ")
+    event = dict(await next_custom(outcomes, outcome_timeout(peer)))
+    assert event["Event-Name"] == "CUSTOM" and event["Event-Subclass"] == OUTCOME_SUBCLASS
+    assert (event["ext"], event["room"], event["outcome"], event["request_id"],
+            event["source"]) == ("1000", "test1", "joined", "req-42", "event")
+    run = events_daemon.engine.get(event["invite_id"])
+    assert run.call_uuid == event["uuid"] and str(run.outcome) == "joined"
+    # The invite went through the daemon's one originate path.
+    assert any(c.startswith("bgapi originate") and event["uuid"] in c for c in link.commands())
+
+
+async def test_a_room_not_allowed_or_a_hostile_value_starts_nothing(
+    peer: Peer, link: EslLink, events_daemon: Daemon, outcomes: RawEsl, sender: RawEsl
+) -> None:
+    await sender.sendevent("CUSTOM", invite_event(ext="1000", room="boardroom",
+                                                  request_id="req-1"))
+    refused = dict(await next_custom(outcomes))
+    assert (refused["outcome"], refused["cause"], refused["field"], refused["request_id"]) == (
+        "refused", "ROOM_NOT_ALLOWED", "room", "req-1")
+    assert "invite_id" not in refused and "uuid" not in refused
+    # A value with braces and a (URL-encoded, so it arrives decoded) line break.
+    await sender.sendevent("CUSTOM", invite_event(ext="{api_on_answer=x}1000%0Aexit",
+                                                  room="test1", request_id="req-2"))
+    refused = dict(await next_custom(outcomes))
+    assert (refused["outcome"], refused["field"], refused["request_id"]) == (
+        "refused", "extension", "req-2")
+    assert refused["ext"] == "_api_on_answer=x_1000_exit"  # echoed, made safe
+    await sender.sendevent("CUSTOM", invite_event(ext="1000", room="test1",
+                                                  request_id="bad id"))
+    refused = dict(await next_custom(outcomes))
+    assert (refused["field"], "request_id" in refused) == ("request_id", False)
+    # Nothing of it reached FreeSWITCH as a command but the outcome events themselves.
+    assert not any("originate" in c for c in link.commands())
+    assert not events_daemon.engine.active()
+
+
+async def test_with_events_off_the_invite_event_is_ignored(
+    peer: Peer, link: EslLink, tmp_path: Path, outcomes: RawEsl, sender: RawEsl
+) -> None:
+    running, task = await start_daemon(peer, link, tmp_path)  # the defaults
+    try:
+        subscriptions = [c for c in link.commands() if c.startswith("event ")]
+        assert subscriptions and not any(INVITE_SUBCLASS in c for c in subscriptions)
+        assert not any("confguard::" in c for c in link.commands() if c.startswith("filter"))
+        await sender.sendevent("CUSTOM", invite_event(ext="1000", room="test1"))
+        # An API invite after it: its outcome (fired since the switch got the event first, and
+        # with events off there is no outcome event to wait for) bounds the wait.
+        run = await running.engine.invite(specs_from_request(
+            {"extensions": ["1001"], "room": "test1", "timeout": peer.secs(1.5)},
+            running.api.defaults)[0])
+        assert run.final is not None
+        await asyncio.wait_for(asyncio.shield(run.final), outcome_timeout(peer))
+        originates = [c for c in link.commands() if c.startswith("bgapi originate")]
+        assert len(originates) == 1 and run.call_uuid in originates[0]
+        assert not any(c.startswith("sendevent") for c in link.commands())
+        assert outcomes.events.empty()
+    finally:
+        running.stopping.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_outcomes_for_every_invite_when_asked(
+    peer: Peer, link: EslLink, tmp_path: Path, outcomes: RawEsl
+) -> None:
+    running, task = await start_daemon(peer, link, tmp_path, outcomes="true")
+    try:
+        spec = specs_from_request({"extensions": ["1002"], "room": "test1"},
+                                  running.api.defaults)[0]
+        run = await running.engine.invite(spec)
+        event = dict(await next_custom(outcomes, outcome_timeout(peer)))
+        assert (event["invite_id"], event["uuid"], event["ext"], event["outcome"],
+                event["cause"], event["source"]) == (
+            run.invite_id, run.call_uuid, "1002", "busy", "USER_BUSY", "api")
+        assert "request_id" not in event
+    finally:
+        running.stopping.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_after_a_reconnect_the_subscription_and_filter_are_back(
+    peer: Peer, link: EslLink, events_daemon: Daemon, outcomes: RawEsl, sender: RawEsl
+) -> None:
+    before = link.connection_count
+    link.cut()
+    deadline = time.monotonic() + 20
+    while not (events_daemon.session.connected and link.connection_count > before):
+        assert time.monotonic() < deadline, "the daemon did not reconnect"
+        await asyncio.sleep(0.05)
+    again = link.connections[-1].commands
+    assert any(c.startswith("event ") and INVITE_SUBCLASS in c for c in again)
+    assert f"filter Event-Subclass {INVITE_SUBCLASS}" in again
+    await sender.sendevent("CUSTOM", invite_event(ext="1002", room="test1", request_id="re-1"))
+    event = dict(await next_custom(outcomes, outcome_timeout(peer)))
+    assert (event["outcome"], event["request_id"]) == ("busy", "re-1")
+
+
+async def test_an_invite_from_the_dialplan_event_app(
+    peer: Peer, link: EslLink, events_daemon: Daemon, outcomes: RawEsl, sender: RawEsl
+) -> None:
+    """A call's dialplan runs `event Event-Subclass=confguard::invite,...`: the invite of 1000
+    joins, and the outcome event names the request id the dialplan gave (its own uuid)."""
+    reply = await sender.command(
+        "api originate {origination_uuid=5e0c2a7e-0000-4000-8000-00000000d1a1}user/1001 "
+        "'m:^:event:Event-Subclass=confguard::invite,Event-Name=CUSTOM,ext=1000,room=test1,"
+        "request_id=${uuid}^park' inline"
+    )
+    assert reply.startswith("+OK"), reply
+    event = dict(await next_custom(outcomes, outcome_timeout(peer)))
+    assert (event["ext"], event["room"], event["outcome"], event["request_id"]) == (
+        "1000", "test1", "joined", "5e0c2a7e-0000-4000-8000-00000000d1a1")
+    members = await peer.members("test1")
+    assert event["uuid"] in members
