@@ -423,3 +423,140 @@ async def test_an_invite_from_the_dialplan_event_app(
         "1000", "test1", "joined", "5e0c2a7e-0000-4000-8000-00000000d1a1")
     members = await peer.members("test1")
     assert event["uuid"] in members
+
+
+# --- the deploy example on the real switch ------------------------------------------------------
+
+EXAMPLE_SUBCLASSES = (INVITE_SUBCLASS, OUTCOME_SUBCLASS, "conference::maintenance")
+
+
+@pytest.fixture(scope="module")
+def example_switch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real FreeSWITCH with deploy/freeswitch's example loaded (conf.py `events_example`)."""
+    from conftest import REPO
+
+    from confguard.realswitch import FreeSwitchNotFound, RealSwitch, find_freeswitch
+
+    try:
+        install = find_freeswitch(REPO)
+    except FreeSwitchNotFound as missing:
+        pytest.skip(str(missing))
+    switch = RealSwitch(install, tmp_path_factory.mktemp("fs-events"), events_example=True)
+    switch.start()
+    try:
+        yield switch
+    finally:
+        switch.stop()
+
+
+@pytest.fixture
+async def example_daemon(example_switch, tmp_path: Path) -> AsyncIterator[tuple[Daemon, RawEsl]]:  # type: ignore[no-untyped-def]
+    from peers import RealPeer
+
+    peer = RealPeer(example_switch)
+    await peer.clean()
+    relay = EslLink(peer)
+    await relay.start()
+    watch = await watcher(peer.port, peer.password, *EXAMPLE_SUBCLASSES)
+    running, task = await start_daemon(peer, relay, tmp_path, invites="true",
+                                       allowed_rooms="test1")
+    try:
+        yield running, watch
+    finally:
+        running.stopping.set()
+        await asyncio.wait_for(task, 10)
+        await watch.close()
+        await relay.stop()
+        await peer.clean()
+
+
+async def collect_until(watch: RawEsl, done, seconds: float = 60) -> list[list[tuple[str, str]]]:  # type: ignore[no-untyped-def]
+    """Every non-HEARTBEAT event on `watch` until `done(events)` holds."""
+    seen: list[list[tuple[str, str]]] = []
+    deadline = time.monotonic() + seconds
+    while not done(seen):
+        seen.append(await next_custom(watch, max(0.1, deadline - time.monotonic())))
+    return seen
+
+
+def evidence(name: str, events: list[list[tuple[str, str]]]) -> None:
+    """Keep what the watcher saw (the closing note quotes it): $CONFGUARD_EVIDENCE/<name>.json."""
+    import os
+
+    folder = os.environ.get("CONFGUARD_EVIDENCE")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(events, indent=1))
+
+
+def subclass_of(event: list[tuple[str, str]]) -> str:
+    return dict(event).get("Event-Subclass", "")
+
+
+def find(events: list[list[tuple[str, str]]], subclass: str, **match: str) -> dict[str, str]:
+    for event in events:
+        headers = dict(event)
+        if subclass_of(event) == subclass and all(headers.get(k) == v for k, v in match.items()):
+            return headers
+    raise AssertionError(f"no {subclass} {match} in {[dict(e).get('Action') for e in events]}")
+
+
+@pytest.mark.realfs
+async def test_real_a_dialled_code_invites_through_the_dialplan(  # type: ignore[no-untyped-def]
+    example_daemon, example_switch
+) -> None:
+    """deploy/freeswitch/confguard_events.xml: a phone dials *71000; its dialplan's `event` app
+    fires the invite, 1000 joins test1, the outcome event comes back with the caller's uuid,
+    and confguard_outcome.lua (the lua.conf.xml hook) plays the joined tone into the room."""
+    running, watch = example_daemon
+    reply = await example_switch.api("originate user/1001 *71000 XML default")
+    assert reply.startswith("+OK"), reply
+    caller = reply.split()[1]
+
+    def done(seen: list[list[tuple[str, str]]]) -> bool:
+        return any(subclass_of(e) == "conference::maintenance"
+                   and dict(e).get("Action") == "play-file" for e in seen)
+
+    events = await collect_until(watch, done)
+    evidence("dialled-code", events)
+    invite = find(events, INVITE_SUBCLASS)
+    assert (invite["ext"], invite["room"], invite["request_id"], invite["Unique-ID"]) == (
+        "1000", "test1", caller, caller)
+    assert invite["Event-Calling-Function"] == "event_function"
+    outcome = find(events, OUTCOME_SUBCLASS)
+    assert (outcome["ext"], outcome["outcome"], outcome["request_id"]) == (
+        "1000", "joined", caller)
+    find(events, "conference::maintenance", Action="add-member", **{"Unique-ID": outcome["uuid"]})
+    played = find(events, "conference::maintenance", Action="play-file")
+    assert played["File"].startswith("tone_stream://%(150,50,660)")  # the joined tone
+    assert str(running.engine.get(outcome["invite_id"]).outcome) == "joined"
+
+
+@pytest.mark.realfs
+async def test_real_a_moderator_presses_a_key_to_invite(example_daemon, example_switch) -> None:  # type: ignore[no-untyped-def]
+    """deploy/freeswitch/conference_moderator.xml: the moderator (7002: test1 with the moderator
+    flag) presses *1; the caller control's execute_application runs the `event` app on the
+    moderator's channel; confguard invites 1000, which joins; the outcome is announced."""
+    running, watch = example_daemon
+    reply = await example_switch.api("originate {sim_dtmf=*1@2}user/1001 7002 XML default")
+    assert reply.startswith("+OK"), reply
+    moderator = reply.split()[1]
+
+    def done(seen: list[list[tuple[str, str]]]) -> bool:
+        return any(subclass_of(e) == "conference::maintenance"
+                   and dict(e).get("Action") == "play-file" for e in seen)
+
+    events = await collect_until(watch, done)
+    evidence("moderator-key", events)
+    find(events, "conference::maintenance", Action="add-member", **{"Unique-ID": moderator})
+    pressed = find(events, "conference::maintenance", Action="execute_app")
+    assert pressed["Unique-ID"] == moderator and pressed["Application"].startswith("event ")
+    invite = find(events, INVITE_SUBCLASS)
+    assert (invite["ext"], invite["room"], invite["request_id"]) == ("1000", "test1", moderator)
+    outcome = find(events, OUTCOME_SUBCLASS)
+    assert (outcome["ext"], outcome["room"], outcome["outcome"], outcome["request_id"]) == (
+        "1000", "test1", "joined", moderator)
+    members = (await example_switch.api("conference test1 list")).splitlines()
+    assert any(outcome["uuid"] in line for line in members)
+    assert any(moderator in line and "moderator" in line for line in members)
+    assert running.engine.get(outcome["uuid"]).spec.extension == "1000"
