@@ -111,7 +111,10 @@ def specs_from_event(
     try:
         return specs_from_request(body, defaults)
     except BadInput as exc:
-        raise EventRefused(exc.field, exc.reason) from None
+        field = exc.field
+        if field == "extension":  # the API's name for one of the list: the event's header
+            field = "ext" if "ext" in headers else "extensions"
+        raise EventRefused(field, exc.reason) from None
 
 
 def safe_value(value: object) -> str | None:

@@ -60,7 +60,10 @@ class RawEsl:
 
     async def _read(self) -> None:
         while True:
-            head, body = await self._frame()
+            try:
+                head, body = await self._frame()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return  # the switch closed the connection (it stopped)
             if head.get("Content-Type") == "text/event-plain":
                 lines = body.split("\n\n", 1)[0].split("\n")
                 await self.events.put(

@@ -71,9 +71,10 @@ def test_extensions_travel_space_separated() -> None:
         ({"ext": "1001"}, "room", "BAD_INPUT"),
         ({"room": "test1"}, "ext", "BAD_INPUT"),
         ({"ext": "1001", "extensions": "1002", "room": "test1"}, "ext", "BAD_INPUT"),
-        ({"ext": "1001\napi originate user/1002 &park()", "room": "test1"}, "extension",
+        ({"ext": "1001\napi originate user/1002 &park()", "room": "test1"}, "ext",
          "BAD_INPUT"),
-        ({"ext": "{origination_uuid=x}1001", "room": "test1"}, "extension", "BAD_INPUT"),
+        ({"ext": "{origination_uuid=x}1001", "room": "test1"}, "ext", "BAD_INPUT"),
+        ({"extensions": "1001 10}02", "room": "test1"}, "extensions", "BAD_INPUT"),
         ({"ext": "1001", "room": "test1", "timeout": "30\nbgapi status"}, "timeout",
          "BAD_INPUT"),
         ({"ext": "1001", "room": "test1", "timeout": "-5"}, "timeout", "BAD_INPUT"),
@@ -327,16 +328,20 @@ async def test_a_room_not_allowed_or_a_hostile_value_starts_nothing(
 ) -> None:
     await sender.sendevent("CUSTOM", invite_event(ext="1000", room="boardroom",
                                                   request_id="req-1"))
-    refused = dict(await next_custom(outcomes))
+    first = await next_custom(outcomes)
+    evidence(f"refused-room-{peer.name}", [first])
+    refused = dict(first)
     assert (refused["outcome"], refused["cause"], refused["field"], refused["request_id"]) == (
         "refused", "ROOM_NOT_ALLOWED", "room", "req-1")
     assert "invite_id" not in refused and "uuid" not in refused
     # A value with braces and a (URL-encoded, so it arrives decoded) line break.
     await sender.sendevent("CUSTOM", invite_event(ext="{api_on_answer=x}1000%0Aexit",
                                                   room="test1", request_id="req-2"))
-    refused = dict(await next_custom(outcomes))
+    second = await next_custom(outcomes)
+    evidence(f"refused-hostile-{peer.name}", [second])
+    refused = dict(second)
     assert (refused["outcome"], refused["field"], refused["request_id"]) == (
-        "refused", "extension", "req-2")
+        "refused", "ext", "req-2")
     assert refused["ext"] == "_api_on_answer=x_1000_exit"  # echoed, made safe
     await sender.sendevent("CUSTOM", invite_event(ext="1000", room="test1",
                                                   request_id="bad id"))
