@@ -123,6 +123,9 @@ class InviteRun:
     # The originate reached the switch (its bgapi was answered, or the channel was found), or
     # there is none to send (adopted). Until then a resync has nothing to ask about.
     originate_out: bool = False
+    # Where the invite came from when not the API (fs_events: source, request_id): journaled
+    # with the spec and restored on adoption.
+    origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def call_uuid(self) -> str:
@@ -241,7 +244,9 @@ class Engine:
             raise UnknownInvite(f"no invite {key!r}")
         return run
 
-    async def invite(self, spec: InviteSpec) -> InviteRun:
+    async def invite(
+        self, spec: InviteSpec, *, origin: Mapping[str, str] | None = None
+    ) -> InviteRun:
         """Place one invite. Raises NotConnected (nothing sent) when ESL is down."""
         if not self._accepting:
             raise EngineError("confguard is shutting down; not taking new invites")
@@ -270,6 +275,7 @@ class Engine:
             started=loop.time(),
             started_wall=self._wall(),
             final=loop.create_future(),
+            origin=dict(origin or {}),
         )
         self._register(run)
         self._journal_call("open_invite", run)
@@ -303,6 +309,7 @@ class Engine:
             started_wall=record.created_at,
             final=loop.create_future(),
             originate_out=True,
+            origin=_journaled_origin(record.detail),
         )
         self._register(run)
         log.info("invite.adopted", uuid=run.call_uuid, ext=spec.extension, room=spec.room,
@@ -687,7 +694,8 @@ def journal_record(run: InviteRun) -> Any:
         created_at=run.started_wall,
         deadline=run.started_wall + run.spec.timeout,
         state=str(run.machine.state),
-        detail={"spec": spec_to_journal(run.spec)},
+        detail={"spec": spec_to_journal(run.spec),
+                **({"origin": dict(run.origin)} if run.origin else {})},
     )
 
 
@@ -725,6 +733,14 @@ def spec_from_journal(record: Any) -> InviteSpec:
     if not saved:
         return InviteSpec(extension=record.ext, room=record.room, timeout=int(record.timeout))
     return InviteSpec(join=JoinTarget(**join), **saved)
+
+
+def _journaled_origin(detail: Any) -> dict[str, str]:
+    """The `origin` a journal row's detail keeps (nothing when absent or not an object)."""
+    origin = detail.get("origin") if isinstance(detail, dict) else None
+    if not isinstance(origin, dict):
+        return {}
+    return {str(k): str(v) for k, v in origin.items()}
 
 
 _LOG_SKIP = {"seq", "ts", "invite_id"}

@@ -160,7 +160,6 @@ class FsEvents:
         self.config = config
         self.defaults = defaults
         self.reconnect_wait = reconnect_wait
-        self._from_events: dict[str, str | None] = {}  # invite id -> the sender's request id
         self._outbox: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sender: asyncio.Task[None] | None = None
@@ -221,8 +220,9 @@ class FsEvents:
             return []
         started: list[str] = []
         for spec in specs:
+            origin = {"source": "event", **({"request_id": request_id} if request_id else {})}
             try:
-                run = await self.engine.invite(spec)
+                run = await self.engine.invite(spec, origin=origin)
             except EngineError as exc:
                 cause = "NOT_CONNECTED" if isinstance(exc, NotConnected) else "UNAVAILABLE"
                 log.warning("fs_event.refused", field="engine", reason=str(exc), cause=cause,
@@ -230,7 +230,6 @@ class FsEvents:
                 self._queue({"outcome": REFUSED, "cause": cause, "ext": spec.extension,
                              "room": spec.room, "request_id": request_id, "source": "event"})
                 continue
-            self._from_events[run.invite_id] = request_id
             started.append(run.invite_id)
             log.info("fs_event.invite", invite=run.invite_id, uuid=run.call_uuid,
                      ext=spec.extension, room=spec.room, request_id=request_id, **sender)
@@ -240,14 +239,15 @@ class FsEvents:
 
     def _on_update(self, run: Any, update: Mapping[str, Any]) -> None:
         """Engine observer: an invite's outcome becomes an outcome event (for every invite with
-        `[events] outcomes = true`, else only for invites an event started)."""
+        `[events] outcomes = true`, else only for invites an event started -- also when a
+        restarted daemon adopted it: the origin is in the journal)."""
         outcome = update.get("outcome")
         if not outcome:
             return
-        from_event = run.invite_id in self._from_events
+        from_event = run.origin.get("source") == "event"
         if not (from_event or self.config.outcomes):
             return
-        request_id = self._from_events.pop(run.invite_id, None)
+        request_id = run.origin.get("request_id")
         self._queue({"invite_id": run.invite_id, "uuid": run.call_uuid,
                      "ext": run.spec.extension, "room": run.spec.room, "outcome": outcome,
                      "cause": update.get("cause"), "request_id": request_id,

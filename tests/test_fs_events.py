@@ -565,3 +565,160 @@ async def test_real_a_moderator_presses_a_key_to_invite(example_daemon, example_
     assert any(outcome["uuid"] in line for line in members)
     assert any(moderator in line and "moderator" in line for line in members)
     assert running.engine.get(outcome["uuid"]).spec.extension == "1000"
+
+
+# --- the outcome side without a switch ----------------------------------------------------------
+
+
+class FakeSession:
+    def __init__(self, connected: bool) -> None:
+        self.connected = connected
+        self.sent: list[list[tuple[str, str]]] = []
+
+    async def wait_connected(self, timeout: float) -> bool:
+        return self.connected
+
+    async def sendevent(self, name: str, headers: list[tuple[str, str]]) -> str:
+        assert name == "CUSTOM"
+        for header, value in headers:
+            check_sendevent_header(header, value)
+        self.sent.append(headers)
+        return f"event-{len(self.sent)}"
+
+
+class FakeEngine:
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.observers: list = []  # type: ignore[type-arg]
+        self.started: list[tuple[object, dict[str, str]]] = []
+        self.fail = fail
+
+    def add_observer(self, observer) -> None:  # type: ignore[no-untyped-def]
+        self.observers.append(observer)
+
+    def add_event_tap(self, subclass: str, handler) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    async def invite(self, spec, *, origin):  # type: ignore[no-untyped-def]
+        if self.fail is not None:
+            raise self.fail
+        self.started.append((spec, dict(origin)))
+        return type("Run", (), {"invite_id": f"i{len(self.started)}", "call_uuid": "u",
+                                "spec": spec, "origin": dict(origin)})()
+
+
+async def fs_events_of(engine: FakeEngine, session: FakeSession, **config: object):  # type: ignore[no-untyped-def]
+    from confguard.config import EventsConfig
+    from confguard.fs_events import FsEvents
+
+    events = FsEvents(engine, session, EventsConfig(**config), lambda: DEFAULTS,  # type: ignore[arg-type]
+                      reconnect_wait=0.0)
+    events.session = session
+    events._started = True  # what start() does, without a real session's subscribe
+    engine.add_observer(events._on_update)
+    events._sender = asyncio.create_task(events._send_outcomes())
+    return events
+
+
+async def drained(events, session: FakeSession, count: int) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(200):
+        if len(session.sent) >= count and events._outbox.empty():
+            return
+        await asyncio.sleep(0.005)
+
+
+async def test_outcomes_go_out_in_order_and_only_for_event_invites_by_default() -> None:
+    engine, session = FakeEngine(), FakeSession(connected=True)
+    events = await fs_events_of(engine, session, invites=True, allowed_rooms=("test1",))
+    try:
+        ids = await events.handle_invite_event({"extensions": "1000 1001", "room": "test1",
+                                                "request_id": "r-9"})
+        assert ids == ["i1", "i2"]
+        assert [origin for _, origin in engine.started] == [
+            {"source": "event", "request_id": "r-9"}] * 2
+        api_run = type("Run", (), {"invite_id": "api-1", "call_uuid": "u2",
+                                   "spec": engine.started[0][0], "origin": {}})()
+        for observer in engine.observers:
+            observer(api_run, {"outcome": "joined"})  # an API invite: no event by default
+            observer(type("Run", (), {"invite_id": "i2", "call_uuid": "u", "origin":
+                                      {"source": "event", "request_id": "r-9"},
+                                      "spec": engine.started[1][0]})(),
+                     {"outcome": "busy", "cause": "USER_BUSY"})
+            observer(type("Run", (), {"invite_id": "i1", "call_uuid": "u", "origin":
+                                      {"source": "event", "request_id": "r-9"},
+                                      "spec": engine.started[0][0]})(),
+                     {"state": "ringing"})  # not an outcome
+        await drained(events, session, 1)
+        assert [dict(h).get("invite_id") for h in session.sent] == ["i2"]
+        assert dict(session.sent[0])["request_id"] == "r-9"
+    finally:
+        await events.stop()
+
+
+async def test_an_outcome_with_the_link_down_is_dropped_with_a_log_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    engine, session = FakeEngine(), FakeSession(connected=False)
+    events = await fs_events_of(engine, session, outcomes=True)
+    try:
+        run = type("Run", (), {"invite_id": "x1", "call_uuid": "u", "origin": {},
+                               "spec": specs_from_request({"extensions": ["1000"],
+                                                           "room": "test1"}, DEFAULTS)[0]})()
+        engine.observers[0](run, {"outcome": "lost", "cause": "LINK"})
+        logged = ""
+        for _ in range(200):
+            logged += capsys.readouterr().out
+            if "fs_event.outcome_not_sent" in logged:
+                break
+            await asyncio.sleep(0.005)
+        assert "fs_event.outcome_not_sent" in logged and "outcome=lost" in logged
+        session.connected = True
+        engine.observers[0](run, {"outcome": "joined"})
+        await drained(events, session, 1)
+        assert [dict(h)["outcome"] for h in session.sent] == ["joined"]
+    finally:
+        await events.stop()
+
+
+async def test_an_engine_that_cannot_take_the_invite_is_answered_refused() -> None:
+    from confguard.engine import NotConnected
+
+    engine, session = FakeEngine(fail=NotConnected("down")), FakeSession(connected=True)
+    events = await fs_events_of(engine, session, invites=True, allowed_rooms=("test1",))
+    try:
+        assert await events.handle_invite_event({"ext": "1000", "room": "test1"}) == []
+        await drained(events, session, 1)
+        assert dict(session.sent[0])["outcome"] == "refused"
+        assert dict(session.sent[0])["cause"] == "NOT_CONNECTED"
+    finally:
+        await events.stop()
+
+
+async def test_an_adopted_event_invite_still_answers_with_its_request_id(
+    peer: Peer, link: EslLink, tmp_path: Path, outcomes: RawEsl, sender: RawEsl
+) -> None:
+    """The daemon stops while an event's invite rings; the next one adopts it from the journal
+    (where its origin is kept) and fires its outcome event with the sender's request id."""
+    first, task = await start_daemon(peer, link, tmp_path, invites="true", allowed_rooms="test1")
+    try:
+        await sender.sendevent("CUSTOM", invite_event(ext="1001", room="test1",
+                                                      timeout=str(peer.secs(3)),
+                                                      request_id="before-restart"))
+        deadline = time.monotonic() + 15
+        while not first.engine.active():
+            assert time.monotonic() < deadline, "the event started no invite"
+            await asyncio.sleep(0.02)
+        call_uuid = first.engine.active()[0]["uuid"]
+    finally:
+        first.stopping.set()
+        await asyncio.wait_for(task, 10)
+    second, task = await start_daemon(peer, link, tmp_path, invites="true",
+                                      allowed_rooms="test1")
+    try:
+        event = dict(await next_custom(outcomes, outcome_timeout(peer)))
+        assert (event["uuid"], event["outcome"], event["request_id"], event["source"]) == (
+            call_uuid, "timeout", "before-restart", "event")
+        assert second.engine.get(call_uuid).origin == {"source": "event",
+                                                        "request_id": "before-restart"}
+    finally:
+        second.stopping.set()
+        await asyncio.wait_for(task, 10)
