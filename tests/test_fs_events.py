@@ -430,9 +430,11 @@ async def test_an_invite_from_the_dialplan_event_app(
     assert event["uuid"] in members
 
 
-# --- the deploy example on the real switch ------------------------------------------------------
+# --- the deploy example, on both peers -----------------------------------------------------------
 
 EXAMPLE_SUBCLASSES = (INVITE_SUBCLASS, OUTCOME_SUBCLASS, "conference::maintenance")
+EXAMPLE_DIALPLAN = Path(__file__).resolve().parent.parent / "deploy" / "freeswitch" / (
+    "confguard_events.xml")
 
 
 @pytest.fixture(scope="module")
@@ -454,16 +456,45 @@ def example_switch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
         switch.stop()
 
 
-@pytest.fixture
-async def example_daemon(example_switch, tmp_path: Path) -> AsyncIterator[tuple[Daemon, RawEsl]]:  # type: ignore[no-untyped-def]
-    from peers import RealPeer
+@pytest.fixture(params=["sim", pytest.param("real", marks=pytest.mark.realfs)])
+async def example_peer(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Peer]:
+    """A peer with the example's dialplan: the simulator given deploy/freeswitch's
+    confguard_events.xml (`SimConfig.extensions`), or the real switch with the whole example."""
+    from peers import RealPeer, SimPeer
 
-    peer = RealPeer(example_switch)
-    await peer.clean()
-    relay = EslLink(peer)
+    from confguard.sim.xmlconf import dialplan_extensions
+
+    if request.param == "sim":
+
+        class ExampleSimPeer(SimPeer):
+            def _config(self) -> SimConfig:
+                config = super()._config()
+                config.extensions = dialplan_extensions(str(EXAMPLE_DIALPLAN))
+                return config
+
+        simulated = ExampleSimPeer(tmp_path)
+        await simulated.start()
+        try:
+            yield simulated
+        finally:
+            await simulated.stop()
+        return
+    real = RealPeer(request.getfixturevalue("example_switch"))
+    await real.clean()
+    try:
+        yield real
+    finally:
+        await real.clean()
+
+
+@pytest.fixture
+async def example_daemon(
+    example_peer: Peer, tmp_path: Path
+) -> AsyncIterator[tuple[Daemon, RawEsl]]:
+    relay = EslLink(example_peer)
     await relay.start()
-    watch = await watcher(peer.port, peer.password, *EXAMPLE_SUBCLASSES)
-    running, task = await start_daemon(peer, relay, tmp_path, invites="true",
+    watch = await watcher(example_peer.port, example_peer.password, *EXAMPLE_SUBCLASSES)
+    running, task = await start_daemon(example_peer, relay, tmp_path, invites="true",
                                        allowed_rooms="test1")
     try:
         yield running, watch
@@ -472,7 +503,6 @@ async def example_daemon(example_switch, tmp_path: Path) -> AsyncIterator[tuple[
         await asyncio.wait_for(task, 10)
         await watch.close()
         await relay.stop()
-        await peer.clean()
 
 
 async def collect_until(watch: RawEsl, done, seconds: float = 60) -> list[list[tuple[str, str]]]:  # type: ignore[no-untyped-def]
@@ -506,24 +536,30 @@ def find(events: list[list[tuple[str, str]]], subclass: str, **match: str) -> di
     raise AssertionError(f"no {subclass} {match} in {[dict(e).get('Action') for e in events]}")
 
 
-@pytest.mark.realfs
-async def test_real_a_dialled_code_invites_through_the_dialplan(  # type: ignore[no-untyped-def]
-    example_daemon, example_switch
+def announced(seen: list[list[tuple[str, str]]]) -> bool:
+    """confguard_outcome.lua played its tone into the room (the real switch runs the hook)."""
+    return any(subclass_of(e) == "conference::maintenance"
+               and dict(e).get("Action") == "play-file" for e in seen)
+
+
+def answered(seen: list[list[tuple[str, str]]]) -> bool:
+    return any(subclass_of(e) == OUTCOME_SUBCLASS for e in seen)
+
+
+async def test_a_dialled_code_invites_through_the_dialplan(
+    example_peer: Peer, example_daemon: tuple[Daemon, RawEsl]
 ) -> None:
     """deploy/freeswitch/confguard_events.xml: a phone dials *71000; its dialplan's `event` app
-    fires the invite, 1000 joins test1, the outcome event comes back with the caller's uuid,
-    and confguard_outcome.lua (the lua.conf.xml hook) plays the joined tone into the room."""
+    fires the invite, 1000 joins test1, the outcome event comes back with the caller's uuid;
+    on the real switch confguard_outcome.lua (the lua.conf.xml hook) then plays the joined tone
+    into the room (the simulator runs no Lua)."""
     running, watch = example_daemon
-    reply = await example_switch.api("originate user/1001 *71000 XML default")
+    reply = await example_peer.api("originate user/1001 *71000 XML default")
     assert reply.startswith("+OK"), reply
     caller = reply.split()[1]
-
-    def done(seen: list[list[tuple[str, str]]]) -> bool:
-        return any(subclass_of(e) == "conference::maintenance"
-                   and dict(e).get("Action") == "play-file" for e in seen)
-
-    events = await collect_until(watch, done)
-    evidence("dialled-code", events)
+    events = await collect_until(watch, announced if example_peer.name == "real" else answered,
+                                 outcome_timeout(example_peer))
+    evidence(f"dialled-code-{example_peer.name}", events)
     invite = find(events, INVITE_SUBCLASS)
     assert (invite["ext"], invite["room"], invite["request_id"], invite["Unique-ID"]) == (
         "1000", "test1", caller, caller)
@@ -532,39 +568,52 @@ async def test_real_a_dialled_code_invites_through_the_dialplan(  # type: ignore
     assert (outcome["ext"], outcome["outcome"], outcome["request_id"]) == (
         "1000", "joined", caller)
     find(events, "conference::maintenance", Action="add-member", **{"Unique-ID": outcome["uuid"]})
-    played = find(events, "conference::maintenance", Action="play-file")
-    assert played["File"].startswith("tone_stream://%(150,50,660)")  # the joined tone
+    if example_peer.name == "real":
+        played = find(events, "conference::maintenance", Action="play-file")
+        assert played["File"].startswith("tone_stream://%(150,50,660)")  # the joined tone
     assert str(running.engine.get(outcome["invite_id"]).outcome) == "joined"
 
 
 @pytest.mark.realfs
-async def test_real_a_moderator_presses_a_key_to_invite(example_daemon, example_switch) -> None:  # type: ignore[no-untyped-def]
+async def test_real_a_moderator_presses_a_key_to_invite(example_switch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """deploy/freeswitch/conference_moderator.xml: the moderator (7002: test1 with the moderator
     flag) presses *1; the caller control's execute_application runs the `event` app on the
-    moderator's channel; confguard invites 1000, which joins; the outcome is announced."""
-    running, watch = example_daemon
-    reply = await example_switch.api("originate {sim_dtmf=*1@2}user/1001 7002 XML default")
-    assert reply.startswith("+OK"), reply
-    moderator = reply.split()[1]
+    moderator's channel; confguard invites 1000, which joins; the outcome is announced.
+    (Real switch only: the simulator's conferences have no caller controls.)"""
+    from peers import RealPeer
 
-    def done(seen: list[list[tuple[str, str]]]) -> bool:
-        return any(subclass_of(e) == "conference::maintenance"
-                   and dict(e).get("Action") == "play-file" for e in seen)
-
-    events = await collect_until(watch, done)
-    evidence("moderator-key", events)
-    find(events, "conference::maintenance", Action="add-member", **{"Unique-ID": moderator})
-    pressed = find(events, "conference::maintenance", Action="execute_app")
-    assert pressed["Unique-ID"] == moderator and pressed["Application"].startswith("event ")
-    invite = find(events, INVITE_SUBCLASS)
-    assert (invite["ext"], invite["room"], invite["request_id"]) == ("1000", "test1", moderator)
-    outcome = find(events, OUTCOME_SUBCLASS)
-    assert (outcome["ext"], outcome["room"], outcome["outcome"], outcome["request_id"]) == (
-        "1000", "test1", "joined", moderator)
-    members = (await example_switch.api("conference test1 list")).splitlines()
-    assert any(outcome["uuid"] in line for line in members)
-    assert any(moderator in line and "moderator" in line for line in members)
-    assert running.engine.get(outcome["uuid"]).spec.extension == "1000"
+    peer = RealPeer(example_switch)
+    await peer.clean()
+    relay = EslLink(peer)
+    await relay.start()
+    watch = await watcher(peer.port, peer.password, *EXAMPLE_SUBCLASSES)
+    running, task = await start_daemon(peer, relay, tmp_path, invites="true",
+                                       allowed_rooms="test1")
+    try:
+        reply = await peer.api("originate {sim_dtmf=*1@2}user/1001 7002 XML default")
+        assert reply.startswith("+OK"), reply
+        moderator = reply.split()[1]
+        events = await collect_until(watch, announced)
+        evidence("moderator-key", events)
+        find(events, "conference::maintenance", Action="add-member", **{"Unique-ID": moderator})
+        pressed = find(events, "conference::maintenance", Action="execute_app")
+        assert pressed["Unique-ID"] == moderator and pressed["Application"].startswith("event ")
+        invite = find(events, INVITE_SUBCLASS)
+        assert (invite["ext"], invite["room"], invite["request_id"]) == (
+            "1000", "test1", moderator)
+        outcome = find(events, OUTCOME_SUBCLASS)
+        assert (outcome["ext"], outcome["room"], outcome["outcome"], outcome["request_id"]) == (
+            "1000", "test1", "joined", moderator)
+        members = (await peer.api("conference test1 list")).splitlines()
+        assert any(outcome["uuid"] in line for line in members)
+        assert any(moderator in line and "moderator" in line for line in members)
+        assert running.engine.get(outcome["uuid"]).spec.extension == "1000"
+    finally:
+        running.stopping.set()
+        await asyncio.wait_for(task, 10)
+        await watch.close()
+        await relay.stop()
+        await peer.clean()
 
 
 # --- the outcome side without a switch ----------------------------------------------------------
@@ -722,3 +771,18 @@ async def test_an_adopted_event_invite_still_answers_with_its_request_id(
     finally:
         second.stopping.set()
         await asyncio.wait_for(task, 10)
+
+
+def test_confguard_sim_takes_the_example_dialplan(tmp_path: Path) -> None:
+    from confguard.sim.cli import UsageError, build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--dialplan", str(EXAMPLE_DIALPLAN)]))
+    assert dict(config.extensions)[r"^\*7([0-9]{3,6})$"][1] == (
+        "event", "Event-Subclass=confguard::invite,Event-Name=CUSTOM,ext=$1,room=test1,"
+        "request_id=${uuid}")
+    assert dict(config.extensions)["^7002$"][1] == (
+        "conference", "test1@confguard+flags{moderator}")
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<include><extension>")
+    with pytest.raises(UsageError):
+        config_from_args(build_parser().parse_args(["--dialplan", str(broken)]))

@@ -805,6 +805,16 @@ class Switch:
             channel.inline_apps = [(name, data or None) for name, data in self.config.join_actions]
             self._next_inline(channel)
             return True
+        if context == room_context and dialplan.upper() == "XML":
+            for expression, actions in self.config.extensions:
+                found = re.search(expression, exten)
+                if found is None:
+                    continue
+                channel.inline_apps = [
+                    (name, _substitute_groups(data, found) or None) for name, data in actions
+                ]
+                self._next_inline(channel)
+                return True
         self.hangup(channel, "NO_ROUTE_DESTINATION")
         return False
 
@@ -936,7 +946,9 @@ class Switch:
     # -- conferences -------------------------------------------------------------------------
 
     def _join_conference(self, channel: Channel, target: str) -> None:
+        target, _, flags = target.partition("+flags{")  # room[@profile][+flags{a|b}]
         room, _, profile = target.partition("@")
+        moderator = "moderator" in flags.rstrip("}").split("|")
         conference = self.conferences.get(room)
         if conference is None:
             conference = Conference(
@@ -959,7 +971,7 @@ class Switch:
             ("read_codec", "L16"),
             ("read_rate", "8000"),
             ("conference_member_id", str(channel.member_id)),
-            ("conference_moderator", "false"),
+            ("conference_moderator", "true" if moderator else "false"),
             ("conference_ghost", "false"),
             ("conference_uuid", conf_uuid),
             ("conference_call_key", f"conference_{room}_{conference.facts.domain}_XML"),
@@ -1684,6 +1696,14 @@ def _stream_length_ms(path: str) -> int:
         count = int(loops.group(1)) if loops else 1
         return cycle * max(count, 1)
     return max(0, _atoi(path[len("silence_stream://") :].split(",")[0]))  # silence_stream://
+
+
+def _substitute_groups(data: str, found: re.Match[str]) -> str:
+    """mod_dialplan_xml: `$1`... in an action's data are its condition's regex groups."""
+    groups = ("", *(g or "" for g in found.groups()))
+    return re.sub(r"\$([1-9])",
+                  lambda m: groups[int(m.group(1))] if int(m.group(1)) < len(groups) else "",
+                  data)
 
 
 _VARIABLE_REF = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
