@@ -2,10 +2,10 @@
 
 Owns the event side of an invite:
 - turning an invite event's headers (`ext` or `extensions`, `room`, `timeout`, `key`, ...; an
-  optional `request_id`) into invite specs through the control API's own validation
-  (`confguard.api.specs_from_request`), plus the rooms `[events] allowed_rooms` lets an event
-  invite into; whatever fails starts nothing, is logged (one line naming the field) and is
-  answered with a `refused` outcome event;
+  optional `request_id`; never a join target or channel variables) into invite specs through
+  the control API's own validation (`confguard.api.specs_from_request`), plus the rooms
+  `[events] allowed_rooms` lets an event invite into; whatever fails starts nothing, is logged
+  (one line naming the field) and is answered with a `refused` outcome event;
 - the subscription and the permanent filter that let the invite event through the daemon's
   per-call filters (remembered by the ESL session, so a reconnect brings both back);
 - the outcome events: one `sendevent CUSTOM` per finished invite (the engine's observer), with
@@ -38,8 +38,11 @@ OUTCOME_SUBCLASS = "confguard::outcome"
 REFUSED = "refused"  # the outcome of an invite event that started nothing
 
 # Invite-event header -> control API request field. Values arrive as text; numbers are parsed.
-TEXT_FIELDS = ("room", "key", "decline_key", "prompt", "caller_id_name", "caller_id_number",
-               "join")
+TEXT_FIELDS = ("room", "key", "decline_key", "prompt", "caller_id_name", "caller_id_number")
+# Not from an event: a join target would send the callee elsewhere than the allowed room, and
+# channel variables are the operator's (the API's `variables`).
+REFUSED_FIELDS = {"join": "not taken from an event: [invite] join_mode applies",
+                  "variables": "not taken from an event"}
 NUMBER_FIELDS = ("timeout", "ring_timeout")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_.:@+-]{1,64}")
 _SECONDS_RE = re.compile(r"[0-9]{1,5}")
@@ -85,6 +88,9 @@ def request_from_event(headers: Mapping[str, str], allowed_rooms: Sequence[str])
             raise EventRefused("extensions", f"at most {MAX_EXTENSIONS} at once")
     else:
         raise EventRefused("ext", "required: the extension to invite (or extensions)")
+    for name, reason in REFUSED_FIELDS.items():
+        if name in headers:
+            raise EventRefused(name, reason)
     body: dict[str, Any] = {"extensions": extensions}
     for name in TEXT_FIELDS:
         if name in headers:

@@ -83,8 +83,9 @@ def test_extensions_travel_space_separated() -> None:
         ({"ext": "1001", "room": "test1", "prompt": "/tmp/a'b.wav"}, "prompt", "BAD_INPUT"),
         ({"ext": "1001", "room": "test1", "caller_id_name": "x}{api_on_answer=y"},
          "caller_id_name", "BAD_INPUT"),
-        ({"ext": "1001", "room": "test1", "join": "7001 default\nexit"}, "join.context",
-         "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "join": "9999 elsewhere"}, "join", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "join": "inline"}, "join", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "variables": "a=b"}, "variables", "BAD_INPUT"),
         ({"extensions": "1001 1001", "room": "test1"}, "extensions", "BAD_INPUT"),
     ],
 )
