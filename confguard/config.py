@@ -213,6 +213,15 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """Invites from inside FreeSWITCH (confguard/fs_events.py)."""
+
+    invites: bool = False  # take `CUSTOM confguard::invite` events
+    allowed_rooms: tuple[str, ...] = ()  # the rooms such an event may invite into (required)
+    outcomes: bool = False  # `confguard::outcome` for every invite, not only the events'
+
+
+@dataclass(frozen=True)
 class Config:
     esl: EslConfig = field(default_factory=EslConfig)
     invite: InviteConfig = field(default_factory=InviteConfig)
@@ -223,6 +232,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     # [routes.<name>] dial templates (confguard.routes.DialRoute), from the file only.
     routes: Mapping[str, Any] = field(default_factory=dict)
+    events: EventsConfig = field(default_factory=EventsConfig)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: str | None = None  # the TOML file read, if any
 
@@ -235,6 +245,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "journal": JournalConfig,
     "webhooks": WebhooksConfig,
+    "events": EventsConfig,
 }
 
 
@@ -299,6 +310,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 JOIN_MODES = ("inline", "dialplan")
 _EXTENSION_RE = re.compile(r"[0-9A-Za-z_+*#.\-]{1,64}")
 _CONTEXT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_ROOM_RE = re.compile(r"[0-9A-Za-z_-]{1,64}(?:@[0-9A-Za-z_-]{1,64})?")  # invite.py's rule
 _CALLER_NUMBER_RE = re.compile(r"\+?[0-9A-Za-z*#]{1,32}")
 _ROUTE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
@@ -377,6 +389,25 @@ def _choice(choices: tuple[str, ...]) -> _Parser:
         return text
 
     return parse
+
+
+def _rooms(raw: object) -> object:
+    """A list of rooms (TOML array; env/flags: comma-separated), each one the invite's room rule."""
+    allowed = 'a list of rooms, e.g. ["test1", "sales@default"] (env: test1,sales@default)'
+    if isinstance(raw, str):
+        items: list[object] = [part.strip() for part in raw.split(",") if part.strip()]
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise _Bad(f"expected a list of rooms, got {type(raw).__name__} {raw!r}", allowed)
+    rooms: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not _ROOM_RE.fullmatch(item):
+            raise _Bad(f"{item!r} is not a room name",
+                       "room[@profile], each 1-64 of 0-9 A-Z a-z _ -")
+        if item not in rooms:
+            rooms.append(item)
+    return tuple(rooms)
 
 
 def _host(raw: object) -> object:
@@ -583,6 +614,11 @@ SETTINGS: dict[str, dict[str, _Setting]] = {
         "file": _Setting(_optional(_path)),
     },
     "metrics": {"listen": _Setting(_optional(_listen))},
+    "events": {
+        "invites": _Setting(_boolean),
+        "allowed_rooms": _Setting(_rooms),
+        "outcomes": _Setting(_boolean),
+    },
     "journal": {
         "path": _Setting(_path),
         "retention_days": _Setting(_number(int, 1, 36500, " days"), numeric=True),
@@ -916,6 +952,12 @@ def _check_together(config: Config) -> None:
         raise ConfigError(_origin(config.sources["webhooks.retry_initial"]),
                           "webhooks.retry_initial", f"{hooks.retry_initial} is above "
                           f"webhooks.retry_max {hooks.retry_max}", "at most webhooks.retry_max")
+    events = config.events
+    if events.invites and not events.allowed_rooms:
+        where = _origin(config.sources["events.invites"])
+        raise ConfigError(where, "events.allowed_rooms",
+                          "required when events.invites is true (which rooms may an event "
+                          "from FreeSWITCH invite into?)", 'a non-empty list, e.g. ["test1"]')
     esl = config.esl
     if esl.reconnect_initial > esl.reconnect_max:
         raise ConfigError(_origin(config.sources["esl.reconnect_initial"]), "esl.reconnect_initial",

@@ -90,6 +90,7 @@ class Daemon:
         self.listening = asyncio.Event()  # the control socket accepts requests
         self.linked = asyncio.Event()  # the first ESL connection is up and subscribed
         self.engine: Any = None
+        self.fs_events: Any = None  # [events]: invites from inside FreeSWITCH (fs_events.py)
         self.session: Any = None
         self.api: Any = None
         self.journal: Any = None
@@ -165,6 +166,13 @@ class Daemon:
             self.webhooks = WebhookDelivery(self.journal, config.webhooks, metrics=self.metrics)
             self.engine.add_observer(self.webhooks.observe)
             await self.webhooks.start()
+        from confguard.fs_events import FsEvents
+
+        self.fs_events = FsEvents(
+            self.engine, self.session, config.events,
+            lambda: self.api.defaults if self.api is not None else config.invite,
+            reconnect_wait=config.esl.reconnect_wait,
+        )
         self.api = ControlServer(
             self.engine,
             config.api.socket,
@@ -221,6 +229,7 @@ class Daemon:
                 delay = min(self.config.esl.reconnect_max, delay * 2) * random.uniform(0.8, 1.2)
                 continue
             await self.engine.start()
+            await self.fs_events.start()
             self.linked.set()
             log.info("esl.subscribed", target=target)
             self._status_line()
@@ -309,6 +318,7 @@ class Daemon:
             await self.api.stop()
             for task in self._tasks:
                 task.cancel()
+            await self.fs_events.stop()
             await self.engine.stop()
             if self.webhooks is not None:  # undelivered events stay in the outbox
                 await self.webhooks.stop()

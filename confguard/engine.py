@@ -125,6 +125,9 @@ class InviteRun:
     # The originate reached the switch (its bgapi was answered, or the channel was found), or
     # there is none to send (adopted). Until then a resync has nothing to ask about.
     originate_out: bool = False
+    # Where the invite came from when not the API (fs_events: source, request_id): journaled
+    # with the spec and restored on adoption.
+    origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def call_uuid(self) -> str:
@@ -181,6 +184,7 @@ class Engine:
         # Joined members, watched until they leave the room (confguard/members.py).
         self.members = Members(session=lambda: self.session, journal=journal, wall=wall,
                                publish=self._publish_left)
+        self._taps: dict[str, Callable[[Any], None]] = {}
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -192,6 +196,11 @@ class Engine:
         and the log line (webhooks, outcome events). An observer that raises is logged, never
         propagated: it must not stop live calls."""
         self._observers.append(observer)
+
+    def add_event_tap(self, subclass: str, handler: Callable[[Any], None]) -> None:
+        """Hand every event of this CUSTOM subclass to `handler(event)` instead of the invites
+        (confguard/fs_events.py: `confguard::invite`). A handler that raises is logged."""
+        self._taps[subclass] = handler
 
     @property
     def session(self) -> Session:
@@ -244,7 +253,9 @@ class Engine:
             raise UnknownInvite(f"no invite {key!r}")
         return run
 
-    async def invite(self, spec: InviteSpec) -> InviteRun:
+    async def invite(
+        self, spec: InviteSpec, *, origin: Mapping[str, str] | None = None
+    ) -> InviteRun:
         """Place one invite. Raises NotConnected (nothing sent) when ESL is down."""
         if not self._accepting:
             raise EngineError("confguard is shutting down; not taking new invites")
@@ -273,6 +284,7 @@ class Engine:
             started=loop.time(),
             started_wall=self._wall(),
             final=loop.create_future(),
+            origin=dict(origin or {}),
         )
         self._register(run)
         self._journal_call("open_invite", run)
@@ -306,6 +318,7 @@ class Engine:
             started_wall=record.created_at,
             final=loop.create_future(),
             originate_out=True,
+            origin=_journaled_origin(record.detail),
         )
         self._register(run)
         log.info("invite.adopted", uuid=run.call_uuid, ext=spec.extension, room=spec.room,
@@ -412,6 +425,12 @@ class Engine:
                 member.invite_run is None or member.invite_run.machine.state is State.ENDED
             ):
                 self.members.route(headers)
+                continue
+            if self._taps and event.subclass in self._taps:
+                try:
+                    self._taps[event.subclass](event)
+                except Exception:
+                    log.exception("engine.tap_error", subclass=event.subclass)
                 continue
             run = (
                 self._by_uuid.get(headers.get("Unique-ID", ""))
@@ -713,7 +732,8 @@ def journal_record(run: InviteRun) -> Any:
         created_at=run.started_wall,
         deadline=run.started_wall + run.spec.timeout,
         state=str(run.machine.state),
-        detail={"spec": spec_to_journal(run.spec)},
+        detail={"spec": spec_to_journal(run.spec),
+                **({"origin": dict(run.origin)} if run.origin else {})},
     )
 
 
@@ -759,6 +779,14 @@ def spec_from_journal(record: Any) -> InviteSpec:
     # The route as it was when the call was placed (not as the config says now): the same dial.
     via = DialRoute(**route) if route else None
     return InviteSpec(join=JoinTarget(**join), route=via, **saved)
+
+
+def _journaled_origin(detail: Any) -> dict[str, str]:
+    """The `origin` a journal row's detail keeps (nothing when absent or not an object)."""
+    origin = detail.get("origin") if isinstance(detail, dict) else None
+    if not isinstance(origin, dict):
+        return {}
+    return {str(k): str(v) for k, v in origin.items()}
 
 
 _LOG_SKIP = {"seq", "ts", "invite_id"}

@@ -307,6 +307,28 @@ def _check_token(what: str, text: str) -> None:
         raise ValueError(f"{what} must be one non-empty word without spaces: {text!r}")
 
 
+SENDEVENT_HEADER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+SENDEVENT_VALUE = re.compile(r"[^\x00-\x1f\x7f]{1,1024}")  # no control character, no line break
+SENDEVENT_RESERVED = frozenset({"content-length", "unique-id", "command", "event-uuid"})
+"""Header names a ``sendevent`` must not carry: ``Content-Length`` makes FreeSWITCH read a body,
+``Unique-ID`` hands the event to that call's queue instead of firing it (mod_event_socket.c),
+``Command`` and ``Event-UUID`` are FreeSWITCH's own."""
+
+
+def check_sendevent_header(name: str, value: str) -> None:
+    """ValueError unless ``name: value`` stays one header line of a ``sendevent``."""
+    if not isinstance(name, str) or not SENDEVENT_HEADER_NAME.fullmatch(name):
+        raise ValueError(f"sendevent header name {name!r}: 1-64 of A-Z a-z 0-9 _ -")
+    if name.lower() in SENDEVENT_RESERVED:
+        raise ValueError(f"sendevent header {name!r} is reserved")
+    if (not isinstance(value, str) or not SENDEVENT_VALUE.fullmatch(value)
+            or value[0] == " " or value[-1] == " "):
+        raise ValueError(
+            f"sendevent header {name}: 1-1024 characters, no control character or line break, "
+            "no leading or trailing space"
+        )
+
+
 # ------------------------------------------------------------------------ frames and limits
 MAX_HEADER_BLOCK_BYTES = 1 << 20
 """Longest frame header block accepted. FreeSWITCH's envelopes are a few hundred bytes (event
@@ -936,6 +958,26 @@ class EslSession:
         """
         self._check_job(command, job_uuid)
         await self._bgapi_send(command, job_uuid)
+
+    async def sendevent(self, event_name: str, headers: Sequence[tuple[str, str]]) -> str:
+        """``sendevent <name>`` with ``headers`` (e.g. an ``Event-Subclass`` for CUSTOM); returns
+        the Event-UUID FreeSWITCH answered (``+OK <uuid>``).
+
+        FreeSWITCH takes each header line as it stands (no URL decoding), so every name and
+        value is checked first (`check_sendevent_header`): a line break, a control character, a
+        ``Content-Length`` (it would announce a body) or a ``Unique-ID`` (it would hand the event
+        to that call instead of firing it) raises ValueError and nothing is written."""
+        if not isinstance(event_name, str) or not re.fullmatch(r"[A-Za-z_]{1,64}", event_name):
+            raise ValueError(f"sendevent event name {event_name!r}: 1-64 of A-Z a-z _")
+        lines = [f"sendevent {event_name}"]
+        for name, value in headers:
+            check_sendevent_header(name, value)
+            lines.append(f"{name}: {value}")
+        reply = await self._send("\n".join(lines))
+        text = _first(reply.get("Reply-Text", ""))
+        if not text.startswith("+OK"):
+            raise EslCommandError(f"ESL {self.host_port}: sendevent refused: {text}")
+        return text[3:].strip()
 
     async def subscribe(self, events: Sequence[str]) -> None:
         """``event <format> ...`` (CUSTOM subclasses last); additive and remembered.

@@ -154,9 +154,11 @@ class RealSwitch:
         password: str | None = None,
         loglevel: str = "warning",
         users: Mapping[str, CalleeSpec] | None = None,
+        events_example: bool = False,
     ) -> None:
         self.install = install
         self.users = users
+        self.events_example = events_example  # conf.py: load deploy/freeswitch's events example
         self.run_dir = run_dir
         self.port = port
         self.password = password or secrets.token_hex(16)
@@ -209,7 +211,7 @@ class RealSwitch:
         if not self.port:
             self.port = free_port()
         conf = SwitchConf(port=self.port, password=self.password, loglevel=self.loglevel,
-                          users=self.users)
+                          users=self.users, events_example=self.events_example)
         write_conf(conf, self.run_dir)
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / "run" / "freeswitch.pid").unlink()

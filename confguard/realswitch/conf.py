@@ -13,6 +13,10 @@ What the configuration gives:
   `sim_*` variable in the originate's `{}` wins, exactly as on the simulator;
 - context `default` with the join extension 7001 (`conference test1@default`), and a conference
   profile `default` with no caller controls;
+- with `events_example`, the deploy example of invites from inside FreeSWITCH as it stands in
+  deploy/freeswitch/ (the moderator's caller controls and the `confguard` conference profile,
+  the dialplan's 7002 and `*7<ext>`, the Lua hook on `confguard::outcome` and its script), so
+  the real-switch tests run the example itself;
 - no session-rate throttle worth the name (the stock 30 sessions/s would throttle tests) and
   warning-level logging into `log/freeswitch.log`.
 """
@@ -20,6 +24,7 @@ What the configuration gives:
 from __future__ import annotations
 
 import shutil
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +55,8 @@ CALLEE_CONTEXT = "confguard_callee"
 JOIN_EXTENSION = "7001"
 JOIN_ROOM = "test1"
 CALLEE_SCRIPT = Path(__file__).with_name("callee.lua")
+DEPLOY_FREESWITCH = Path(__file__).resolve().parents[2] / "deploy" / "freeswitch"
+OUTCOME_SCRIPT = "confguard_outcome.lua"
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class SwitchConf:
     sessions_per_second: int = 2000
     loglevel: str = "warning"
     users: Mapping[str, CalleeSpec] | None = None  # None: the simulator's default directory
+    events_example: bool = False  # load deploy/freeswitch's invites-from-FreeSWITCH example
 
 
 def _seconds(value: float) -> str:
@@ -96,12 +104,35 @@ def _param(name: str, value: object) -> str:
     return f"<param name={quoteattr(name)} value={quoteattr(str(value))}/>"
 
 
+def _deploy_parts(name: str, path: str) -> str:
+    """The elements at `path` in deploy/freeswitch/`name`, as XML text (the example itself)."""
+    root = ET.parse(DEPLOY_FREESWITCH / name).getroot()
+    return "".join(ET.tostring(element, encoding="unicode") for element in root.findall(path))
+
+
+def events_example_parts(run_dir: Path) -> dict[str, str]:
+    """The deploy example's pieces for each place in the document (empty without it)."""
+    script = run_dir / "scripts" / OUTCOME_SCRIPT
+    hooks = ET.parse(DEPLOY_FREESWITCH / "lua.conf.xml").getroot().findall("settings/hook")
+    for hook in hooks:
+        hook.set("script", str(script))  # the run folder's copy
+    return {
+        "caller_controls": _deploy_parts("conference_moderator.xml", "caller-controls/group"),
+        "profiles": _deploy_parts("conference_moderator.xml", "profiles/profile"),
+        "extensions": _deploy_parts("confguard_events.xml", "extension"),
+        "lua_hooks": "".join(ET.tostring(hook, encoding="unicode") for hook in hooks),
+    }
+
+
 def freeswitch_xml(conf: SwitchConf, run_dir: Path) -> str:
     """The whole configuration document for a switch whose run folder is `run_dir`."""
     users = default_directory() if conf.users is None else conf.users
     log_file = run_dir / "log" / "freeswitch.log"
     script = run_dir / "scripts" / "callee.lua"
     modules = "\n".join(f'        <load module="{name}"/>' for name in MODULES)
+    example = (events_example_parts(run_dir) if conf.events_example
+               else dict.fromkeys(("caller_controls", "profiles", "extensions", "lua_hooks"), ""))
+    lua_hooks = example["lua_hooks"]
     directory = "\n".join(
         f"            <user id={quoteattr(ext)}><params>"
         f'{_param("dial-string", dial_string(ext, spec))}</params></user>'
@@ -154,7 +185,7 @@ def freeswitch_xml(conf: SwitchConf, run_dir: Path) -> str:
       </settings>
     </configuration>
     <configuration name="conference.conf">
-      <caller-controls><group name="none"></group></caller-controls>
+      <caller-controls><group name="none"></group>{example["caller_controls"]}</caller-controls>
       <profiles>
         <profile name="default">
           {_param("domain", DOMAIN)}
@@ -163,11 +194,11 @@ def freeswitch_xml(conf: SwitchConf, run_dir: Path) -> str:
           {_param("energy-level", 0)}
           {_param("caller-controls", "none")}
           {_param("comfort-noise", "false")}
-        </profile>
+        </profile>{example["profiles"]}
       </profiles>
     </configuration>
     <configuration name="lua.conf">
-      <settings>{_param("script-directory", run_dir / "scripts" / "?.lua")}</settings>
+      <settings>{_param("script-directory", run_dir / "scripts" / "?.lua")}{lua_hooks}</settings>
     </configuration>
   </section>
   <section name="dialplan">
@@ -178,7 +209,7 @@ def freeswitch_xml(conf: SwitchConf, run_dir: Path) -> str:
           <action application="conference" data="{JOIN_ROOM}@default"/>
           <action application="hangup"/>
         </condition>
-      </extension>
+      </extension>{example["extensions"]}
     </context>
     <context name="{CALLEE_CONTEXT}">
       <extension name="confguard_callee">
@@ -211,4 +242,7 @@ def write_conf(conf: SwitchConf, run_dir: Path) -> Path:
     path.write_text(freeswitch_xml(conf, run_dir))
     path.chmod(0o600)  # it holds the Event Socket password
     shutil.copyfile(CALLEE_SCRIPT, run_dir / "scripts" / "callee.lua")
+    if conf.events_example:
+        shutil.copyfile(DEPLOY_FREESWITCH / "scripts" / OUTCOME_SCRIPT,
+                        run_dir / "scripts" / OUTCOME_SCRIPT)
     return path

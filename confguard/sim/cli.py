@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import signal
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER=BEHAVIOUR",
         help="directory entry, e.g. 1000=answer,dtmf=1@2 or 1001=busy (repeatable)",
     )
+    parser.add_argument(
+        "--dialplan",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="more extensions of context default from a dialplan file, e.g. "
+        "deploy/freeswitch/confguard_events.xml (repeatable)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     return parser
 
@@ -131,6 +141,14 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     users: dict[str, object] | None = None
     if args.user:
         users = directory_with(args.user)
+    from confguard.sim.xmlconf import dialplan_extensions
+
+    extensions: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    for path in getattr(args, "dialplan", []):
+        try:
+            extensions += dialplan_extensions(str(path))
+        except (OSError, ET.ParseError) as exc:
+            raise UsageError(f"cannot read --dialplan {path}: {exc}") from exc
     return SimConfig(
         host=args.host,
         port=args.port,
@@ -138,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         time_scale=args.time_scale,
         heartbeat_interval=args.heartbeat,
         users=users,
+        extensions=tuple(extensions),
     )
 
 

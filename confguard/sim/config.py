@@ -43,3 +43,9 @@ class SimConfig:
         ("conference", "test1@default"),
         ("hangup", ""),
     )
+    # More extensions of context `default`, tried after 7001: (destination_number regex, its
+    # actions; `$1`... stand for the regex's groups). `xmlconf.dialplan_extensions` reads them
+    # from a dialplan file, e.g. deploy/freeswitch/confguard_events.xml (`confguard sim
+    # --dialplan FILE`; the tests load that one: the invites-from-FreeSWITCH example, as
+    # realswitch conf.py's events_example does for the real switch).
+    extensions: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()

@@ -19,10 +19,13 @@ from __future__ import annotations
 import itertools
 import operator
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from confguard.sim.clock import SimClock
+from confguard.sim.server import EVENT_NAMES
+
+EVENT_TYPE_NAMES = EVENT_NAMES - {"ALL"}  # what `sendevent <NAME>` and `event` may name
 
 Headers = list[tuple[str, str]]
 
@@ -328,6 +331,8 @@ ORIGINS: dict[str, Origin] = {
     "add-member": Origin("conference_member.c", "conference_member_add", 962),
     "del-member": Origin("conference_member.c", "conference_member_del", 1355),
     "floor-change": Origin("conference_member.c", "conference_member_set_floor_holder", 1158),
+    "sendevent": Origin("mod_event_socket.c", "parse_command", 2283),
+    "event": Origin("mod_dptools.c", "event_function", 1902),
 }
 
 CONFERENCE_SUBCLASS = "conference::maintenance"
@@ -543,6 +548,73 @@ class EventFactory:
 
     def channel_hangup_complete(self, ch: ChannelFacts) -> SimEvent:
         return self.channel_event("CHANNEL_HANGUP_COMPLETE", ch)
+
+    # -- events fired by clients and by the dialplan --------------------------------------
+
+    def client_event(
+        self,
+        command_line: str,
+        client_headers: Sequence[tuple[str, str]],
+        event_uuid: str,
+        body: str | None = None,
+    ) -> SimEvent:
+        """What `sendevent <NAME>` fires (mod_event_socket's parse_command, seen on the real
+        switch): `Event-Subclass` on top (a CUSTOM event's, moved there), `Command` (the
+        command line), the client's headers as sent (a client `Event-Name` is kept, and a second
+        one follows), `Event-UUID`, then the common block. An unknown name fires a CLONE."""
+        token = command_line[len("sendevent"):].strip(" \t").upper()
+        name = token if token in EVENT_TYPE_NAMES else "CLONE"
+        subclass = None
+        if name == "CUSTOM":
+            subclass = next(
+                (v for k, v in client_headers if k.lower() == "event-subclass"), None
+            )
+        stand_in = self._unwanted(name, subclass)
+        if stand_in is not None:
+            return stand_in
+        headers: Headers = [("Event-Subclass", subclass)] if subclass is not None else []
+        headers.append(("Command", command_line))
+        headers += [
+            (k, v) for k, v in client_headers
+            if subclass is None or k.lower() != "event-subclass"
+        ]
+        headers.append(("Event-UUID", event_uuid))
+        headers += self.common(name, ORIGINS["sendevent"])
+        return SimEvent(name, headers, body=body, subclass=subclass)
+
+    def app_event(self, ch: ChannelFacts, data: str) -> SimEvent:
+        """What the dialplan's `event` application fires (mod_dptools' event_function, seen on
+        the real switch): up to 25 comma-separated `name=value` pairs (spaces around both
+        trimmed, a part without `=` skipped) after the common block of a CHANNEL_APPLICATION;
+        an `Event-Name` pair replaces the block's (at its own position), an `Event-Subclass`
+        pair goes on top; then the channel's block and variables."""
+        pairs: list[tuple[str, str]] = []
+        for part in data.split(",", 24):
+            var, sep, value = part.strip(" ").partition("=")
+            if sep:
+                pairs.append((var.rstrip(" "), value.lstrip(" ")))
+        name = "CHANNEL_APPLICATION"
+        subclass: str | None = None
+        for var, value in pairs:
+            if var.lower() == "event-name" and value.upper() in EVENT_TYPE_NAMES:
+                name = value.upper()
+            elif var.lower() == "event-subclass":
+                subclass = value
+        stand_in = self._unwanted(name, subclass)
+        if stand_in is not None:
+            return stand_in
+        headers = self.common("CHANNEL_APPLICATION", ORIGINS["event"])
+        for var, value in pairs:
+            if var.lower() == "event-name":
+                headers = [(k, v) for k, v in headers if k.lower() != "event-name"]
+            elif var.lower() == "event-subclass":
+                headers = [(k, v) for k, v in headers if k.lower() != "event-subclass"]
+                headers.insert(0, (var, value))
+                continue
+            headers.append((var, value))
+        headers += channel_block(ch)
+        headers += variable_headers(ch.variables.items())
+        return SimEvent(name, headers, subclass=subclass if name == "CUSTOM" else None)
 
     # -- conference::maintenance -------------------------------------------------------------
 

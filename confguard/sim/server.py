@@ -6,6 +6,7 @@ Owns what mod_event_socket owns in FreeSWITCH, and nothing about calls:
   `auth/request` greeting, `auth` (`+OK accepted` / `-ERR invalid` + goodbye notice + close),
   `-ERR command not found` before auth, the auth timeout (real seconds, `SimConfig.auth_timeout`);
 * the commands `event plain|json|xml ...`, `nixevent`, `noevents`, `filter` / `filter delete`,
+  `sendevent` (the switch builds and fires the event),
   `api`, `bgapi` (with the client's `Job-UUID:` cut to 36 characters), `exit`, and the reply to
   anything else;
 * for every connection, the subscription, the filters (FreeSWITCH's rules: any positive filter
@@ -78,6 +79,10 @@ class SwitchLike(Protocol):
     async def api(self, command: str) -> str: ...
 
     def background_job(self, job_uuid: str, command: str) -> None: ...
+
+    def send_event(
+        self, command_line: str, headers: Sequence[tuple[str, str]], body: str | None
+    ) -> str: ...
 
 
 def event_type_name(token: str) -> str | None:
@@ -537,7 +542,9 @@ class Connection:
                 return False
             await self._reply(REPLY_NOT_FOUND)
             return True
-        if lowered.startswith("filter "):
+        if lowered.startswith("sendevent"):
+            await self._reply(self._sendevent(command))
+        elif lowered.startswith("filter "):
             await self._reply(self._filter(line[len("filter ") :]))
         elif lowered.startswith("api "):
             await self._api(line[len("api ") :])
@@ -561,6 +568,15 @@ class Connection:
         job_uuid = client_job_uuid[:JOB_UUID_MAX] if client_job_uuid else str(uuid.uuid4())
         await self._reply(f"+OK Job-UUID: {job_uuid}", [("Job-UUID", job_uuid)])
         self.server.start_background_job(job_uuid, api_command)
+
+    def _sendevent(self, command: wire.ClientCommand) -> str:
+        """`sendevent <NAME>` and header lines (a body after Content-Length): the switch fires
+        the event (or hands it to the call its Unique-ID names); `+OK <Event-UUID>`."""
+        switch = self.server.switch
+        body = command.body.decode("utf-8", "replace") if command.body else None
+        if switch is None:
+            return f"+OK {uuid.uuid4()}"
+        return switch.send_event(command.line, command.headers, body)
 
     def _event(self, line: str) -> str:
         subscription = self.subscription

@@ -24,7 +24,7 @@ import random
 import re
 import uuid as uuidlib
 import wave
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -415,6 +415,18 @@ class Switch:
 
         self._spawn(run())
 
+    def send_event(
+        self, command_line: str, headers: Sequence[tuple[str, str]], body: str | None
+    ) -> str:
+        """`sendevent`: fire the client's event, or, when its `Unique-ID` names a live call,
+        queue it to that call instead (mod_event_socket; the simulator's calls take no queued
+        events, so it goes nowhere). The reply: `+OK <Event-UUID>`."""
+        event_uuid = str(uuidlib.uuid4())
+        target = next((v for k, v in headers if k.lower() == "unique-id"), None)
+        if target is None or self.live_channel(target) is None:
+            self.publish(self.events.client_event(command_line, headers, event_uuid, body))
+        return f"+OK {event_uuid}"
+
     # -- helpers -----------------------------------------------------------------------------
 
     def _spawn(self, coro: Awaitable[object]) -> asyncio.Task[object]:
@@ -766,6 +778,10 @@ class Switch:
             self._app_done(channel)
         elif name == "transfer" and data:
             self._transfer(channel, data.split())
+        elif name == "event":
+            # mod_dptools' event: fire it with the channel's data, then the next app at once.
+            self.publish(self.events.app_event(facts, _expand_variables(data or "", facts)))
+            self._app_done(channel)
         elif name != "park" and channel.inline_apps:
             # Anything else the simulator does not model ends at once; the next app runs.
             self._app_done(channel)
@@ -858,6 +874,16 @@ class Switch:
             channel.inline_apps = [(name, data or None) for name, data in self.config.join_actions]
             self._next_inline(channel)
             return True
+        if context == room_context and dialplan.upper() == "XML":
+            for expression, actions in self.config.extensions:
+                found = re.search(expression, exten)
+                if found is None:
+                    continue
+                channel.inline_apps = [
+                    (name, _substitute_groups(data, found) or None) for name, data in actions
+                ]
+                self._next_inline(channel)
+                return True
         self.hangup(channel, "NO_ROUTE_DESTINATION")
         return False
 
@@ -1805,6 +1831,25 @@ def _stream_length_ms(path: str) -> int:
         count = int(loops.group(1)) if loops else 1
         return cycle * max(count, 1)
     return max(0, _atoi(path[len("silence_stream://") :].split(",")[0]))  # silence_stream://
+
+
+def _substitute_groups(data: str, found: re.Match[str]) -> str:
+    """mod_dialplan_xml: `$1`... in an action's data are its condition's regex groups."""
+    groups = ("", *(g or "" for g in found.groups()))
+    return re.sub(r"\$([1-9])",
+                  lambda m: groups[int(m.group(1))] if int(m.group(1)) < len(groups) else "",
+                  data)
+
+
+_VARIABLE_REF = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+
+def _expand_variables(data: str, facts: ChannelFacts) -> str:
+    """`${name}` in an application's arguments becomes the channel variable (empty when unset),
+    as FreeSWITCH expands them before the application runs (only plain names: no `${a(b)}`)."""
+    if "${" not in data:
+        return data
+    return _VARIABLE_REF.sub(lambda m: facts.variables.get(m.group(1), ""), data)
 
 
 def _unquote(text: str) -> str:

@@ -138,3 +138,21 @@ def xml_locate(document: ET.Element, arg: str) -> str:
         if child.tag == tag and found is not None and found.lower() == value:
             return to_text(child)
     return NOT_FOUND
+
+
+def dialplan_extensions(path: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """`SimConfig.extensions` from a dialplan file's `<extension>`s: each one's first
+    `destination_number` condition (its expression) and that condition's actions."""
+    root = ET.parse(path).getroot()
+    found: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    for extension in root.iter("extension"):
+        for condition in extension.findall("condition"):
+            if condition.get("field") != "destination_number":
+                continue
+            actions = tuple(
+                (action.get("application", ""), action.get("data", ""))
+                for action in condition.findall("action")
+            )
+            found.append((condition.get("expression", ""), actions))
+            break
+    return tuple(found)
