@@ -511,3 +511,107 @@ async def test_a_transfer_ends_the_waiting_app_and_park_never_runs(switch) -> No
     await sw.api(f"uuid_kill {U}")
     await until(sw, lambda: U not in sw.channels)
     assert await sw.api(f"uuid_exists {U}") == "false"
+
+
+async def _waiting_call_seen(coasting: bool, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """A waiting call looked at mid-phase, pressed late, then killed: what the looks show."""
+    from confguard.sim.switch import DigitCollector
+
+    if not coasting:
+        monkeypatch.setattr(DigitCollector, "_coast", lambda self: None)
+    published: list[SimEvent] = []
+    sw = Switch(SimConfig(heartbeat_interval=60.0), SimClock(0.2), published.append)
+    await sw.start()
+    app = WAITING.replace(" 1 3 1000 ", " 1 6 1000 ")  # six tries of 1 + 1 + 0.25 s
+    try:
+        await sw.api(f"originate {{origination_uuid={U},sim_answer_after=0,"
+                     f"sim_dtmf=1@12.9}}user/1001 " + app)
+        started, seen = sw.clock.now(), []
+        # mid-phase: prompt, wait, invalid of try 1; try 2's wait; tries 4 and 6's prompts
+        for at in (0.5, 1.5, 2.12, 3.9, 7.3, 11.7):
+            await sw.clock.sleep(at - (sw.clock.now() - started))
+            dump = json.loads(await sw.api(f"uuid_dump {U} json"))
+            # every variable in order; the values of the two that hold a time and a uuid aside
+            seen.append([(k, "" if k in ("variable_transfer_history", "variable_transfer_source")
+                          else v) for k, v in dump.items() if k.startswith("variable_")])
+        await until(sw, lambda: ("CHANNEL_EXECUTE", "park") in executes(published))
+        seen.append(await sw.api(f"uuid_getvar {U} confguard_key"))
+        await sw.api(f"uuid_kill {U}")
+        await until(sw, lambda: U not in sw.channels)
+        seen.append([(name, value) for name, value in published[-1].headers
+                     if name.startswith("variable_read") or name.startswith("variable_playback")])
+        return seen
+    finally:
+        await sw.stop()
+
+
+async def _waiting_call_killed(coasting: bool, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """A waiting call nobody looks at, killed in its fourth try's wait: its hangup's events."""
+    from confguard.sim.switch import DigitCollector
+
+    if not coasting:
+        monkeypatch.setattr(DigitCollector, "_coast", lambda self: None)
+    published: list[SimEvent] = []
+    sw = Switch(SimConfig(heartbeat_interval=60.0), SimClock(0.2), published.append)
+    await sw.start()
+    app = WAITING.replace(" 1 3 1000 ", " 1 6 1000 ")
+    try:
+        await sw.api(f"originate {{origination_uuid={U},sim_answer_after=0}}user/1001 " + app)
+        await sw.clock.sleep(8.2)  # try 4: 6.75 + 1 s prompt, then its wait
+        await sw.api(f"uuid_kill {U}")
+        await until(sw, lambda: U not in sw.channels)
+        return [
+            (event.name, [(k, v) for k, v in event.headers
+                          if k.startswith(("variable_read", "variable_playback"))])
+            for event in published
+            if event.name in ("CHANNEL_HANGUP", "CHANNEL_EXECUTE_COMPLETE",
+                              "CHANNEL_HANGUP_COMPLETE")
+        ]
+    finally:
+        await sw.stop()
+
+
+async def test_a_coasting_collector_shows_what_running_every_try_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The waiting app's tries without a key run no timers (coasting); whoever looks -- a dump
+    mid-prompt, mid-wait, mid-invalid, many tries on, the late key, the hangup -- sees the same
+    variables, values and order as when every phase ran on its own timer."""
+    eager = await _waiting_call_seen(False, monkeypatch)
+    monkeypatch.undo()
+    coasting = await _waiting_call_seen(True, monkeypatch)
+    assert coasting == eager
+    assert eager[6] == "1"  # the late key was taken (in the sixth try)
+    reads = [dict(look).get("variable_read_result") for look in eager[:6]]
+    assert reads == [None, None, "failure", None, None, None]
+    assert dict(eager[1])["variable_playback_ms"] == "1000"  # try 1's prompt played
+    assert dict(eager[2])["variable_playback_ms"] == "1000"  # invalid (250 ms) not over yet
+    assert dict(eager[3])["variable_playback_ms"] == "1000"  # try 2's prompt, after its invalid
+    monkeypatch.undo()
+    eager_kill = await _waiting_call_killed(False, monkeypatch)
+    monkeypatch.undo()
+    assert await _waiting_call_killed(True, monkeypatch) == eager_kill
+    hangup = dict(eager_kill[0][1])
+    assert eager_kill[0][0] == "CHANNEL_HANGUP" and hangup["variable_playback_ms"] == "1000"
+    assert "variable_read_result" not in hangup  # try 4 cleared it; killed in its wait
+
+
+async def test_keys_pressed_before_the_app_wait_for_its_first_prompt(switch) -> None:
+    """A key that comes before play_and_get_digits runs waits on the channel (FreeSWITCH's DTMF
+    queue) and is the first prompt's: the app takes it at once."""
+    sw, _ = switch
+    await sw.api(f"originate {{origination_uuid={U},sim_answer_after=0}}user/1001 &park()")
+    channel = sw.channels[U]
+    channel.application = None  # between apps (as before an originate's first one)
+    sw._press(channel, "1")
+    assert channel.queued_dtmf == ["1"]
+    sw._start_app(channel, "play_and_get_digits", WAITING.split("play_and_get_digits:")[1]
+                  .split("|")[0])
+    assert channel.queued_dtmf == []
+    assert channel.facts.variables.get("confguard_key") == "1"  # and the app is over
+    assert channel.collector is None
+    channel.hung_up = False  # (the inline dialplan ran out: back to a live channel)
+    channel.application = None
+    sw._press(channel, "2")
+    sw._start_app(channel, "park", None)  # park reads the queue and drops what waited
+    assert channel.queued_dtmf == []
