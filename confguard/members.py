@@ -188,7 +188,7 @@ class Members:
         self._publish(member, {
             "invite_id": member.invite_id, "uuid": member.call_uuid,
             "ext": member.spec.extension, "room": member.spec.room, "state": "left",
-            "outcome": "joined", "left_reason": reason, "left_cause": cause,
+            "previous": "ended", "outcome": "joined", "left_reason": reason, "left_cause": cause,
             "left_at": wall, "in_room_s": in_room_s, "ts": wall,
         })
 

@@ -4,10 +4,12 @@ Only the daemon imports this module (it loads aiohttp); what a webhook is (URLs,
 signature) lives in `confguard.webhooks`.
 
 - Writing: `WebhookDelivery.observe` is an engine observer (`Engine.add_observer`), so it runs
-  for every state change and outcome right after the journal has it. It writes one outbox row per
-  target URL (`[webhooks] urls` plus the invite's own `notify` URLs), and the invite's next
-  sequence number, in one transaction that is committed before it returns (with the journal's
-  queued state changes before it). A daemon that stops or dies after that loses nothing.
+  for every state change and outcome right after the journal has it, and for a joined
+  member's departure (`state: left`, after the outcome, with the next sequence number). It
+  writes one outbox row per target URL (`[webhooks] urls` plus the invite's own `notify`
+  URLs), and the invite's next sequence number, in one transaction that is committed before
+  it returns (with the journal's queued state changes before it). A daemon that stops or dies
+  after that loses nothing.
 - Order: the rows of one invite to one URL form a lane, sent one at a time in the order they
   were written; a later row of a lane is never sent before the one before it was delivered or
   given up. Lanes are independent (another invite or another URL never waits for this one).
@@ -43,6 +45,7 @@ from confguard import __version__
 from confguard.webhooks import (
     ATTEMPT_HEADER,
     EVENT_ID_HEADER,
+    LEFT_STATE,
     SIGNATURE_HEADER,
     TIMING_OF_STATE,
     encode_body,
@@ -137,11 +140,14 @@ class WebhookDelivery:
         mark = self._marks.get(invite) or self._load_mark(run, update)
         seq = mark.next_seq
         timings = dict(mark.timings)
+        left = update.get("state") == LEFT_STATE
         stamp = TIMING_OF_STATE.get(str(update.get("state")))
-        if update.get("outcome") == "joined":
+        if update.get("outcome") == "joined" and not left:
             stamp = "joined_at"
         if stamp is not None and stamp not in timings:
             timings[stamp] = float(update.get("ts") or self._clock())
+        if update.get("outcome") and not left:
+            timings["ended_at"] = float(update.get("ts") or self._clock())
         body = encode_body(event_body(update, seq=seq, started_at=run.started_wall,
                                       timings=timings))
         now = self._clock()
@@ -149,8 +155,10 @@ class WebhookDelivery:
         statements: list[tuple[str, Any]] = [
             (_INSERT_ROW, (invite, seq, url, ident, body, now, now)) for url in urls
         ]
-        final = bool(update.get("outcome"))
-        if final:  # the outcome is an invite's last update: its sequence is done
+        # The outcome is an invite's last update, except `joined`: its member's `left` update
+        # follows (confguard.members), and continues the sequence.
+        final = left or (bool(update.get("outcome")) and update.get("outcome") != "joined")
+        if final:  # its sequence is done
             statements.append(("DELETE FROM webhook_invites WHERE invite_id = ?", (invite,)))
         else:
             statements.append((_SAVE_SEQ, (invite, seq + 1, json.dumps(timings))))

@@ -161,6 +161,10 @@ def verify_signature(
 TIMING_OF_STATE = {"waiting_key": "answered_at", "cancelling": "key_at", "joined": "joined_at"}
 
 
+# The update a joined member's departure makes (confguard.members): after the outcome.
+LEFT_STATE = "left"
+
+
 def event_id(invite_id: str, seq: int) -> str:
     """The stable id of an event: the same on every attempt and for every URL."""
     return f"{invite_id}-{seq}"
@@ -169,11 +173,15 @@ def event_id(invite_id: str, seq: int) -> str:
 def event_body(
     update: Mapping[str, Any], *, seq: int, started_at: float, timings: Mapping[str, float]
 ) -> dict[str, Any]:
-    """The JSON object POSTed for one engine update (a state change or the outcome).
+    """The JSON object POSTed for one engine update (a state change, the outcome, or a joined
+    member's departure: `state: left`, type `invite.left`, with `left_reason`, `left_cause`,
+    `in_room_s` and `timings.left_at`).
 
     `seq` is the invite's webhook sequence number (0, 1, 2, ... and continued by a restarted
-    daemon); `timings` the wall times already known (answered_at, key_at, joined_at)."""
+    daemon); `timings` the wall times already known (answered_at, key_at, joined_at, and
+    ended_at once the outcome was sent)."""
     outcome = update.get("outcome")
+    left = update.get("state") == LEFT_STATE
     when = float(update.get("ts") or time.time())
     stamps: dict[str, Any] = {
         "started_at": started_at,
@@ -181,11 +189,17 @@ def event_body(
         "answered_at": timings.get("answered_at"),
         "key_at": timings.get("key_at"),
         "joined_at": timings.get("joined_at"),
-        "ended_at": when if outcome else None,
+        "ended_at": timings.get("ended_at", when if outcome else None),
     }
+    extra: dict[str, Any] = {}
+    if left:
+        stamps["left_at"] = update.get("left_at", when)
+        extra = {name: update.get(name) for name in ("left_reason", "left_cause", "in_room_s")}
+    kind = "invite.left" if left else "invite.outcome" if outcome else "invite.state"
     return {
+        **extra,
         "event_id": event_id(str(update["invite_id"]), seq),
-        "type": "invite.outcome" if outcome else "invite.state",
+        "type": kind,
         "invite_id": update["invite_id"],
         "seq": seq,
         "uuid": update.get("uuid"),

@@ -628,3 +628,56 @@ def test_an_invites_notify_urls_survive_the_journal() -> None:
     with pytest.raises(BadInput, match="notify"):
         spec_from_journal(row)
     assert InviteSpec(extension="1000", room=ROOM, timeout=30).notify == ()
+
+
+def test_a_joined_members_leaving_is_the_next_event_after_the_outcome(
+    tmp_path: Path, secret_file: Path
+) -> None:
+    """The room's `state: left` update (confguard.members) comes after a joined invite's
+    outcome: it continues the invite's sequence (never seq 0 again, whose event id a receiver
+    has already seen), as `invite.left` with the reason, cause and moment; the outcome of an
+    invite that did not join ends its sequence."""
+    from types import SimpleNamespace
+
+    from confguard.invite import InviteSpec
+    from confguard.journal import Journal
+    from confguard.webhook_delivery import WebhookDelivery
+
+    config = load_config(None, env={}, overrides={
+        "webhooks.urls": ["http://127.0.0.1:9/hook"], "webhooks.secret_file": str(secret_file)})
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        delivery = WebhookDelivery(journal, config.webhooks)
+
+        def updates(invite_id: str, outcome: str) -> list[dict[str, Any]]:
+            states = ["placing", "ringing", "waiting_key", "cancelling", "joining", "joined"]
+            made = [{"seq": n, "invite_id": invite_id, "state": state,
+                     "previous": states[n - 1] if n else "placing", "ts": 100.0 + n}
+                    for n, state in enumerate(states)]
+            made.append({"seq": len(made), "invite_id": invite_id, "state": "ended",
+                         "previous": "joined", "outcome": outcome, "ts": 110.0})
+            return made
+
+        run = SimpleNamespace(spec=InviteSpec(extension="1000", room=ROOM, timeout=30),
+                              started_wall=99.0, machine=SimpleNamespace(adopted=False))
+        for update in updates("aaaaaaaaaaaa", "joined"):
+            delivery.observe(run, update)
+        delivery.observe(run, {"seq": 7, "invite_id": "aaaaaaaaaaaa", "state": "left",
+                               "previous": "ended", "outcome": "joined",
+                               "left_reason": "max_duration", "left_cause": "ALLOTTED_TIMEOUT",
+                               "left_at": 113.0, "in_room_s": 3.0, "ts": 113.0})
+        for update in updates("bbbbbbbbbbbb", "cancelled"):
+            delivery.observe(run, update)
+        rows = journal.read_rows("SELECT invite_id, seq, event_id, body FROM webhook_outbox "
+                                 "ORDER BY id")
+        left_over = journal.read_rows("SELECT invite_id FROM webhook_invites")
+    bodies = [json.loads(r["body"]) for r in rows if r["invite_id"] == "aaaaaaaaaaaa"]
+    assert [b["seq"] for b in bodies] == list(range(8))
+    assert len({r["event_id"] for r in rows}) == len(rows)  # no event id twice
+    assert [b["type"] for b in bodies[-2:]] == ["invite.outcome", "invite.left"]
+    left = bodies[-1]
+    assert (left["state"], left["outcome"], left["left_reason"], left["left_cause"],
+            left["in_room_s"]) == ("left", "joined", "max_duration", "ALLOTTED_TIMEOUT", 3.0)
+    assert left["timings"]["ended_at"] == 110.0 and left["timings"]["left_at"] == 113.0
+    assert left["timings"]["joined_at"] == bodies[-2]["timings"]["joined_at"] == 105.0
+    assert "left_reason" not in bodies[-2] and "left_at" not in bodies[-2]["timings"]
+    assert list(left_over) == []  # both sequences are done: nothing kept

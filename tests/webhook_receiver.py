@@ -51,6 +51,9 @@ class Hit:
         stamp = time.strftime("%H:%M:%S", time.gmtime(self.at)) + f".{millis:03d}Z"
         what = self.body.get("outcome") or self.body.get("state")
         kind = "outcome" if self.body.get("outcome") else "state"
+        if self.body.get("type") == "invite.left":  # a joined member's departure, after it
+            what = f"{self.body.get('left_reason')} ({self.body.get('left_cause')})"
+            kind = "left"
         return (f"{stamp}  {self.path:<6} invite={self.body.get('invite_id')} "
                 f"seq={self.body.get('seq')} {kind}={what} attempt={self.attempt} "
                 f"-> {self.status}{'' if self.signed else ' (BAD SIGNATURE)'}")
@@ -141,8 +144,9 @@ def outcome_delivered(receiver: Receiver, invite_id: str, path: str = "/hook") -
 def check_lanes(hits: list[Hit]) -> dict[tuple[str, str], list[int]]:
     """The delivery guarantees over every request received, per (path, invite): signed; seq
     never goes down in arrival order; a repeated seq carries the same event id and the very same
-    body; the delivered seqs are 0..n-1 with no gap and end with the outcome. Returns the
-    delivered seqs of each lane."""
+    body; the delivered seqs are 0..n-1 with no gap and end with the outcome (a joined invite:
+    the outcome, then possibly its member's `invite.left`). Returns the delivered seqs of each
+    lane."""
     lanes: dict[tuple[str, str], list[Hit]] = {}
     for hit in hits:
         assert hit.signed, hit.signature_error
@@ -164,7 +168,13 @@ def check_lanes(hits: list[Hit]) -> dict[tuple[str, str], list[int]]:
         delivered = sorted({int(h.body["seq"]) for h in lane if h.ok})
         assert delivered == list(range(len(delivered))), f"{key}: gap in {delivered}"
         assert set(first) == set(delivered), f"{key}: an event was never delivered"
-        ends = [h for h in lane if h.ok and h.body.get("outcome")]
-        assert ends and int(ends[0].body["seq"]) == delivered[-1], f"{key}: outcome not last"
+        ends = [h for h in lane if h.ok and h.body.get("type") == "invite.outcome"]
+        gone = sorted({int(h.body["seq"]) for h in lane if h.ok
+                       and h.body.get("type") == "invite.left"})
+        assert ends, f"{key}: no outcome"
+        assert gone in ([], [delivered[-1]]), f"{key}: left not once and last"
+        last = delivered[-1] - len(gone)
+        assert int(ends[0].body["seq"]) == last, f"{key}: outcome not last"
+        assert not gone or ends[0].body["outcome"] == "joined", f"{key}: left without a join"
         result[key] = delivered
     return result
