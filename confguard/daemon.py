@@ -172,6 +172,7 @@ class Daemon:
             self.engine, self.session, config.events,
             lambda: self.api.defaults if self.api is not None else config.invite,
             reconnect_wait=config.esl.reconnect_wait,
+            routes=lambda: self.api.routes if self.api is not None else config.routes,
         )
         self.api = ControlServer(
             self.engine,

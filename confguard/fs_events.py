@@ -1,8 +1,9 @@
 """Invites from inside FreeSWITCH: `CUSTOM confguard::invite` in, `CUSTOM confguard::outcome` out.
 
 Owns the event side of an invite:
-- turning an invite event's headers (`ext` or `extensions`, `room`, `timeout`, `key`, ...; an
-  optional `request_id`; never a join target or channel variables) into invite specs through
+- turning an invite event's headers (`ext` or `extensions`, `room`, `timeout`, `key`, ...,
+  `max_duration` and the member flags `muted` ... `endconf`; an optional `request_id`; never a
+  join target, channel variables, a dial route or webhook URLs) into invite specs through
   the control API's own validation (`confguard.api.specs_from_request`), plus the rooms
   `[events] allowed_rooms` lets an event invite into; whatever fails starts nothing, is logged
   (one line naming the field) and is answered with a `refused` outcome event;
@@ -39,11 +40,19 @@ REFUSED = "refused"  # the outcome of an invite event that started nothing
 
 # Invite-event header -> control API request field. Values arrive as text; numbers are parsed.
 TEXT_FIELDS = ("room", "key", "decline_key", "prompt", "caller_id_name", "caller_id_number")
-# Not from an event: a join target would send the callee elsewhere than the allowed room, and
-# channel variables are the operator's (the API's `variables`).
+# Not from an event: a join target would send the callee elsewhere than the allowed room,
+# channel variables are the operator's (the API's `variables`), a route may dial out of the
+# switch (a carrier: anyone who can fire the event could place toll calls), and webhook URLs
+# would let the switch side make the daemon POST anywhere. Refused naming the header, never
+# ignored: a sender must not believe it got what it asked for.
 REFUSED_FIELDS = {"join": "not taken from an event: [invite] join_mode applies",
-                  "variables": "not taken from an event"}
-NUMBER_FIELDS = ("timeout", "ring_timeout")
+                  "variables": "not taken from an event",
+                  "via": "not taken from an event: [invite] via applies",
+                  "notify": "not taken from an event: [webhooks] urls apply"}
+NUMBER_FIELDS = ("timeout", "ring_timeout", "max_duration")
+# Member flags, as the API takes them (only `true` or `false`); the invite's room is still one
+# of [events] allowed_rooms.
+FLAG_FIELDS = ("muted", "deaf", "moderator", "endconf")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_.:@+-]{1,64}")
 _SECONDS_RE = re.compile(r"[0-9]{1,5}")
 # What an outcome event's values may hold: nothing FreeSWITCH would read as ESL syntax, and no
@@ -100,6 +109,11 @@ def request_from_event(headers: Mapping[str, str], allowed_rooms: Sequence[str])
             if not _SECONDS_RE.fullmatch(headers[name]):
                 raise EventRefused(name, "a whole number of seconds")
             body[name] = int(headers[name])
+    for name in FLAG_FIELDS:
+        if name in headers:
+            if headers[name] not in ("true", "false"):
+                raise EventRefused(name, "true or false")
+            body[name] = headers[name] == "true"
     room = body.get("room")
     if room is None:
         raise EventRefused("room", "required: the conference room")
@@ -109,13 +123,15 @@ def request_from_event(headers: Mapping[str, str], allowed_rooms: Sequence[str])
 
 
 def specs_from_event(
-    headers: Mapping[str, str], allowed_rooms: Sequence[str], defaults: InviteConfig
+    headers: Mapping[str, str], allowed_rooms: Sequence[str], defaults: InviteConfig,
+    routes: Mapping[str, Any] | None = None,
 ) -> list[InviteSpec]:
     """Validated invite specs for an invite event, as the API would make them for the same
-    request. Raises EventRefused naming the field."""
+    request (`routes`: the configured `[routes.<name>]`, which `[invite] via` may name).
+    Raises EventRefused naming the field."""
     body = request_from_event(headers, allowed_rooms)
     try:
-        return specs_from_request(body, defaults)
+        return specs_from_request(body, defaults, routes)
     except BadInput as exc:
         field = exc.field
         if field == "extension":  # the API's name for one of the list: the event's header
@@ -160,11 +176,13 @@ class FsEvents:
         defaults: Callable[[], InviteConfig],
         *,
         reconnect_wait: float = 5.0,
+        routes: Callable[[], Mapping[str, Any]] = dict,
     ) -> None:
         self.engine = engine
         self.session = session
         self.config = config
         self.defaults = defaults
+        self.routes = routes  # the configured routes now (SIGHUP reloads them)
         self.reconnect_wait = reconnect_wait
         self._outbox: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -215,7 +233,8 @@ class FsEvents:
         request_id: str | None = None
         try:
             request_id = request_id_of(headers)
-            specs = specs_from_event(headers, self.config.allowed_rooms, self.defaults())
+            specs = specs_from_event(headers, self.config.allowed_rooms, self.defaults(),
+                                     self.routes())
         except EventRefused as refused:
             log.warning("fs_event.refused", field=refused.field, reason=refused.reason,
                         cause=refused.cause, request_id=request_id, **sender)
@@ -248,7 +267,7 @@ class FsEvents:
         `[events] outcomes = true`, else only for invites an event started -- also when a
         restarted daemon adopted it: the origin is in the journal)."""
         outcome = update.get("outcome")
-        if not outcome:
+        if not outcome or update.get("state") == "left":  # a member leaving is no new outcome
             return
         from_event = run.origin.get("source") == "event"
         if not (from_event or self.config.outcomes):

@@ -59,6 +59,29 @@ def test_an_event_makes_the_specs_the_api_makes_for_the_same_request() -> None:
     assert specs_from_event(headers, ROOMS, DEFAULTS) == specs_from_request(body, DEFAULTS)
 
 
+def test_an_event_sets_the_time_limit_and_member_flags_as_the_api_does() -> None:
+    headers = {"ext": "1001", "room": "test1", "max_duration": "600", "muted": "true",
+               "deaf": "false", "moderator": "true", "endconf": "false"}
+    body = {"extensions": ["1001"], "room": "test1", "max_duration": 600, "muted": True,
+            "deaf": False, "moderator": True, "endconf": False}
+    [spec] = specs_from_event(headers, ROOMS, DEFAULTS)
+    assert [spec] == specs_from_request(body, DEFAULTS)
+    assert (spec.max_duration, spec.member_flags) == (600, ("muted", "moderator"))
+
+
+def test_an_event_takes_the_invite_via_default_from_the_configured_routes() -> None:
+    """`[invite] via` names a configured route: an event's invite dials through it (it used
+    to be refused, `via: no such route`, for want of the routes)."""
+    from dataclasses import replace
+
+    from confguard.routes import DialRoute
+
+    routes = {"lab": DialRoute("lab", "loopback/{ext}/confguard_callee/XML")}
+    [spec] = specs_from_event({"ext": "1001", "room": "test1"}, ROOMS,
+                              replace(DEFAULTS, via="lab"), routes)
+    assert spec.route == routes["lab"]
+
+
 def test_extensions_travel_space_separated() -> None:
     specs = specs_from_event({"extensions": "1001 1002  1003", "room": "test1"}, ROOMS, DEFAULTS)
     assert [s.extension for s in specs] == ["1001", "1002", "1003"]
@@ -89,6 +112,14 @@ def test_extensions_travel_space_separated() -> None:
         ({"ext": "1001", "room": "test1", "join": "inline"}, "join", "BAD_INPUT"),
         ({"ext": "1001", "room": "test1", "variables": "a=b"}, "variables", "BAD_INPUT"),
         ({"extensions": "1001 1001", "room": "test1"}, "extensions", "BAD_INPUT"),
+        # a route may dial out of the switch, a URL would make the daemon POST anywhere
+        ({"ext": "1001", "room": "test1", "via": "mobile"}, "via", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "notify": "http://127.0.0.1/x"}, "notify",
+         "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "max_duration": "0"}, "max_duration", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "max_duration": "3 "}, "max_duration", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "muted": "yes"}, "muted", "BAD_INPUT"),
+        ({"ext": "1001", "room": "test1", "endconf": "1"}, "endconf", "BAD_INPUT"),
     ],
 )
 def test_refused_events_name_the_field(headers: dict[str, str], field: str, cause: str) -> None:
@@ -702,6 +733,25 @@ async def test_outcomes_go_out_in_order_and_only_for_event_invites_by_default() 
         await drained(events, session, 1)
         assert [dict(h).get("invite_id") for h in session.sent] == ["i2"]
         assert dict(session.sent[0])["request_id"] == "r-9"
+    finally:
+        await events.stop()
+
+
+async def test_a_members_leaving_is_no_second_outcome_event() -> None:
+    """The room's `state: left` update (it carries `outcome: joined`) comes after the outcome:
+    no second confguard::outcome for it."""
+    engine, session = FakeEngine(), FakeSession(connected=True)
+    events = await fs_events_of(engine, session, invites=True, allowed_rooms=("test1",))
+    try:
+        [invite_id] = await events.handle_invite_event({"ext": "1000", "room": "test1"})
+        run = type("Run", (), {"invite_id": invite_id, "call_uuid": "u", "origin":
+                               {"source": "event"}, "spec": engine.started[0][0]})()
+        for observer in engine.observers:
+            observer(run, {"state": "ended", "outcome": "joined"})
+            observer(run, {"state": "left", "outcome": "joined", "left_reason": "max_duration"})
+        await drained(events, session, 1)
+        await asyncio.sleep(0.05)
+        assert [dict(h)["outcome"] for h in session.sent] == ["joined"]
     finally:
         await events.stop()
 
