@@ -236,7 +236,7 @@ async def cmd_invite(args: argparse.Namespace, out: TextIO) -> int:
 
 def _api_error_exit(exc: Any) -> int:
     _err(str(exc))
-    if exc.kind == "bad_input":
+    if exc.kind in ("bad_input", "idempotency_conflict"):  # nothing was sent either way
         return EXIT_BAD_INPUT
     if exc.status == 503:
         return EXIT_SWITCH_UNAVAILABLE

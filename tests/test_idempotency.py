@@ -450,6 +450,11 @@ async def test_cli_retry_follows_the_same_invite_to_the_same_exit_code(
     no_wait = [*argv[:-3], "--no-wait", "--socket", daemon.config.api.socket]
     status, out = await run_cli(*[a for a in no_wait if a != "--json"])
     assert (status, out.strip()) == (0, first[0]["uuid"])
+    # the key with another request: a 409, for the CLI bad input (2, as the README says)
+    status, out = await run_cli(*argv, "--timeout", "11")
+    assert (status, out) == (cli.EXIT_BAD_INPUT, "")
+    assert "used for a different request" in capsys.readouterr().err
+    assert await originate_count(link, 1) == 1
 
 
 async def test_cli_refuses_a_bad_key_with_2_before_connecting(
