@@ -354,8 +354,8 @@ class Engine:
             snapshot = list(run.history)
             for update in snapshot:
                 yield update
-            if snapshot and snapshot[-1].get("outcome"):
-                return
+                if update.get("outcome"):  # a joined member's `left` update comes after it
+                    return
             while True:
                 update = await inbox.get()
                 if update["seq"] < len(snapshot):
@@ -420,17 +420,19 @@ class Engine:
             name = event.name
             self._metric("event_received", event.subclass or name)
             headers: Mapping[str, str] = event.headers
-            member = self.members.get(headers.get("Unique-ID", ""))
-            if member is not None and (
-                member.invite_run is None or member.invite_run.machine.state is State.ENDED
-            ):
-                self.members.route(headers)
-                continue
+            # The taps first: a `confguard::invite` fired by the `event` app carries the
+            # channel's Unique-ID, and that channel may be a member confguard watches.
             if self._taps and event.subclass in self._taps:
                 try:
                     self._taps[event.subclass](event)
                 except Exception:
                     log.exception("engine.tap_error", subclass=event.subclass)
+                continue
+            member = self.members.get(headers.get("Unique-ID", ""))
+            if member is not None and (
+                member.invite_run is None or member.invite_run.machine.state is State.ENDED
+            ):
+                self.members.route(headers)
                 continue
             run = (
                 self._by_uuid.get(headers.get("Unique-ID", ""))

@@ -398,3 +398,26 @@ async def test_an_originate_never_spins_while_the_session_still_says_connected()
         assert len(bgapis(session)) == 1
         assert 1 <= refusals <= 10  # tried again a few times, not thousands
         assert ticks > 10  # the loop kept running while the originate waited
+
+
+async def test_a_tapped_event_from_a_watched_members_channel_reaches_the_tap(engine) -> None:  # type: ignore[no-untyped-def]
+    """The `event` app run by a member in the room (a moderator's key) fires confguard::invite
+    with that member's Unique-ID: the tap takes it, not the member's watch."""
+    running, session = engine
+    tapped: list[Any] = []
+    routed: list[Any] = []
+    member_uuid = "22222222-0000-4000-8000-000000000000"
+    running.add_event_tap("confguard::invite", tapped.append)
+
+    class Watched:
+        invite_run = None
+
+    running.members.get = lambda uuid: Watched() if uuid == member_uuid else None  # type: ignore[method-assign]
+    running.members.route = routed.append  # type: ignore[method-assign]
+    session.queue.put_nowait(
+        Event(Event_Name="CUSTOM", Event_Subclass="confguard::invite", Unique_ID=member_uuid)
+    )
+    session.queue.put_nowait(Event(Event_Name="CHANNEL_HANGUP", Unique_ID=member_uuid))
+    await settle()
+    assert [e.subclass for e in tapped] == ["confguard::invite"]
+    assert [h["Event-Name"] for h in routed] == ["CHANNEL_HANGUP"]
