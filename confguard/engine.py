@@ -102,6 +102,20 @@ _DONE = object()  # worker sentinel: the machine has ended and every command is 
 
 
 @dataclass
+class AdoptedMember:
+    """What the observers get for the `state: left` update of a member a restarted daemon
+    adopted in the room (`Engine.adopt_member`): no machine, no history, the journal's spec."""
+
+    invite_id: str
+    call_uuid: str
+    spec: InviteSpec
+    started_wall: float
+    origin: dict[str, str] = field(default_factory=dict)
+    machine: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class InviteRun:
     """One invite inside the engine: its machine, its command queue and its followers."""
 
@@ -680,11 +694,13 @@ class Engine:
     def _publish_left(self, member: Member, update: dict[str, Any]) -> None:
         """A joined member left the room: the engine's observers hear it (`state: left`)."""
         self._metric("member_left", update.get("left_reason"))
-        run = member.invite_run
-        if run is None:
-            return
-        update = {"seq": len(run.history), **update}
-        run.history.append(update)
+        run: Any = member.invite_run
+        if run is None:  # adopted in the room after a restart: what the journal kept of it
+            run = AdoptedMember(member.invite_id, member.call_uuid, member.spec,
+                                member.started_wall or member.joined_wall or update["ts"])
+        else:
+            update = {"seq": len(run.history), **update}
+            run.history.append(update)
         for observer in self._observers:
             try:
                 observer(run, update)

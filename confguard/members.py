@@ -38,6 +38,7 @@ class Member:
     watch: MemberWatch
     joined_wall: float | None
     invite_run: Any = None  # the engine's InviteRun (None when adopted after a restart)
+    started_wall: float | None = None  # when the invite began (adopted: the journal's row)
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     worker: asyncio.Task[None] | None = None
@@ -97,7 +98,8 @@ class Members:
             call_uuid=record.call_uuid, max_duration=spec.max_duration,
             timer_cause=spec.hangup_cause, now=now,
         )
-        member = Member(record.invite_id, record.call_uuid, spec, watch, record.joined_at)
+        member = Member(record.invite_id, record.call_uuid, spec, watch, record.joined_at,
+                        started_wall=record.created_at)
         log.info("member.adopted", uuid=record.call_uuid, ext=spec.extension, room=spec.room,
                  invite=record.invite_id)
         return self._start(member)

@@ -253,10 +253,12 @@ class WebhookDelivery:
 
     def _load(self) -> None:
         # Sequence rows of invites that ended (or are gone) are not needed any more; the ones
-        # of invites still active are, for the invites this run adopts.
+        # of invites still active are, for the invites this run adopts, and so are those of
+        # joined members not seen leaving (their `invite.left` event comes later).
         self._journal.write_rows([(
             "DELETE FROM webhook_invites WHERE invite_id NOT IN "
-            "(SELECT invite_id FROM invites WHERE ended_at IS NULL)", (),
+            "(SELECT invite_id FROM invites WHERE ended_at IS NULL "
+            "OR (outcome = 'joined' AND left_at IS NULL))", (),
         )])
         rows = self._journal.read_rows(
             "SELECT id, url, invite_id, seq, event_id, created_at, attempts, next_attempt_at "

@@ -681,3 +681,31 @@ def test_a_joined_members_leaving_is_the_next_event_after_the_outcome(
     assert left["timings"]["joined_at"] == bodies[-2]["timings"]["joined_at"] == 105.0
     assert "left_reason" not in bodies[-2] and "left_at" not in bodies[-2]["timings"]
     assert list(left_over) == []  # both sequences are done: nothing kept
+
+
+async def test_a_member_adopted_after_a_restart_still_sends_its_left_event(  # type: ignore[no-untyped-def]
+    sim_peer, link_to, tmp_path, secret_file, receiver
+) -> None:
+    """A joined member's time limit fires while a second daemon runs (the first one stopped
+    with the member in the room): that daemon adopts it from the journal and its `invite.left`
+    event continues the invite's sequence after the outcome the first one sent."""
+    hooked = HookedDaemon(sim_peer, link_to, tmp_path, secret_file, [receiver.url()])
+    async with hooked as daemon:
+        status, updates = await invite_json(
+            daemon, "1000", "--room", ROOM, "--timeout", "10",
+            "--max-duration", str(sim_peer.secs(3)))
+        assert (status, updates[-1]["outcome"]) == (0, "joined"), updates
+        invite_id = updates[0]["invite_id"]
+        await receiver.wait_until(lambda: outcome_delivered(receiver, invite_id), 10)
+    async with HookedDaemon(sim_peer, link_to, tmp_path, secret_file, [receiver.url()]) as again:
+        await receiver.wait_until(lambda: any(
+            b.get("type") == "invite.left" for b in receiver.delivered()), 15)
+        row = again.journal.get(invite_id)
+    lanes = check_lanes(receiver.hits)
+    assert lanes[("/hook", invite_id)] == list(range(len(updates) + 1))
+    left = receiver.delivered()[-1]
+    assert (left["seq"], left["left_reason"], left["state"]) == (
+        len(updates), "max_duration", "left"), left
+    assert left["timings"]["joined_at"] == receiver.delivered()[-2]["timings"]["joined_at"]
+    assert left["timings"]["started_at"] == receiver.delivered()[0]["timings"]["started_at"]
+    assert row is not None and row.left_reason == "max_duration"
