@@ -656,3 +656,30 @@ async def test_real_switch_a_retried_request_places_one_call(
         await asyncio.wait_for(task, 10)
         await relay.stop()
         await peer.clean()
+
+
+def test_the_request_hash_covers_every_issue10_field() -> None:
+    """A retry that differs in a webhook URL, a route, the time limit or any member flag is
+    another request (409), the same one is the same hash; the journal's spec keeps them all
+    (a restarted daemon adopts the invite with each)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from confguard.engine import spec_from_journal, spec_to_journal
+    from confguard.invite import InviteSpec
+    from confguard.routes import DialRoute
+
+    lab = DialRoute("lab", "loopback/{ext}/confguard_callee/XML", ring_timeout=20)
+    spec = InviteSpec(extension="1000", room=ROOM, timeout=30, notify=("http://127.0.0.1:9/h",),
+                      max_duration=3, muted=True, moderator=True, route=lab)
+    assert request_hash([spec]) == request_hash([replace(spec)])
+    others = [replace(spec, notify=()), replace(spec, notify=("http://127.0.0.1:9/other",)),
+              replace(spec, route=None), replace(spec, route=replace(lab, name="lab2")),
+              replace(spec, max_duration=None), replace(spec, max_duration=4),
+              *(replace(spec, **{flag: not getattr(spec, flag)})
+                for flag in ("muted", "deaf", "moderator", "endconf"))]
+    digests = {request_hash([other]) for other in others}
+    assert len(digests) == len(others) and request_hash([spec]) not in digests
+    saved = json.loads(json.dumps(spec_to_journal(spec)))
+    row = SimpleNamespace(detail={"spec": saved}, ext="1000", room=ROOM, timeout=30)
+    assert spec_from_journal(row) == spec
