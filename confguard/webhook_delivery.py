@@ -138,6 +138,11 @@ class WebhookDelivery:
             return
         invite = str(update["invite_id"])
         mark = self._marks.get(invite) or self._load_mark(run, update)
+        if mark is None:
+            log.warning("webhook.left_not_sent", invite=invite,
+                        reason="the invite's sequence is not known (its outcome was sent by a "
+                        "confguard without left events): a seq could repeat an event id")
+            return
         seq = mark.next_seq
         timings = dict(mark.timings)
         left = update.get("state") == LEFT_STATE
@@ -177,9 +182,10 @@ class WebhookDelivery:
             self._add(OutboxRow(int(row_id or 0), url, invite, seq, ident, now, 0, now))
         self._wake.set()
 
-    def _load_mark(self, run: Any, update: dict[str, Any]) -> _InviteMark:
+    def _load_mark(self, run: Any, update: dict[str, Any]) -> _InviteMark | None:
         """The sequence of an invite first seen by this process: 0 for a new one; where the last
-        run stopped for one it adopted (its timings from the outbox, else from the journal)."""
+        run stopped for one it adopted (its timings from the outbox, else from the journal);
+        None for a member's `left` whose sequence was not kept."""
         fresh = (
             update.get("seq") == 0
             and update.get("state") == update.get("previous") == "placing"
@@ -193,6 +199,8 @@ class WebhookDelivery:
         )
         if rows:
             return _InviteMark(int(rows[0]["next_seq"]), dict(json.loads(rows[0]["timings"])))
+        if update.get("state") == LEFT_STATE:
+            return None
         timings: dict[str, float] = {}
         record = self._journal.get(str(update["invite_id"]))
         for name in ("answered_at", "key_at", "joined_at"):

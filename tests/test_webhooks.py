@@ -667,6 +667,12 @@ def test_a_joined_members_leaving_is_the_next_event_after_the_outcome(
                                "left_at": 113.0, "in_room_s": 3.0, "ts": 113.0})
         for update in updates("bbbbbbbbbbbb", "cancelled"):
             delivery.observe(run, update)
+        # a left whose sequence nobody kept (the outcome sent by a confguard without left
+        # events): not sent, rather than as seq 0 again
+        with capture_logs() as logs:
+            delivery.observe(run, {"invite_id": "cccccccccccc", "state": "left",
+                                   "outcome": "joined", "left_reason": "hung_up", "ts": 120.0})
+        assert [e["event"] for e in logs] == ["webhook.left_not_sent"]
         rows = journal.read_rows("SELECT invite_id, seq, event_id, body FROM webhook_outbox "
                                  "ORDER BY id")
         left_over = journal.read_rows("SELECT invite_id FROM webhook_invites")
