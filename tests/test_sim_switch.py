@@ -615,3 +615,26 @@ async def test_keys_pressed_before_the_app_wait_for_its_first_prompt(switch) -> 
     sw._press(channel, "2")
     sw._start_app(channel, "park", None)  # park reads the queue and drops what waited
     assert channel.queued_dtmf == []
+
+
+def test_event_date_stamps_are_formatted_once_a_second_and_stay_right() -> None:
+    """Event-Date-Local / -GMT and the *_stamp variables come from a table of whole seconds:
+    every time, fractions, second boundaries, and after the table has started over, the text
+    is what strftime gives for that second."""
+    import random
+    import time
+
+    from confguard.sim import events
+
+    def reference(epoch: float) -> tuple[str, str]:
+        return (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)),
+                time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(epoch)))  # fmt: skip
+
+    ops = random.Random(3)
+    base = 1_764_633_599.0  # a day's last second in UTC
+    times = [base, base + 0.999999, base + 1.0, base + 1.5, 0.0, 59.99]
+    times += [base + ops.uniform(-3 * 86400, 3 * 86400) for _ in range(events._STAMPS_KEPT + 50)]
+    for _ in range(2):  # the second time from the table (which started over meanwhile)
+        for epoch in times:
+            assert (events.stamp_local(epoch), events.stamp_gmt(epoch)) == reference(epoch)
+    assert len(events._LOCAL_STAMPS) <= events._STAMPS_KEPT

@@ -17,6 +17,7 @@ Header order facts taken from the transcripts:
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -92,6 +93,7 @@ CAUSE_CODES: dict[str, int] = {
 }
 CAUSE_NAMES: dict[int, str] = {code: name for name, code in CAUSE_CODES.items()}
 _header_name = operator.itemgetter(0)
+HEAD_NAMES = 24  # SimEvent.first_value looks among these first (a channel event's Unique-ID)
 
 
 @dataclass
@@ -110,8 +112,19 @@ class SimEvent:
 
     def first_value(self, lowered_name: str) -> str | None:
         """The first value of the header named `lowered_name` in any case (FreeSWITCH looks
-        headers up ignoring case), or None. Found in one lower-cased string of all the names,
-        made once per event: no dict of a hundred-odd headers for the few a filter asks."""
+        headers up ignoring case), or None. Looked up first among the event's first
+        `HEAD_NAMES` names, lower-cased once per event (where Event-Name, Unique-ID and the
+        scheduler's Task-Group are), then in one lower-cased string of all the names, made
+        once per event: no dict of a hundred-odd headers for the few a filter asks."""
+        head = self.derived.get("head_names")
+        if head is None:
+            head = self.derived["head_names"] = list(
+                map(str.lower, map(_header_name, self.headers[:HEAD_NAMES]))
+            )
+        if lowered_name in head:  # type: ignore[operator]
+            return self.headers[head.index(lowered_name)][1]  # type: ignore[attr-defined]
+        if len(self.headers) <= HEAD_NAMES:
+            return None
         names = self.derived.get("lowered_names")
         if names is None:
             names = "\n" + "\n".join(map(_header_name, self.headers)).lower() + "\n"
@@ -146,13 +159,37 @@ def micros(epoch_seconds: float) -> str:
 
 
 def stamp_local(epoch_seconds: float) -> str:
-    """`2026-11-28 08:17:55` in local time (Event-Date-Local, *_stamp variables)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_seconds))
+    """`2026-11-28 08:17:55` in local time (Event-Date-Local, *_stamp variables); formatted
+    once per whole second (every event of that second shows the same text)."""
+    second = math.floor(epoch_seconds)
+    text = _LOCAL_STAMPS.get(second)
+    if text is None:
+        text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        _keep_stamp(_LOCAL_STAMPS, second, text)
+    return text
 
 
 def stamp_gmt(epoch_seconds: float) -> str:
-    """`Sat, 28 Nov 2026 08:17:55 GMT` (Event-Date-GMT)."""
-    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(epoch_seconds))
+    """`Sat, 28 Nov 2026 08:17:55 GMT` (Event-Date-GMT); once per whole second, as above."""
+    second = math.floor(epoch_seconds)
+    text = _GMT_STAMPS.get(second)
+    if text is None:
+        text = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second))
+        _keep_stamp(_GMT_STAMPS, second, text)
+    return text
+
+
+# Whole epoch second -> its text. The stamps asked for are of the last seconds (now, when a
+# call started or was answered), so a small table that starts over when full keeps them.
+_LOCAL_STAMPS: dict[int, str] = {}
+_GMT_STAMPS: dict[int, str] = {}
+_STAMPS_KEPT = 4096
+
+
+def _keep_stamp(stamps: dict[int, str], second: int, text: str) -> None:
+    if len(stamps) >= _STAMPS_KEPT:
+        stamps.clear()
+    stamps[second] = text
 
 
 @dataclass

@@ -236,6 +236,8 @@ class EventFilters:
             return True
         send = False
         for name, filters in self._by_name.items():
+            if send and not filters.negative:
+                continue  # passing already, and nothing on this header could veto it
             actual = event.first_value(name)
             if actual is None:
                 continue
