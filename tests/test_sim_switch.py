@@ -638,3 +638,17 @@ def test_event_date_stamps_are_formatted_once_a_second_and_stay_right() -> None:
         for epoch in times:
             assert (events.stamp_local(epoch), events.stamp_gmt(epoch)) == reference(epoch)
     assert len(events._LOCAL_STAMPS) <= events._STAMPS_KEPT
+
+
+def test_variable_headers_keep_the_order_and_prefix_past_the_names_table() -> None:
+    """`variable_<name>` headers come from a table of prefixed names: in the channel's order,
+    the same as prefixing each name, also once the table is full."""
+    from confguard.sim import events
+
+    variables = {f"v{index}": str(index) for index in range(events._PREFIXED_NAMES_KEPT + 10)}
+    for _ in range(2):
+        assert events.variable_headers(variables) == [
+            (f"variable_{name}", value) for name, value in variables.items()
+        ]
+    assert len(events._VARIABLE_HEADER_NAMES) <= events._PREFIXED_NAMES_KEPT
+    assert events.variable_headers({}) == []

@@ -20,7 +20,7 @@ import itertools
 import math
 import operator
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confguard.sim.clock import SimClock
@@ -328,9 +328,26 @@ def channel_block(ch: ChannelFacts) -> Headers:
     return headers
 
 
-def variable_headers(variables: Iterable[tuple[str, str]]) -> Headers:
-    """`variable_<name>` headers in the channel's variable order."""
-    return [(f"variable_{name}", value) for name, value in variables]
+def variable_headers(variables: Mapping[str, str]) -> Headers:
+    """`variable_<name>` headers in the channel's variable order (the prefixed names are
+    kept, so a channel's hundred-odd headers are zipped up in C)."""
+    names = map(_VARIABLE_HEADER_NAMES.__getitem__, variables)
+    return list(zip(names, variables.values(), strict=True))
+
+
+class _PrefixedNames(dict[str, str]):
+    """Variable name -> `variable_<name>`, made on first use (a bounded table: the names come
+    from the switch and the clients' variables)."""
+
+    def __missing__(self, name: str) -> str:
+        prefixed = "variable_" + name
+        if len(self) < _PREFIXED_NAMES_KEPT:
+            self[name] = prefixed
+        return prefixed
+
+
+_PREFIXED_NAMES_KEPT = 4096
+_VARIABLE_HEADER_NAMES = _PrefixedNames()
 
 
 @dataclass(frozen=True)
@@ -534,7 +551,7 @@ class EventFactory:
             headers.append(("Hangup-Cause", ch.hangup_cause))
         headers += channel_block(ch)
         if with_variables:
-            headers += variable_headers(ch.variables.items())
+            headers += variable_headers(ch.variables)
         if extra:
             headers += extra
         return SimEvent(name, headers)
@@ -650,7 +667,7 @@ class EventFactory:
                 continue
             headers.append((var, value))
         headers += channel_block(ch)
-        headers += variable_headers(ch.variables.items())
+        headers += variable_headers(ch.variables)
         return SimEvent(name, headers, subclass=subclass if name == "CUSTOM" else None)
 
     # -- conference::maintenance -------------------------------------------------------------
