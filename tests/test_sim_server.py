@@ -578,7 +578,8 @@ def test_events_no_client_takes_are_stand_ins_that_keep_their_sequence_number() 
 
 async def test_server_wants_follows_the_subscriptions(stub_sim: Simulator) -> None:
     """`EslServer.wants` is true once some authenticated client subscribes to the type (or
-    subclass, or ALL), false again after `noevents`."""
+    subclass, or ALL), false again after `nixevent` / `noevents` or when the client goes. Its
+    answers are kept between changes: each question is asked again after every change."""
     server = stub_sim.server
     assert not server.wants("CHANNEL_EXECUTE")
     client = await Client.connect(stub_sim.port)
@@ -588,8 +589,19 @@ async def test_server_wants_follows_the_subscriptions(stub_sim: Simulator) -> No
     assert not server.wants("CUSTOM", "other::thing")
     await client.command("event plain ALL")
     assert server.wants("CHANNEL_EXECUTE")
+    await client.command("nixevent CHANNEL_EXECUTE")
+    assert not server.wants("CHANNEL_EXECUTE") and server.wants("CHANNEL_ANSWER")
     await client.command("noevents")
     assert not server.wants("CHANNEL_ANSWER")
+    await client.command("event json CHANNEL_ANSWER")
+    assert server.wants("CHANNEL_ANSWER")
+    other = await Client.connect(stub_sim.port)  # a second client, not subscribed
+    assert server.wants("CHANNEL_ANSWER")
+    assert await client.command("exit") == "+OK bye"
+    while not await client.eof():  # the goodbye notice, then the server's close
+        pass
+    assert not server.wants("CHANNEL_ANSWER")
+    await other.close()
 
 
 def test_event_header_lookup_ignores_case_and_takes_the_first_value() -> None:

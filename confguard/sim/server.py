@@ -65,6 +65,7 @@ EVENT_NAMES: frozenset[str] = frozenset(
 
 MAX_QUEUED_EVENTS = 100_000  # FreeSWITCH's per-listener event queue
 MAX_LOST_EVENTS = 500  # consecutive drops before FreeSWITCH kills the listener
+WANTED_KEPT = 1024  # EslServer.wants' answers kept (names and subclasses)
 JOB_UUID_MAX = 36  # FreeSWITCH copies the client's Job-UUID into a 37-byte buffer
 READ_CHUNK = 65536
 WRITE_BATCH_BYTES = 256 * 1024  # queued events go out in writes of about this size
@@ -536,6 +537,7 @@ class Connection:
             if lowered.startswith("auth "):
                 if line[5:].strip() == self.server.config.password:
                     self.authed = True
+                    self.server.subscriptions_changed()
                     await self._reply("+OK accepted")
                     return True
                 log.info("bad password from %s", self.peer)
@@ -553,11 +555,17 @@ class Connection:
         elif lowered.startswith("bgapi "):
             await self._bgapi(line[len("bgapi ") :], command.header("Job-UUID"))
         elif lowered.startswith("event"):
-            await self._reply(self._event(line))
+            reply = self._event(line)
+            self.server.subscriptions_changed()
+            await self._reply(reply)
         elif lowered.startswith("nixevent"):
-            await self._reply(self._nixevent(line))
+            reply = self._nixevent(line)
+            self.server.subscriptions_changed()
+            await self._reply(reply)
         elif lowered.startswith("noevents"):
-            await self._reply(self._noevents())
+            reply = self._noevents()
+            self.server.subscriptions_changed()
+            await self._reply(reply)
         else:
             await self._reply(REPLY_NOT_FOUND)
         return True
@@ -685,6 +693,7 @@ class EslServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stalled_until = 0.0
         self.port: int = config.port
+        self._wanted: dict[tuple[str, str | None], bool] = {}  # `wants`' answers
 
     # ----------------------------------------------------------------- life cycle
 
@@ -744,18 +753,31 @@ class EslServer:
     def forget(self, connection: Connection) -> None:
         """Remove a closed connection from the fan-out."""
         self.connections.discard(connection)
+        self.subscriptions_changed()
 
     # ----------------------------------------------------------------- switch side
 
     def wants(self, event_name: str, subclass: str | None = None) -> bool:
         """Would some connection take an event of this name (and CUSTOM subclass)? The switch
-        asks before building a channel or conference event (its filters may still drop it)."""
-        return any(
-            connection.authed
-            and not connection.closed
-            and connection.subscription.wants_type(event_name, subclass)
-            for connection in self.connections
-        )
+        asks before building a channel or conference event (its filters may still drop it).
+        Answers are kept until a subscription changes (`subscriptions_changed`)."""
+        key = (event_name, subclass)
+        answer = self._wanted.get(key)
+        if answer is None:
+            answer = any(
+                connection.authed
+                and not connection.closed
+                and connection.subscription.wants_type(event_name, subclass)
+                for connection in self.connections
+            )
+            if len(self._wanted) >= WANTED_KEPT:
+                self._wanted.clear()
+            self._wanted[key] = answer
+        return answer
+
+    def subscriptions_changed(self) -> None:
+        """A connection subscribed, unsubscribed, authenticated or went: `wants` asks again."""
+        self._wanted.clear()
 
     def publish(self, event: SimEvent) -> None:
         """Offer one switch event to every connection (each applies its subscription/filters)."""
