@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import heapq
 import itertools
 import time
@@ -58,6 +59,11 @@ class _ClockTimer(asyncio.TimerHandle):
         asyncio.Handle.cancel(self)
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def timer_pending(handle: asyncio.TimerHandle) -> bool:
     """Whether `handle` (the clock's or the loop's) is still to run: neither run nor cancelled
     (asyncio's `_scheduled`: set while the timer is in a heap, the clock's as the loop's)."""
@@ -93,8 +99,14 @@ class SimClock:
         return max(0.0, sim_seconds) * self.time_scale
 
     async def sleep(self, sim_seconds: float) -> None:
-        """Wait `sim_seconds` simulated seconds."""
-        await asyncio.sleep(self.to_real(sim_seconds))
+        """Wait `sim_seconds` simulated seconds, on one of the clock's own timers (in deadline
+        order with its other timers; no loop timer per sleep)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        handle = self.call_later(sim_seconds, functools.partial(_wake, future))
+        try:
+            await future
+        finally:
+            handle.cancel()
 
     def call_later(self, sim_seconds: float, fn: Callable[[], object]) -> asyncio.TimerHandle:
         """Run `fn()` on the running loop after `sim_seconds` simulated seconds."""

@@ -172,6 +172,11 @@ def _early_media(variables: dict[str, str]) -> str:
     return "false" if variables.get("ignore_early_media", "").lower() == "true" else "true"
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _atoi(text: str) -> int:
     """C's atoi: leading digits (with an optional sign), 0 when none."""
     sign, digits = 1, ""
@@ -213,6 +218,7 @@ class Channel:
     conference: Conference | None = None
     member_id: int = 0
     answered_event: asyncio.Event = field(default_factory=asyncio.Event)
+    answer_waiter: asyncio.Future[None] | None = None  # the originate waiting for the answer
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)  # pending (and some spent)
     timers_pruned_at: int = TIMERS_PRUNE_ABOVE  # `timers` is swept of spent ones past this
@@ -232,6 +238,12 @@ class Channel:
     @property
     def uuid(self) -> str:
         return self.facts.uuid
+
+    def answered_or_gone(self) -> None:
+        """The channel was answered or hung up: the originate waiting for that goes on."""
+        self.answered_event.set()
+        if self.answer_waiter is not None:
+            _resolve(self.answer_waiter)
 
     @property
     def alive(self) -> bool:
@@ -358,7 +370,7 @@ class Switch:
             self._cancel_timers(channel)
             channel.hung_up = channel.destroyed = True
             channel.ended.set()
-            channel.answered_event.set()
+            channel.answered_or_gone()
         self.channels.clear()
         self.conferences.clear()
         for background in list(self._background):
@@ -523,11 +535,7 @@ class Switch:
             self._ring(channel)
             if spec.mode is CalleeMode.ANSWER:
                 self._later(channel, spec.answer_after, lambda: self._answer(channel))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(
-                channel.answered_event.wait(),
-                timeout=self.clock.to_real(max(0.0, ring_limit - self.clock.now())),
-            )
+        await self._until_answered(channel, ring_limit)
         if not channel.answered:
             if channel.alive:
                 # The originate gives up: it hangs the channel up and answers at once, before
@@ -549,6 +557,23 @@ class Switch:
             return f"-ERR {channel.facts.hangup_cause}\n"
         self._after_answer(channel, variables, args[1:])
         return f"+OK {call_uuid}\n"
+
+    async def _until_answered(self, channel: Channel, ring_limit: float) -> None:
+        """Wait until the channel is answered or hung up, or until `ring_limit` (simulated
+        epoch seconds): one future and one of the clock's timers, no task per originate."""
+        if channel.answered_event.is_set():
+            await asyncio.sleep(0)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        channel.answer_waiter = waiter
+        handle = self.clock.call_later(
+            max(0.0, ring_limit - self.clock.now()), functools.partial(_resolve, waiter)
+        )
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            channel.answer_waiter = None
 
     def _dial_target(self, target: str) -> tuple[str, str, Any, str | None] | str:
         """(number, domain, directory, cause the new channel is hung up with at once) for a
@@ -674,7 +699,7 @@ class Switch:
         facts.state = "CS_CONSUME_MEDIA"
         facts.call_state = "DOWN"
         self.publish(self.events.channel_answer(facts))
-        channel.answered_event.set()
+        channel.answered_or_gone()
         # execute_on_answer / api_on_answer run inside the switch at this moment.
         for name, value in list(facts.variables.items()):
             if name.startswith("api_on_answer") and value:
@@ -911,7 +936,7 @@ class Switch:
         facts.hungup = self.clock.now()
         if fire_hangup_event:
             self.publish(self.events.channel_hangup(facts))
-        channel.answered_event.set()
+        channel.answered_or_gone()
         if delay > 0:
             self.clock.call_later(delay, lambda: self._destroy(channel))
         else:
