@@ -262,15 +262,14 @@ def test_json_events_match_json_dumps() -> None:
 
 def test_json_fast_encodings_match_the_pair_by_pair_one() -> None:
     """Events are encoded by joining names and values when nothing needs escaping, else by
-    escaping them joined with separators, else as one dict in one C call when no name repeats:
-    byte for byte what the pair-by-pair encoder writes, repeated names, array headers, the
-    separators themselves and awkward characters included."""
+    escaping the values alone when the names need nothing, else as one dict in one C call
+    when no name repeats: byte for byte what the pair-by-pair encoder writes, repeated names,
+    array headers and awkward characters included."""
     import random
 
     ops = random.Random(11)
     pieces = ["a", "é", '"', "\\", "\t", "\n", "\u2028", "\udcff", "ARRAY::", "|:", "/", "%20", " ",
-              "\x00", "\x1f", "\x7f", "\x01", "\x02", "u0001", "\\u0002", "u000",
-              "ARRAY:", "b", "c", "Z"]  # fmt: skip
+              "\x00", "\x1f", "\x7f", "u0001", "\\u0002", "ARRAY:", "b", "c", "Z"]  # fmt: skip
     for _ in range(4000):
         headers = []
         plain = ops.random() < 0.5  # mostly characters that need no escaping (or a few)

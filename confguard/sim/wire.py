@@ -179,7 +179,7 @@ def serialize_json(headers: Sequence[tuple[str, str]], body: str | None) -> byte
             and _ARRAY_PREFIX_BYTES not in data
         ):
             return data + _json_body_tail(body)
-        text = _json_escaped_at_once(headers)
+        text = _json_values_escaped(headers)
         if text is not None:
             return to_bytes(text) + _json_body_tail(body)
     return serialize_json_escaped(headers, body)
@@ -193,23 +193,14 @@ def _json_body_tail(body: str | None) -> bytes:
     return to_bytes(f',"Content-Length":"{len(body_bytes)}","_body":{_json_string(body)}}}')
 
 
-def _json_escaped_at_once(headers: Sequence[tuple[str, str]]) -> str | None:
-    """`{"name":"value",...` (no closing brace) for headers with characters to escape, escaped
-    in one C call: names and values joined with \\x01 and \\x02, the whole escaped, the two
-    separators' escapes (`\\u0001`, `\\u0002`) turned into `":"` and `","`. None when that
-    is not sure to be exact: a separator inside a name or value, a `u000` that could follow an
-    escaped backslash, or an array header."""
-    flat = "\x02".join(map("\x01".join, headers))
-    count = len(headers)
-    if (
-        flat.count("\x01") != count
-        or flat.count("\x02") != count - 1
-        or "u000" in flat
-        or ARRAY_PREFIX in flat
-    ):
+def _json_values_escaped(headers: Sequence[tuple[str, str]]) -> str | None:
+    """`{"name":"value",...` (no closing brace) when some values need escaping but no name
+    does and no value could be an array: each value escaped by the C encoder, names and values
+    zipped and joined in C. None otherwise (the escaping encoders do it)."""
+    names, values = zip(*headers, strict=True)
+    if to_bytes("".join(names)).translate(None, _JSON_AS_IS) or ARRAY_PREFIX in "".join(values):
         return None
-    escaped = _json_string(flat)  # '"name\\u0001value\\u0002name..."'
-    return "{" + escaped[:-1].replace("\\u0001", '":"').replace("\\u0002", '","') + '"'
+    return '{"' + ',"'.join(map('":'.join, zip(names, map(_json_string, values), strict=True)))
 
 
 # Bytes a JSON string holds as they are (ensure_ascii=False): all but `"`, `\` and controls.
