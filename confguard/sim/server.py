@@ -425,7 +425,10 @@ class Connection:
                 log.info("no auth from %s within %ss", self.peer, self.server.config.auth_timeout)
                 await self._goodbye(wire.GOODBYE_TEXT)
                 return
-            await self._flush_events()
+            if self.events or self._close_after_flush:
+                await self._flush_events()
+            else:
+                self._wake_pending = False
             if item is _EOF or self.closed:
                 return
             if isinstance(item, wire.ClientCommand):
@@ -463,7 +466,8 @@ class Connection:
         (the replies to a pipelined run of commands, events) goes out in one send at the end
         of the pass instead of a send each; order is kept, and the transport's back-pressure
         still holds this connection up when the client does not read."""
-        await self.server.wait_unstalled()
+        if self.server.stalled:
+            await self.server.wait_unstalled()
         if self.closed or self.writer.is_closing():
             raise ConnectionResetError("connection closed")
         self._out.append(data)
@@ -817,6 +821,11 @@ class EslServer:
         task.add_done_callback(self._tasks.discard)
 
     # ----------------------------------------------------------------- faults
+
+    @property
+    def stalled(self) -> bool:
+        """Whether a `stall` fault is (or was) set: `wait_unstalled` has something to do."""
+        return self._stalled_until > 0.0
 
     async def wait_unstalled(self) -> None:
         """Sleep while a `stall` fault is in force."""
