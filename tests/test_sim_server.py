@@ -620,18 +620,22 @@ def test_event_header_lookup_ignores_case_and_takes_the_first_value() -> None:
 
 
 def test_event_header_lookup_is_the_first_match_before_and_past_the_head() -> None:
-    """`first_value` looks among the first HEAD_NAMES names, then in all of them: whichever way
-    it finds a header, the answer is the reference's (the first value, case ignored)."""
+    """`first_value` looks among the first HEAD_NAMES names (lower-cased lists kept by the
+    names), then in all of them: whichever way it finds a header, the answer is the
+    reference's (the first value, case ignored), also for heads seen before and once the table
+    of heads has started over."""
     import random
 
+    from confguard.sim import events
     from confguard.sim.events import HEAD_NAMES, SimEvent
     from confguard.sim.server import first_header
 
     ops = random.Random(7)
     names = ["Event-Name", "unique-id", "Unique-ID", "UNIQUE-ID", "Task-Group", "Job-UUID", "x"]
-    for _ in range(500):
+    for _ in range(events._LOWERED_HEADS_KEPT + 500):  # the table of heads starts over too
         count = ops.randrange(0, 2 * HEAD_NAMES + 4)
-        headers = [(ops.choice(names), str(index)) for index in range(count)]
+        pool = names if ops.random() < 0.5 else names[:2]  # few names: heads seen before
+        headers = [(ops.choice(pool), str(index)) for index in range(count)]
         event = SimEvent("X", headers)
         for wanted in ("event-name", "unique-id", "task-group", "job-uuid", "x", "absent"):
             assert event.first_value(wanted) == first_header(headers, wanted), (headers, wanted)

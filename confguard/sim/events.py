@@ -118,9 +118,7 @@ class SimEvent:
         once per event: no dict of a hundred-odd headers for the few a filter asks."""
         head = self.derived.get("head_names")
         if head is None:
-            head = self.derived["head_names"] = list(
-                map(str.lower, map(_header_name, self.headers[:HEAD_NAMES]))
-            )
+            head = self.derived["head_names"] = _lowered_head(self.headers)
         if lowered_name in head:  # type: ignore[operator]
             return self.headers[head.index(lowered_name)][1]  # type: ignore[attr-defined]
         if len(self.headers) <= HEAD_NAMES:
@@ -151,6 +149,23 @@ class SimEvent:
     def get_all(self, key: str) -> list[str]:
         """Every value of header `key`, in order."""
         return [value for name, value in self.headers if name == key]
+
+
+def _lowered_head(headers: Headers) -> list[str]:
+    """The first HEAD_NAMES header names, lower-cased. Events of one kind open with the same
+    names, so the lists are kept by those names (a bounded table; never changed once made)."""
+    names = tuple(map(_header_name, headers[:HEAD_NAMES]))
+    lowered = _LOWERED_HEADS.get(names)
+    if lowered is None:
+        lowered = list(map(str.lower, names))
+        if len(_LOWERED_HEADS) >= _LOWERED_HEADS_KEPT:
+            _LOWERED_HEADS.clear()
+        _LOWERED_HEADS[names] = lowered
+    return lowered
+
+
+_LOWERED_HEADS: dict[tuple[str, ...], list[str]] = {}
+_LOWERED_HEADS_KEPT = 1024
 
 
 def micros(epoch_seconds: float) -> str:
