@@ -52,6 +52,7 @@ from confguard.webhooks import (
     event_body,
     event_id,
     redact_url,
+    request_of,
     signature,
 )
 
@@ -154,7 +155,8 @@ class WebhookDelivery:
         if update.get("outcome") and not left:
             timings["ended_at"] = float(update.get("ts") or self._clock())
         body = encode_body(event_body(update, seq=seq, started_at=run.started_wall,
-                                      timings=timings))
+                                      timings=timings,
+                                      request=request_of(run.spec, getattr(run, "origin", {}))))
         now = self._clock()
         ident = event_id(invite, seq)
         statements: list[tuple[str, Any]] = [

@@ -170,8 +170,27 @@ def event_id(invite_id: str, seq: int) -> str:
     return f"{invite_id}-{seq}"
 
 
+def request_of(spec: Any, origin: Mapping[str, str]) -> dict[str, Any]:
+    """What the invite was asked with, for the receiver to tie events to its own request: where
+    it came from (`api`, or `event` with the sender's `request_id`), the dial route (`user`: the
+    directory user), the member flags and the time limit in the room."""
+    route = getattr(spec, "route", None)
+    return {
+        "source": origin.get("source") or "api",
+        "request_id": origin.get("request_id"),
+        "via": route.name if route is not None else "user",
+        "flags": list(getattr(spec, "member_flags", ())),
+        "max_duration": getattr(spec, "max_duration", None),
+    }
+
+
 def event_body(
-    update: Mapping[str, Any], *, seq: int, started_at: float, timings: Mapping[str, float]
+    update: Mapping[str, Any],
+    *,
+    seq: int,
+    started_at: float,
+    timings: Mapping[str, float],
+    request: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON object POSTed for one engine update (a state change, the outcome, or a joined
     member's departure: `state: left`, type `invite.left`, with `left_reason`, `left_cause`,
@@ -179,7 +198,7 @@ def event_body(
 
     `seq` is the invite's webhook sequence number (0, 1, 2, ... and continued by a restarted
     daemon); `timings` the wall times already known (answered_at, key_at, joined_at, and
-    ended_at once the outcome was sent)."""
+    ended_at once the outcome was sent); `request` what the invite was asked with (request_of)."""
     outcome = update.get("outcome")
     left = update.get("state") == LEFT_STATE
     when = float(update.get("ts") or time.time())
@@ -212,6 +231,7 @@ def event_body(
         "seconds_left": update.get("seconds_left"),
         "ts": when,
         "timings": stamps,
+        "request": dict(request or {}),
     }
 
 

@@ -217,6 +217,10 @@ async def test_everything_at_once_replayed_conflicting_and_from_an_event(
             len(updates), "max_duration", "ALLOTTED_TIMEOUT", call_uuid), last
         timings = last["timings"]
         assert timings["joined_at"] <= timings["ended_at"] <= timings["left_at"], timings
+        # what the invite was asked with rides on every event of it
+        assert all(b["request"] == {"source": "api", "request_id": None, "via": "lab",
+                                    "flags": ["muted", "moderator"], "max_duration": limit}
+                   for b in got), got
         assert lanes[(path, invite_id)] == list(range(len(updates) + 1))
     evidence(peer, f"receiver, invite {invite_id} (--via lab --max-duration {limit} --muted "
              "--moderator --notify .../mine --idempotency-key; [webhooks] urls .../all)",
@@ -267,6 +271,8 @@ async def test_everything_at_once_replayed_conflicting_and_from_an_event(
         assert [b["seq"] for b in got] == list(range(len(got)))
         assert (got[-2]["outcome"], got[-1]["left_reason"]) == ("joined", "max_duration"), got
         assert got[0]["uuid"] == outcome["uuid"]
+        assert {(b["request"]["source"], b["request"]["request_id"]) for b in got} == {
+            ("event", "together-ev-1")}, got  # the receiver can tie them to the sender's id
         assert not lane(receiver, "/mine", event_invite)  # --notify was the CLI invite's own
         # the member's leaving is no second outcome: nothing more on the switch
         await asyncio.sleep(1.0)
