@@ -2,7 +2,7 @@
 
 The simulator runs in its own process (`python -m confguard.sim` on 127.0.0.1, a free port); this
 script is one ESL client that talks to it the way the daemon does (the daemon's event list, json
-events, the permanent filters plus Unique-ID / Job-UUID / Task-Group filters per call, `bgapi
+events, the permanent filters plus its one Unique-ID filter per call, `bgapi
 originate` with `api_on_originate='sched_hangup ...'`) and reads the simulator's CPU time from
 /proc/<pid>/stat.
 
@@ -247,9 +247,7 @@ class Bench:
         call = Call(str(uuid.uuid4()), str(uuid.uuid4()), time.monotonic())
         self.calls[call.uuid] = call
         self.by_job[call.job] = call
-        for header, value in (("Unique-ID", call.uuid), ("Job-UUID", call.job),
-                              ("Task-Group", call.uuid)):  # fmt: skip
-            self.client.send(f"filter {header} {value}")
+        self.client.send(f"filter Unique-ID {call.uuid}")  # the daemon's one filter a call
         self.client.send(f"bgapi {originate(call, app, extra_vars)}", f"Job-UUID: {call.job}\n")
         return call
 
@@ -283,9 +281,7 @@ class Bench:
         if self.calls.pop(call.uuid, None) is None:
             return
         self.by_job.pop(call.job, None)
-        for header, value in (("Unique-ID", call.uuid), ("Job-UUID", call.job),
-                              ("Task-Group", call.uuid)):  # fmt: skip
-            self.client.send(f"filter delete {header} {value}")
+        self.client.send(f"filter delete Unique-ID {call.uuid}")
         self.finished.append(call)
 
 

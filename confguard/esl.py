@@ -56,8 +56,12 @@ PERMANENT_EVENTS = ("HEARTBEAT", "BACKGROUND_JOB")
 PERMANENT_FILTERS: tuple[tuple[str, str], ...] = (
     ("Event-Name", "HEARTBEAT"),
     ("Event-Name", "BACKGROUND_JOB"),
+    ("Event-Name", "ADD_SCHEDULE"),
+    ("Event-Name", "DEL_SCHEDULE"),
 )
-"""Kept on every connection so deleting the last per-call filter never floods (FACTS.md)."""
+"""Kept on every connection so deleting the last per-call filter never floods (FACTS.md). They
+also pass what a call's own ``Unique-ID`` filter would not: its bgapi's BACKGROUND_JOB and its
+timers' ADD_SCHEDULE / DEL_SCHEDULE, routed by Job-UUID and Task-Group (one filter per call)."""
 
 _ENVELOPE_TYPES = ("text/event-plain", "text/event-json")
 _KNOWN_TYPES = frozenset({

@@ -693,7 +693,10 @@ _CHANNEL_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_PROGRESS", "CHANNEL_PROG
 _HANGUP_EVENTS = frozenset({"CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"})
 _TIMER_DESC = "switch_ivr_schedule_hangup"
 _NO_SUCH_CHANNEL = "-ERR No such channel"
-_FILTER_HEADERS = ("Unique-ID", "Job-UUID", "Task-Group")
+# One filter per call. Its BACKGROUND_JOB passes the connection's permanent Event-Name filter,
+# and so do the timers' ADD_SCHEDULE / DEL_SCHEDULE (they carry Task-Group, not Unique-ID):
+# confguard.esl.PERMANENT_FILTERS. Two filter round trips a call instead of six.
+_FILTER_HEADERS = ("Unique-ID",)
 _UNSEEN_END = "the call ended before this daemon saw it alive (adopted)"
 
 
@@ -801,8 +804,8 @@ class Invite:
         commands.append(self._move(State.ENDED, now, outcome=str(outcome), cause=cause))
         return commands
 
-    def _filter_values(self) -> tuple[str, str, str]:
-        return (self.call_uuid, self.job_uuid, self.call_uuid)
+    def _filter_values(self) -> tuple[str]:
+        return (self.call_uuid,)
 
     def _seconds_left(self, now: float) -> int:
         return max(1, math.ceil(self.deadline - now))

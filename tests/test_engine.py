@@ -78,12 +78,9 @@ async def test_filters_go_out_before_the_originate(engine) -> None:  # type: ign
     run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
     await settle()
     assert session.sent[0].startswith("event plain ")
-    assert session.sent[1:4] == [
-        f"filter Unique-ID {run.call_uuid}",
-        f"filter Job-UUID {run.job_uuid}",
-        f"filter Task-Group {run.call_uuid}",
-    ]
-    assert session.sent[4].startswith("bgapi originate {origination_uuid=" + run.call_uuid)
+    # one filter a call: its job and its timers' events pass the permanent Event-Name filters
+    assert session.sent[1:2] == [f"filter Unique-ID {run.call_uuid}"]
+    assert session.sent[2].startswith("bgapi originate {origination_uuid=" + run.call_uuid)
 
 
 async def test_events_of_other_calls_are_not_routed(engine) -> None:  # type: ignore[no-untyped-def]
@@ -178,11 +175,7 @@ async def test_adopted_call_whose_hangup_tail_beats_the_dump_is_lost() -> None:
             room="test1", timeout=60, deadline=now + 59, created_at=now - 1, state="waiting_key",
         ))
         await asyncio.wait_for(session.dump_asked.wait(), 5)
-        assert session.sent[1:4] == [  # the call's filters before its dump
-            f"filter Unique-ID {call_uuid}",
-            f"filter Job-UUID {job_uuid}",
-            f"filter Task-Group {call_uuid}",
-        ]
+        assert session.sent[1:2] == [f"filter Unique-ID {call_uuid}"]  # before its dump
         session.queue.put_nowait(Event(Event_Name="CHANNEL_HANGUP_COMPLETE", Unique_ID=call_uuid,
                                        Hangup_Cause="NORMAL_CLEARING"))
         await settle()
@@ -192,11 +185,8 @@ async def test_adopted_call_whose_hangup_tail_beats_the_dump_is_lost() -> None:
         assert final["outcome"] == "lost", final
         await settle()
         assert running.active() == []
-        assert session.sent[-3:] == [
-            f"filter delete Unique-ID {call_uuid}",
-            f"filter delete Job-UUID {job_uuid}",
-            f"filter delete Task-Group {call_uuid}",
-        ]
+        assert session.sent[-1:] == [f"filter delete Unique-ID {call_uuid}"]
+        assert not any(line.startswith("filter delete ") for line in session.sent[:-1])
     finally:
         await running.stop()
 

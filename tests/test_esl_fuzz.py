@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from confguard.esl import (
     MAX_BODY_BYTES,
     MAX_HEADER_BLOCK_BYTES,
+    PERMANENT_FILTERS,
     EslCommandError,
     EslConnectionLost,
     EslEvent,
@@ -92,7 +93,8 @@ class HostilePeer:
                 elif command.startswith(("event ", "filter ")):
                     writer.write(reply("+OK"))
                     filters += command.startswith("filter ")
-                    if filters == 2 and index == 0 and self.payload is not None:
+                    set_up = filters == len(PERMANENT_FILTERS) and index == 0
+                    if set_up and self.payload is not None:
                         await writer.drain()
                         await self._send_payload(writer)
                         if self.close_after:

@@ -14,6 +14,7 @@ from genesis.protocol.reader_fsm import ESLReaderFSM
 
 from confguard import esl
 from confguard.esl import (
+    PERMANENT_FILTERS,
     EslAuthError,
     EslConnectError,
     EslConnectionLost,
@@ -365,11 +366,13 @@ async def test_connect_subscribes_and_keeps_permanent_filters(scripted: Scripted
     sent = scripted.commands[0]
     assert sent[0] == f"auth {SECRET}"
     assert sent[1] == "event plain HEARTBEAT BACKGROUND_JOB"
-    assert "filter Event-Name HEARTBEAT" in sent[2:4]
-    assert sent[4] == (
+    permanent = [f"filter {header} {value}" for header, value in PERMANENT_FILTERS]
+    assert sent[2:2 + len(permanent)] == permanent
+    rest = sent[2 + len(permanent):]
+    assert rest[0] == (
         "event plain HEARTBEAT BACKGROUND_JOB CHANNEL_CREATE DTMF CUSTOM conference::maintenance"
     )
-    assert sent[5:] == ["filter Unique-ID abc", "filter delete Unique-ID abc"]
+    assert rest[1:] == ["filter Unique-ID abc", "filter delete Unique-ID abc"]
 
 
 async def test_bgapi_wire_and_correlation(scripted: ScriptedEsl) -> None:
@@ -465,9 +468,11 @@ async def test_dropped_connection_fails_waiters_and_reconnects(scripted: Scripte
     assert states[:3] == ["connected", "disconnected", "connected"] and states[-1] == "closed"
     second = scripted.commands[1]
     assert second[1] == "event plain HEARTBEAT BACKGROUND_JOB"
-    assert second[2:5] == [
+    assert second[2:5 + 2] == [
         "filter Event-Name HEARTBEAT",
         "filter Event-Name BACKGROUND_JOB",
+        "filter Event-Name ADD_SCHEDULE",
+        "filter Event-Name DEL_SCHEDULE",
         "filter Unique-ID keep-me",
     ]
 
@@ -629,10 +634,12 @@ async def test_subscription_and_filters_before_connect_are_sent_at_connect(
         await session.api("status")  # commands need a connection
     await session.connect()
     await session.close()
-    assert scripted.commands[0][1:5] == [
+    assert scripted.commands[0][1:7] == [
         "event plain HEARTBEAT BACKGROUND_JOB DTMF",
         "filter Event-Name HEARTBEAT",
         "filter Event-Name BACKGROUND_JOB",
+        "filter Event-Name ADD_SCHEDULE",
+        "filter Event-Name DEL_SCHEDULE",
         "filter Unique-ID early",
     ]
 

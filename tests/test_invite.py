@@ -158,11 +158,8 @@ def assert_ended_cleanly(invite: Invite, commands: list[Command]) -> None:
     # A joined call's Unique-ID filter is handed over to its watch in the room (room.py).
     joined = invite.outcome is Outcome.JOINED
     assert invite.watch_handover is joined
-    assert dels == [
-        *([] if joined else [DelFilter("Unique-ID", call)]),
-        DelFilter("Job-UUID", job_uuid),
-        DelFilter("Task-Group", call),
-    ]
+    assert dels == ([] if joined else [DelFilter("Unique-ID", call)])
+    assert job_uuid  # its BACKGROUND_JOB passes the permanent Event-Name filter: no filter
     assert isinstance(commands[-1], StateChanged) and commands[-1].state is State.ENDED
     assert invite.state is State.ENDED
 
@@ -177,12 +174,8 @@ def test_start_adds_filters_before_the_originate_and_arms_the_timer_inside_frees
         variables={"sim_answer_after": "1"},
         ring_timeout=20,
     )
-    assert commands[:3] == [
-        AddFilter("Unique-ID", U),
-        AddFilter("Job-UUID", J),
-        AddFilter("Task-Group", U),
-    ]
-    bgapi = commands[3]
+    assert commands[:1] == [AddFilter("Unique-ID", U)]  # one filter a call (esl.PERMANENT_FILTERS)
+    bgapi = commands[1]
     assert isinstance(bgapi, SendBgapi) and bgapi.job_uuid == J
     assert bgapi.command == (
         "originate {"
@@ -196,8 +189,8 @@ def test_start_adds_filters_before_the_originate_and_arms_the_timer_inside_frees
         "~play_and_get_digits:1 1 31 5000 # silence silence_stream://250 confguard_key ^[1]$ "
         "5000 park inline~sched_cancel~conference:test1' inline"
     )
-    assert commands[4] == StateChanged(State.PLACING, State.PLACING, commands[4].detail)  # type: ignore[union-attr]
-    assert commands[5] == WakeAt(T0 + 30 + 3.0, commands[5].reason)  # type: ignore[union-attr]
+    assert commands[2] == StateChanged(State.PLACING, State.PLACING, commands[2].detail)  # type: ignore[union-attr]
+    assert commands[3] == WakeAt(T0 + 30 + 3.0, commands[3].reason)  # type: ignore[union-attr]
     assert invite.deadline == T0 + 30
 
 
@@ -222,7 +215,7 @@ def test_the_waiting_app_has_the_key_the_prompt_the_timers_and_the_target() -> N
 
 def test_ring_timeout_defaults_to_timeout() -> None:
     _, commands = make(timeout=45)
-    assert "originate_timeout=45," in commands[3].command  # type: ignore[union-attr]
+    assert "originate_timeout=45," in commands[1].command  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------ joined
@@ -847,11 +840,7 @@ def adopted(now: float = T0) -> tuple[Invite, SendApi]:
     """An invite a restarted daemon takes over from its journal: no originate, a dump."""
     invite = Invite(spec(), call_uuid=U, job_uuid=J, invite_id="inv-1", now=now, wall=WALL)
     out = invite.adopt(now + 10)
-    assert [c for c in out if isinstance(c, AddFilter)] == [
-        AddFilter("Unique-ID", U),
-        AddFilter("Job-UUID", J),
-        AddFilter("Task-Group", U),
-    ]
+    assert [c for c in out if isinstance(c, AddFilter)] == [AddFilter("Unique-ID", U)]
     assert not [c for c in out if isinstance(c, SendBgapi)]  # never a second originate
     return invite, api(out, "uuid_dump")
 
@@ -1142,15 +1131,15 @@ def test_the_time_limits_task_after_the_key_neither_blocks_the_join_nor_counts_a
 
 def test_the_originate_carries_the_limit_and_the_flags() -> None:
     _, commands = make(max_duration=600, muted=True, deaf=True, moderator=True, endconf=True)
-    command = commands[3].command  # type: ignore[union-attr]
+    command = commands[1].command  # type: ignore[union-attr]
     assert ",confguard_max_duration=600," in command
     assert command.endswith(
         "~sched_cancel~sched_hangup:+600 ALLOTTED_TIMEOUT"
         "~conference:test1+flags{mute|deaf|moderator|endconf}' inline"
     )
     _, plain = make()
-    assert "max_duration" not in plain[3].command  # type: ignore[union-attr]
-    assert "+flags" not in plain[3].command  # type: ignore[union-attr]
+    assert "max_duration" not in plain[1].command  # type: ignore[union-attr]
+    assert "+flags" not in plain[1].command  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
