@@ -126,3 +126,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.sections.append(
             (f"FreeSWITCH log ({switch.log_path})", switch.tail(80))  # type: ignore[attr-defined]
         )
+
+
+@pytest.fixture
+async def link(peer: object) -> AsyncIterator[object]:
+    """A recording relay (peers.EslLink) between the daemon and `peer`: what was sent, and cut()."""
+    from peers import EslLink
+
+    relay = EslLink(peer)  # type: ignore[arg-type]
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+

@@ -37,16 +37,6 @@ ROOM = "test1"
 
 
 @pytest.fixture
-async def link(peer: Peer) -> AsyncIterator[EslLink]:
-    relay = EslLink(peer)
-    await relay.start()
-    try:
-        yield relay
-    finally:
-        await relay.stop()
-
-
-@pytest.fixture
 def esl_env(peer: Peer, link: EslLink, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """What a `confguard` process (or the CLI in --direct / check mode) needs to reach the peer."""
     env = {

@@ -16,8 +16,7 @@ from test_e2e import ROOM, invite, run_cli, socket_of, start_daemon
 
 from confguard.daemon import Daemon
 
-# test_e2e's fixtures: the relay to the peer, and a daemon on it.
-link = test_e2e.link
+# test_e2e's daemon on the relay to the peer (the relay, `link`, is conftest's).
 daemon = test_e2e.daemon
 
 

@@ -273,16 +273,6 @@ async def test_the_simulator_hands_an_event_with_a_live_unique_id_to_the_call() 
 # --- end to end, on both peers ------------------------------------------------------------------
 
 
-@pytest.fixture
-async def link(peer: Peer) -> AsyncIterator[EslLink]:
-    relay = EslLink(peer)
-    await relay.start()
-    try:
-        yield relay
-    finally:
-        await relay.stop()
-
-
 async def start_daemon(peer: Peer, link: EslLink, tmp_path: Path,
                        **events: object) -> tuple[Daemon, asyncio.Task[int]]:
     overrides: dict[str, object] = {

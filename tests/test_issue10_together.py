@@ -66,16 +66,6 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def link(peer: Peer) -> AsyncIterator[EslLink]:
-    relay = EslLink(peer)
-    await relay.start()
-    try:
-        yield relay
-    finally:
-        await relay.stop()
-
-
-@pytest.fixture
 async def serve(peer: Peer, link: EslLink, receiver: Receiver, tmp_path: Path
                 ) -> AsyncIterator[tuple[ServeProcess, Path]]:
     """`confguard serve` (its own process) on the relay, with routes, webhooks and events."""
