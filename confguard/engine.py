@@ -98,7 +98,6 @@ class Session(Protocol):
     def events(self) -> AsyncIterator[Any]: ...
 
 
-_DONE = object()  # worker sentinel: the machine has ended and every command is sent
 
 
 @dataclass
@@ -115,20 +114,24 @@ class AdoptedMember:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)  # thousands at once (every waiting callee): no per-instance dict
 class InviteRun:
-    """One invite inside the engine: its machine, its command queue and its followers."""
+    """One invite inside the engine: its machine, its pending commands and its followers."""
 
     machine: Invite
     spec: InviteSpec
     invite_id: str
     started: float  # loop time
     started_wall: float
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # Wire commands not yet sent, in order. A worker task sends them and ends when none is
+    # left, so an invite that waits for its callee holds no task and no queue.
+    pending: list[Any] = field(default_factory=list)  # a few at most: no deque
     history: list[dict[str, Any]] = field(default_factory=list)
-    listeners: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
+    listeners: list[asyncio.Queue[dict[str, Any]]] = field(default_factory=list)  # 56 B, not 216
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     worker: asyncio.Task[None] | None = None
+    ended: bool = False  # the machine ended: forgotten once its last command is sent
+    forgotten: bool = False  # unregistered: nothing more is sent for it
     outcome: Outcome | None = None
     cause: str | None = None
     key_at: float | None = None
@@ -303,7 +306,6 @@ class Engine:
         self._register(run)
         self._journal_call("open_invite", run)
         self._metric("invite_started")
-        run.worker = asyncio.create_task(self._work(run), name=f"confguard-invite-{invite_id}")
         self._apply(run, machine.start())
         return run
 
@@ -337,7 +339,6 @@ class Engine:
         self._register(run)
         log.info("invite.adopted", uuid=run.call_uuid, ext=spec.extension, room=spec.room,
                  state=record.state, age_s=round(age, 1), invite=run.invite_id)
-        run.worker = asyncio.create_task(self._work(run), name=f"confguard-invite-{run.invite_id}")
         try:
             last_state = State(record.state)
         except ValueError:
@@ -360,7 +361,7 @@ class Engine:
         """Every update of one invite from its start, then live ones, until its outcome."""
         run = self.get(key)
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        run.listeners.add(inbox)
+        run.listeners.append(inbox)
         try:
             # The inbox is registered first, so every update published from here on is in it;
             # the ones before are in this snapshot. Updates that arrive while the snapshot is
@@ -378,7 +379,7 @@ class Engine:
                 if update.get("outcome"):
                     return
         finally:
-            run.listeners.discard(inbox)
+            run.listeners.remove(inbox)
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -424,7 +425,9 @@ class Engine:
     def _stop_run(self, run: InviteRun) -> None:
         """Forget a live invite without touching its call (daemon shutdown)."""
         if run.worker is not None:
-            run.worker.cancel()
+            run.worker.cancel()  # it forgets the invite
+        else:
+            self._forget(run)
         for handle in run.timers:
             handle.cancel()
         run.timers.clear()
@@ -484,16 +487,36 @@ class Engine:
                     continue  # one line for the end, carrying the outcome (below)
                 self._publish_state(run, command, loop.time())
             elif isinstance(command, WakeAt):
+                now = loop.time()
+                # The handles that have run are no use (nothing cancels them): not kept.
+                run.timers = [h for h in run.timers if h.when() > now and not h.cancelled()]
                 run.timers.append(loop.call_at(command.when, self._tick, run, command.when))
             elif isinstance(command, (SendApi, SendBgapi, AddFilter, DelFilter)):
-                run.queue.put_nowait(command)
+                self._send(run, command)
         if finished is not None:
             ended = next((c for c in changes if c.state is State.ENDED), None)
             self._publish_finished(run, finished, ended, loop.time())
             if run.machine.watch_handover:
                 self.members.after_join(run)  # its time in the room, until it leaves
-        if run.machine.state is State.ENDED:
-            run.queue.put_nowait(_DONE)
+        if run.machine.state is State.ENDED and not run.ended:
+            run.ended = True
+            if run.worker is None:  # nothing left to send: forgotten after this loop turn
+                loop.call_soon(self._forget, run)
+
+    def _send(self, run: InviteRun, command: Any) -> None:
+        """Queue a wire command; a worker sends this invite's commands one after another."""
+        if run.forgotten:
+            return
+        run.pending.append(command)
+        if run.worker is None:
+            run.worker = asyncio.create_task(
+                self._work(run), name=f"confguard-invite-{run.invite_id}"
+            )
+
+    def _forget(self, run: InviteRun) -> None:
+        if not run.forgotten and run.worker is None:
+            run.forgotten = True
+            self._unregister(run)
 
     def _tick(self, run: InviteRun, due: float) -> None:
         if run.outcome is not None and run.machine.state is State.ENDED:
@@ -505,17 +528,19 @@ class Engine:
         self._feed(run, "tick", run.machine.tick, now)
 
     async def _work(self, run: InviteRun) -> None:
-        """Send this invite's commands in order; feed api replies back to its machine."""
+        """Send this invite's pending commands in order, feeding api replies back to its
+        machine; end when none is left (the next command starts a new worker). An invite whose
+        machine has ended is forgotten once its last command is sent; a worker cancelled
+        (shutdown) or failing forgets its invite at once."""
+        sent_all = False
         try:
-            while True:
-                command = await run.queue.get()
-                if command is _DONE:
-                    if run.queue.empty():
-                        break
-                    continue
-                await self._execute(run, command)
+            while run.pending:
+                await self._execute(run, run.pending.pop(0))
+            sent_all = True
         finally:
-            self._unregister(run)
+            run.worker = None
+            if run.ended or not sent_all:
+                self._forget(run)
 
     async def _execute(self, run: InviteRun, command: Any) -> None:
         session = self.session

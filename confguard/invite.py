@@ -703,6 +703,45 @@ _UNSEEN_END = "the call ended before this daemon saw it alive (adopted)"
 class Invite:
     """One invite's decisions. See the module docstring for the theory of operation."""
 
+    # Thousands live at once (every waiting callee): no per-instance dict.
+    __slots__ = (
+        "_pending",
+        "_tag_counter",
+        "adopted",
+        "adopted_from",
+        "answered",
+        "call_uuid",
+        "cancel_requested",
+        "cause",
+        "channel_seen",
+        "connection_lost_at",
+        "deadline",
+        "declined",
+        "give_up_at",
+        "grace",
+        "invite_id",
+        "job_cause",
+        "job_result",
+        "job_uuid",
+        "join_probe_at",
+        "kill_confirmed",
+        "kill_sent",
+        "outcome",
+        "safety_kill_sent",
+        "safety_probe_sent",
+        "seen_alive",
+        "settle_at",
+        "spec",
+        "started",
+        "started_at",
+        "state",
+        "timer_task_seen",
+        "timer_tasks",
+        "verdict",
+        "wall_deadline",
+        "watch_handover",
+    )
+
     def __init__(
         self,
         spec: InviteSpec,

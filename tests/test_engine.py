@@ -7,12 +7,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from confguard.engine import SUBSCRIBED_EVENTS, Engine, InviteRun, NotConnected
 from confguard.esl import EslConnectionLost, EslNotConnected
-from confguard.invite import InviteSpec
+from confguard.invite import Invite, InviteSpec
 
 
 class RecordingSession:
@@ -344,15 +345,15 @@ async def test_a_wake_up_the_loop_runs_early_still_reaches_the_machine_at_its_ti
     async with link_engine(session) as running:
         run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
         seen: list[float] = []
-        real_tick = run.machine.tick
+        real_tick = Invite.tick
 
-        def tick(now: float) -> list[Any]:
+        def tick(machine: Invite, now: float) -> list[Any]:
             seen.append(now)
-            return real_tick(now)
+            return real_tick(machine, now)
 
-        run.machine.tick = tick  # type: ignore[method-assign]
         due = asyncio.get_running_loop().time() + 0.05  # the loop runs it before its time
-        running._tick(run, due)
+        with mock.patch.object(Invite, "tick", tick):  # a machine has no instance dict
+            running._tick(run, due)
         assert seen == [due] and asyncio.get_running_loop().time() < due
 
 
