@@ -412,3 +412,47 @@ async def test_a_tapped_event_from_a_watched_members_channel_reaches_the_tap(eng
     await settle()
     assert [e.subclass for e in tapped] == ["confguard::invite"]
     assert [h["Event-Name"] for h in routed] == ["CHANNEL_HANGUP"]
+
+
+class GatedDeleteSession(RecordingSession):
+    """Holds `filter delete` until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def del_filter(self, header: str, value: str) -> None:
+        await self.gate.wait()
+        await super().del_filter(header, value)
+
+
+async def test_a_waiting_invite_holds_no_worker_and_is_forgotten_after_its_last_command() -> None:
+    """Thousands of callees wait at once: while nothing is to be sent an invite holds no task
+    and no queue; once its machine has ended it stays known until its last command (the
+    filter delete) is written, then it is forgotten."""
+    session = GatedDeleteSession()
+    running = Engine()
+    running.attach(session)
+    await running.start()
+    try:
+        run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
+        await settle()
+        assert any(line.startswith("bgapi originate ") for line in session.sent)
+        for name in ("CHANNEL_CREATE", "CHANNEL_ANSWER"):
+            session.queue.put_nowait(Event(Event_Name=name, Unique_ID=run.call_uuid))
+        await settle()
+        assert run.machine.state == "waiting_key"
+        assert run.worker is None and run.pending == []
+        assert [row["invite_id"] for row in running.active()] == [run.invite_id]
+
+        session.queue.put_nowait(Event(Event_Name="CHANNEL_HANGUP_COMPLETE",
+                                       Unique_ID=run.call_uuid, Hangup_Cause="NORMAL_CLEARING"))
+        await settle()
+        assert run.outcome is not None and run.worker is not None  # the delete is held
+        assert [row["invite_id"] for row in running.active()] == [run.invite_id]
+        session.gate.set()
+        await settle()
+        assert session.sent[-1] == f"filter delete Unique-ID {run.call_uuid}"
+        assert run.worker is None and running.active() == []
+    finally:
+        await running.stop()
