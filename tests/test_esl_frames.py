@@ -4,6 +4,7 @@ pieces, and for arbitrary header text (the fast path and the exact path must agr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_esl_unit import _frames_of, _genesis_parse
 
+from confguard import esl
 from confguard.esl import (
     MAX_BODY_BYTES,
     EslEvent,
@@ -93,3 +95,16 @@ def test_frames_split_and_limits() -> None:
     assert got == [({"Content-Type": "command/reply", "Reply-Text": "+OK x"}, None)]
     assert bad.error is not None and "Content-Length" in bad.error
     assert bad.feed(reply) == []  # nothing more is read
+
+
+def test_the_odd_character_checks_are_the_regexes_they_stand_for() -> None:
+    """The fast path's checks (one bytes.translate each) take the exact path for the same ASCII
+    characters as `[\\r\\x0b\\x0c\\x1c-\\x1e]` (what str.splitlines breaks at besides \\n) and
+    `[\\s%]` (whitespace or % in a name), alone and inside a text."""
+    breaks, names = re.compile(r"[\r\x0b\x0c\x1c-\x1e]"), re.compile(r"[\s%]")
+    for code in range(128):
+        char = chr(code)
+        for text in (char, f"Event-Name: A{char}B\nUnique-ID: x"):
+            assert esl._has_odd_break(text) == bool(breaks.search(text)), repr(char)
+            assert esl._has_odd_key(text) == bool(names.search(text)), repr(char)
+    assert not esl._has_odd_break("") and not esl._has_odd_key("Event-NameUnique-ID")
