@@ -934,6 +934,8 @@ class EslServer:
 
     @staticmethod
     def _is_shutdown_request(command: str) -> bool:
+        if command.lstrip()[:5].lower() != "fsctl":
+            return False  # (an originate is long: not split into words for nothing)
         words = command.lower().split()
         return words[:2] == ["fsctl", "shutdown"] and (len(words) == 2 or words[2] != "cancel")
 
