@@ -837,6 +837,44 @@ async def test_server_wants_follows_the_subscriptions(stub_sim: Simulator) -> No
     await other.close()
 
 
+async def test_publish_follows_the_subscriptions(stub_sim: Simulator) -> None:
+    """`publish` keeps the connections that listen between changes: an event published after
+    each change (auth, event, noevents, nixevent, a client gone) reaches exactly the clients
+    subscribed at that moment."""
+    switch = stub(stub_sim)
+    first = await Client.connect(stub_sim.port)
+    await first.command("event plain DTMF")
+    second = await Client.connect(stub_sim.port, authed=False)
+
+    async def published_to(*clients: Client) -> list[bool]:
+        switch.publish(event("DTMF"))
+        got = []
+        for client in clients:
+            if await client.nothing_pending(0.1):
+                got.append(False)
+            else:
+                assert await client.event_names(1) == ["DTMF"]
+                got.append(True)
+        return got
+
+    assert await published_to(first, second) == [True, False]
+    assert await second.command("auth ClueCon") == "+OK accepted"
+    assert await published_to(first, second) == [True, False]
+    await second.command("event plain ALL")
+    assert await published_to(first, second) == [True, True]
+    await first.command("noevents")
+    assert await published_to(first, second) == [False, True]
+    await first.command("event plain DTMF")
+    assert await published_to(first, second) == [True, True]
+    await second.command("nixevent ALL")
+    assert await published_to(first, second) == [True, False]
+    await second.command("event plain DTMF")
+    assert await second.command("exit") == "+OK bye"
+    assert (await second.frame()).raw == GOODBYE
+    assert await published_to(first) == [True]
+    await first.close()
+
+
 def test_event_header_lookup_ignores_case_and_takes_the_first_value() -> None:
     from confguard.sim.events import SimEvent
 

@@ -191,6 +191,11 @@ class EventFilters:
     def __init__(self) -> None:
         self._by_name: dict[str, _HeaderFilters] = {}
         self._count = 0
+        self._vetoes = False  # some negative filter is set
+        # Without negative filters the first positive match decides, so the header that
+        # matched last (a connection's events mostly pass by the same one: Unique-ID) is
+        # looked at first. Forgotten whenever a header's filters go.
+        self._last_match: tuple[str, _HeaderFilters] | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -202,6 +207,7 @@ class EventFilters:
             filters = self._by_name[key] = _HeaderFilters()
         filters.add(raw_value)
         self._count += 1
+        self._vetoes = self._vetoes or bool(filters.negative)
 
     def delete(self, name: str, raw_value: str | None = None) -> None:
         key = name.lower()
@@ -211,15 +217,20 @@ class EventFilters:
         if raw_value is None:
             self._count -= sum(filters.raw.values())
             del self._by_name[key]
-            return
-        self._count -= filters.raw.get(raw_value, 0)
-        filters.remove(raw_value)
-        if not filters.raw:
-            del self._by_name[key]
+        else:
+            self._count -= filters.raw.get(raw_value, 0)
+            filters.remove(raw_value)
+            if not filters.raw:
+                del self._by_name[key]
+        if key not in self._by_name:
+            self._last_match = None
+        self._vetoes = any(kept.negative for kept in self._by_name.values())
 
     def clear(self) -> None:
         self._by_name.clear()
         self._count = 0
+        self._vetoes = False
+        self._last_match = None
 
     def items(self) -> list[tuple[str, str]]:
         """(lower-cased header name, raw value) for every filter, one per copy."""
@@ -234,6 +245,8 @@ class EventFilters:
         """The filter decision for `event` (see the class docstring)."""
         if not self._count:
             return True
+        if not self._vetoes:
+            return self._any_matches(event)
         send = False
         for name, filters in self._by_name.items():
             if send and not filters.negative:
@@ -246,10 +259,34 @@ class EventFilters:
                 return False
             if send:
                 continue
-            send = lowered in filters.positive or any(
-                _regex_matches(pattern, actual) for pattern in filters.patterns
-            )
+            send = lowered in filters.positive or _any_pattern_matches(filters, actual)
         return send
+
+    def _any_matches(self, event: SimEvent) -> bool:
+        """`allows` when no filter is negative: does some filter match?"""
+        last = self._last_match
+        if last is not None:
+            actual = event.first_value(last[0])
+            if actual is not None and (
+                actual.lower() in last[1].positive or _any_pattern_matches(last[1], actual)
+            ):
+                return True
+        for name, filters in self._by_name.items():
+            if last is not None and filters is last[1]:
+                continue  # looked at already
+            actual = event.first_value(name)
+            if actual is not None and (
+                actual.lower() in filters.positive or _any_pattern_matches(filters, actual)
+            ):
+                self._last_match = (name, filters)
+                return True
+        return False
+
+
+def _any_pattern_matches(filters: _HeaderFilters, actual: str) -> bool:
+    if not filters.patterns:
+        return False
+    return any(_regex_matches(pattern, actual) for pattern in filters.patterns)
 
 
 def _regex_matches(expression: str, value: str) -> bool:
@@ -301,7 +338,7 @@ class _Subscription:
             return False
         if self.all_events:
             return True
-        name = event_name.upper()
+        name = event_name if event_name in self.types else event_name.upper()
         if name not in self.types:
             return False
         if name != "CUSTOM" or not subclass:
@@ -833,6 +870,9 @@ class EslServer:
         self._stalled_until = 0.0
         self.port: int = config.port
         self._wanted: dict[tuple[str, str | None], bool] = {}  # `wants`' answers
+        # The connections `publish` offers events to (authenticated, listening), made again
+        # after a subscription changes (`subscriptions_changed`), in `connections`' order.
+        self._listeners: tuple[Connection, ...] | None = None
 
     # ----------------------------------------------------------------- life cycle
 
@@ -901,12 +941,22 @@ class EslServer:
         return answer
 
     def subscriptions_changed(self) -> None:
-        """A connection subscribed, unsubscribed, authenticated or went: `wants` asks again."""
+        """A connection subscribed, unsubscribed, authenticated or went: `wants` asks again,
+        and `publish` looks again for the connections that listen."""
         self._wanted.clear()
+        self._listeners = None
 
     def publish(self, event: SimEvent) -> None:
-        """Offer one switch event to every connection (each applies its subscription/filters)."""
-        for connection in list(self.connections):
+        """Offer one switch event to every connection that listens (each applies its
+        subscription and filters)."""
+        listeners = self._listeners
+        if listeners is None:
+            listeners = self._listeners = tuple(
+                connection
+                for connection in self.connections
+                if connection.authed and connection.subscription.enabled
+            )
+        for connection in listeners:
             connection.offer(event)
 
     async def run_api(self, command: str) -> str:
