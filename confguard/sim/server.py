@@ -530,11 +530,14 @@ class Connection(asyncio.Protocol):
             self._loop.call_soon(self._pass)
 
     def _pass(self) -> None:
-        """End of a pass of the loop: go on with what waited, then send what was written."""
-        self._pass_scheduled = False
-        if not self.closed:
-            self._resume()
-            self._send_out()
+        """End of a pass of the loop: go on with what waited, then send what was written
+        (what this writes goes out now: no other pass is asked for meanwhile)."""
+        try:
+            if not self.closed:
+                self._resume()
+                self._send_out()
+        finally:
+            self._pass_scheduled = False
 
     def _resume(self) -> None:
         """Answer the commands that waited, flush the queued events, close once the client
