@@ -410,6 +410,24 @@ async def test_stall_holds_replies_until_it_ends(stub_sim: Simulator) -> None:
     await client.close()
 
 
+async def test_a_stall_holds_the_greeting_and_the_auth_timeout_counts_from_it(
+    config: SimConfig,
+) -> None:
+    """A client that connects during a stall gets `auth/request` when the stall ends; the
+    auth timeout starts then (it may be shorter than the stall)."""
+    config.auth_timeout = 0.3
+    async with Simulator(config, switch_factory=StubSwitch) as simulator:
+        simulator.faults.stall(0.6)
+        reader, writer = await asyncio.open_connection("127.0.0.1", simulator.port)
+        client = Client(reader, writer)
+        assert await client.nothing_pending(0.4)
+        assert (await client.frame()).content_type == "auth/request"
+        await asyncio.sleep(0.1)
+        assert await client.command("auth ClueCon") == "+OK accepted"
+        assert await client.nothing_pending(0.4)  # authenticated: no timeout
+        await client.close()
+
+
 async def test_malformed_and_invalid_utf8_frames(stub_sim: Simulator) -> None:
     client = await Client.connect(stub_sim.port)
     stub_sim.faults.send_invalid_utf8()

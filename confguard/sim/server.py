@@ -414,6 +414,7 @@ class Connection(asyncio.Protocol):
         self._api_running = False
         self._paused = False  # the transport's buffer is over its high-water mark
         self._client_done = False  # the client closed its side (or sent garbage)
+        self._greeted = False  # auth/request written (and the auth timeout counting)
         self._loop = asyncio.get_running_loop()
         self._pass_scheduled = False
         self._out: list[bytes] = []  # written this pass of the loop, not yet sent
@@ -436,11 +437,7 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         self.server.connections.add(self)
-        self._auth_timer = self._loop.call_later(
-            self.server.config.auth_timeout, self._auth_timed_out
-        )
-        self.events.append(wire.encode_auth_request())  # first in line; a stall holds it too
-        self._schedule_pass()
+        self._resume()  # the greeting, unless a stall holds it
 
     def data_received(self, data: bytes) -> None:
         if self.closed or self._client_done:
@@ -452,7 +449,7 @@ class Connection(asyncio.Protocol):
             self.eof_received()
             return
         for command in commands:
-            if self._pending or self._held():
+            if self._pending or not self._greeted or self._held():
                 self._pending.append(command)
             else:
                 self._run(command)
@@ -542,6 +539,14 @@ class Connection(asyncio.Protocol):
     def _resume(self) -> None:
         """Answer the commands that waited, flush the queued events, close once the client
         has closed: as far as no hold stops it."""
+        if not self._greeted:
+            if self.closed or self._held():
+                return
+            self._greeted = True
+            self._write(wire.encode_auth_request())
+            self._auth_timer = self._loop.call_later(
+                self.server.config.auth_timeout, self._auth_timed_out
+            )
         pending = self._pending
         while pending and not self.closed:
             if self._held():
