@@ -15,6 +15,12 @@ Owns what mod_event_socket owns in FreeSWITCH, and nothing about calls:
   and while one of its `api` commands runs nothing else is written to it (as in FreeSWITCH, where
   `api` runs on the connection's own thread); events queued meanwhile follow the reply.
 
+Each connection is an `asyncio.Protocol` (`Connection`): commands are answered as their bytes
+arrive, with no task or queue between the socket and the answer; only an `api` command that
+waits on something runs on in a task. What a connection writes in one pass of the event loop
+goes out in one `transport.write`; a client that does not read holds its connection
+(`pause_writing`) until it does, and its events queue up to MAX_QUEUED_EVENTS.
+
 The switch (channels, api commands, timers) is reached only through the small `SwitchLike`
 protocol: `api(command)` for the api/response body and `background_job(job_uuid, command)`.
 Values in events are the switch's; formatting (plain/json/xml) happens here via `wire`.
