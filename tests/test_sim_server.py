@@ -844,6 +844,7 @@ async def test_server_wants_follows_the_subscriptions(stub_sim: Simulator) -> No
     assert not server.wants("CHANNEL_EXECUTE") and server.wants("CHANNEL_ANSWER")
     await client.command("noevents")
     assert not server.wants("CHANNEL_ANSWER")
+    assert not server.wants("CUSTOM", "conference::maintenance")
     await client.command("event json CHANNEL_ANSWER")
     assert server.wants("CHANNEL_ANSWER")
     other = await Client.connect(stub_sim.port)  # a second client, not subscribed

@@ -883,7 +883,8 @@ class EslServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stalled_until = 0.0
         self.port: int = config.port
-        self._wanted: dict[tuple[str, str | None], bool] = {}  # `wants`' answers
+        self._wanted_names: dict[str, bool] = {}  # `wants`' answers, by name (no subclass)
+        self._wanted: dict[tuple[str, str | None], bool] = {}  # and by name and subclass
         # The connections `publish` offers events to (authenticated, listening), made again
         # after a subscription changes (`subscriptions_changed`), in `connections`' order.
         self._listeners: tuple[Connection, ...] | None = None
@@ -940,23 +941,35 @@ class EslServer:
         """Would some connection take an event of this name (and CUSTOM subclass)? The switch
         asks before building a channel or conference event (its filters may still drop it).
         Answers are kept until a subscription changes (`subscriptions_changed`)."""
+        if subclass is None:  # nearly every question: no tuple to build
+            answer = self._wanted_names.get(event_name)
+            if answer is None:
+                answer = self._ask_wanted(event_name, None)
+                if len(self._wanted_names) >= WANTED_KEPT:
+                    self._wanted_names.clear()
+                self._wanted_names[event_name] = answer
+            return answer
         key = (event_name, subclass)
         answer = self._wanted.get(key)
         if answer is None:
-            answer = any(
-                connection.authed
-                and not connection.closed
-                and connection.subscription.wants_type(event_name, subclass)
-                for connection in self.connections
-            )
+            answer = self._ask_wanted(event_name, subclass)
             if len(self._wanted) >= WANTED_KEPT:
                 self._wanted.clear()
             self._wanted[key] = answer
         return answer
 
+    def _ask_wanted(self, event_name: str, subclass: str | None) -> bool:
+        return any(
+            connection.authed
+            and not connection.closed
+            and connection.subscription.wants_type(event_name, subclass)
+            for connection in self.connections
+        )
+
     def subscriptions_changed(self) -> None:
         """A connection subscribed, unsubscribed, authenticated or went: `wants` asks again,
         and `publish` looks again for the connections that listen."""
+        self._wanted_names.clear()
         self._wanted.clear()
         self._listeners = None
 
