@@ -1,11 +1,15 @@
-"""The simulator's command-line parsers (`split_args`, `parse_dial_string` of confguard.sim.switch)
-against the character-by-character loops they replaced, on random text made of the characters
-that matter (spaces, quotes, braces, commas, equals signs)."""
+"""The simulator's parsers against the slower ones they replaced: the command-line parsers
+(`split_args`, `parse_dial_string` of confguard.sim.switch) against character-by-character
+loops, on random text made of the characters that matter (spaces, quotes, braces, commas,
+equals signs); the Event Socket's `wire.CommandParser` against the regex-and-bytearray one, on
+random command streams cut into random segments."""
 
 from __future__ import annotations
 
 import random
+import re
 
+from confguard.sim import wire
 from confguard.sim.switch import parse_dial_string, split_args
 
 
@@ -96,3 +100,125 @@ def test_split_args_and_dial_strings_match_the_character_loops() -> None:
         assert parse_dial_string(dial) == reference_parse_dial_string(dial), dial
     first = split_args(ORIGINATE, keep_quotes=True)[0]
     assert parse_dial_string(first)[0]["origination_caller_id_name"] == "A, B"
+
+
+class ReferenceCommandParser:
+    """`wire.CommandParser` as it was: the whole buffer searched with the regex for every
+    block, each block cut off the front of a bytearray."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._pending: tuple[str, tuple[tuple[str, str], ...], int] | None = None
+
+    def feed(self, data: bytes) -> list[wire.ClientCommand]:
+        self._buffer += data
+        commands = []
+        while True:
+            command = self._next()
+            if command is None:
+                return commands
+            commands.append(command)
+
+    def _next(self) -> wire.ClientCommand | None:
+        if self._pending is None:
+            while self._buffer[:1] in (b"\n", b"\r") and self._buffer:
+                del self._buffer[:1]
+            match = re.search(rb"\r?\n\r?\n", self._buffer)
+            if match is None:
+                if len(self._buffer) > wire.MAX_HEADER_BYTES:
+                    raise wire.WireError("command block without an end")
+                return None
+            text = bytes(self._buffer[: match.start()]).decode("utf-8", "surrogateescape")
+            del self._buffer[: match.end()]
+            lines = text.replace("\r\n", "\n").split("\n")
+            headers = []
+            for header_line in lines[1:]:
+                name, sep, value = header_line.rstrip("\r").partition(":")
+                if sep:
+                    headers.append((name.strip(), value.lstrip(" ")))
+            length_text = next((v for n, v in headers if n.lower() == "content-length"), None)
+            if length_text is None:
+                return wire.ClientCommand(lines[0].rstrip("\r"), tuple(headers))
+            try:
+                length = int(length_text.strip())
+            except ValueError as exc:
+                raise wire.WireError("Content-Length is not a number") from exc
+            if length < 0 or length > wire.MAX_BODY_BYTES:
+                raise wire.WireError("Content-Length out of range")
+            self._pending = (lines[0].rstrip("\r"), tuple(headers), length)
+        line, headers, length = self._pending
+        if len(self._buffer) < length:
+            return None
+        body = bytes(self._buffer[:length])
+        del self._buffer[:length]
+        self._pending = None
+        return wire.ClientCommand(line, tuple(headers), body)
+
+
+def test_command_parser_matches_the_one_it_replaced() -> None:
+    """Random streams of command blocks (headers, `\\r\\n` and `\\n` line ends, stray blank
+    lines, bodies holding blank lines, non-UTF-8 bytes, bad Content-Lengths) cut into random
+    segments: the same commands, in the same order, completed by the same segment, and the
+    same error."""
+    ops = random.Random(5)
+    pieces = [
+        b"api status", b"bgapi originate {a=b}user/1 &park", b"filter Unique-ID abc",
+        b"event plain ALL", b"exit", b"caf\xe9", b"sendevent CUSTOM", b"x",
+    ]  # fmt: skip
+    header_pieces = [b"Job-UUID: j-1", b"Event-Subclass: a::b", b"X-Odd:  spaced ", b"nocolon"]
+    for _ in range(3000):
+        stream = bytearray()
+        for _ in range(ops.randrange(1, 6)):
+            eol = ops.choice([b"\n", b"\r\n"])
+            stream += ops.choice([b"", b"\n", b"\r\n", b"\n\n"])  # stray blank lines
+            block = [ops.choice(pieces)] + [
+                ops.choice(header_pieces) for _ in range(ops.randrange(3))
+            ]
+            roll = ops.random()
+            body = b""
+            if roll < 0.3:
+                body = ops.choice([b"", b"a", b"two\n\nlines\r\n", b"\xff\xfe"]) * ops.randrange(3)
+                block.append(b"Content-Length: %d" % len(body))
+            elif roll < 0.33:
+                block.append(ops.choice([b"Content-Length: lots", b"Content-Length: -1"]))
+            stream += eol.join(block) + eol + ops.choice([eol, b"\n", b"\r\n"]) + body
+        if ops.random() < 0.3:
+            stream += b"api unfinished"[: ops.randrange(1, 14)]  # an unfinished block at the end
+        cuts = sorted(ops.sample(range(1, len(stream)), min(len(stream) - 1, ops.randrange(4))))
+        bounds = zip([0, *cuts], [*cuts, len(stream)], strict=True)
+        segments = [bytes(stream[a:b]) for a, b in bounds]
+        ours, reference = wire.CommandParser(), ReferenceCommandParser()
+        for segment in segments:
+            try:
+                expected: object = reference.feed(segment)
+            except wire.WireError:
+                expected = wire.WireError
+            try:
+                got: object = ours.feed(segment)
+            except wire.WireError:
+                got = wire.WireError
+            assert got == expected, (bytes(stream), segments)
+            if expected is wire.WireError:
+                break
+            assert ours.buffered == len(reference._buffer)
+
+
+def test_command_parser_gives_up_on_a_block_without_an_end_as_before() -> None:
+    """A block that has no blank line within MAX_HEADER_BYTES is garbage, whether it came in
+    one segment or many, after whole commands or not; a body may be longer."""
+    limit = wire.MAX_HEADER_BYTES
+    for prefix in (b"", b"api status\n\n"):
+        for size in (limit, limit + 1):
+            for segments in ([prefix + b"x" * size], [prefix, b"x" * (size - 1), b"x"]):
+                outcomes = []
+                for parser in (wire.CommandParser(), ReferenceCommandParser()):
+                    try:
+                        outcomes.append([parser.feed(segment) for segment in segments])
+                    except wire.WireError:
+                        outcomes.append(["error"])
+                assert outcomes[0] == outcomes[1]
+                assert (outcomes[0] == ["error"]) is (size > limit)
+    body = b"y" * (limit + 10)
+    raw = b"sendevent CUSTOM\nContent-Length: %d\n\n" % len(body) + body
+    parser = wire.CommandParser()
+    assert parser.feed(raw[:100]) == [] and parser.feed(raw[100:])[0].body == body

@@ -7,7 +7,7 @@ import contextlib
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -59,6 +59,14 @@ class StubSwitch:
                 body=f"+OK {command}\n",
             )
         )
+
+    def send_event(
+        self, command_line: str, headers: Sequence[tuple[str, str]], body: str | None
+    ) -> str:
+        name = command_line.partition(" ")[2].strip() or "CUSTOM"
+        subclass = next((v for k, v in headers if k.lower() == "event-subclass"), None)
+        self.publish(SimEvent(name, [("Event-Name", name), *headers], body, subclass))
+        return "+OK 00000000-0000-0000-0000-000000000000"
 
     def restart(self) -> None:
         self.restarted += 1
@@ -402,6 +410,24 @@ async def test_stall_holds_replies_until_it_ends(stub_sim: Simulator) -> None:
     await client.close()
 
 
+async def test_a_stall_holds_the_greeting_and_the_auth_timeout_counts_from_it(
+    config: SimConfig,
+) -> None:
+    """A client that connects during a stall gets `auth/request` when the stall ends; the
+    auth timeout starts then (it may be shorter than the stall)."""
+    config.auth_timeout = 0.3
+    async with Simulator(config, switch_factory=StubSwitch) as simulator:
+        simulator.faults.stall(0.6)
+        reader, writer = await asyncio.open_connection("127.0.0.1", simulator.port)
+        client = Client(reader, writer)
+        assert await client.nothing_pending(0.4)
+        assert (await client.frame()).content_type == "auth/request"
+        await asyncio.sleep(0.1)
+        assert await client.command("auth ClueCon") == "+OK accepted"
+        assert await client.nothing_pending(0.4)  # authenticated: no timeout
+        await client.close()
+
+
 async def test_malformed_and_invalid_utf8_frames(stub_sim: Simulator) -> None:
     client = await Client.connect(stub_sim.port)
     stub_sim.faults.send_invalid_utf8()
@@ -442,6 +468,231 @@ async def test_fsctl_shutdown_sequence(stub_sim: Simulator) -> None:
     assert stub(stub_sim).shutdowns == 1
     await stub_sim.wait_shut_down()
     assert not stub_sim.server.listening
+
+
+# ----------------------------------------------------------------------------- the connection
+
+
+async def test_pipelined_commands_in_one_segment_are_answered_in_order(
+    stub_sim: Simulator,
+) -> None:
+    """Commands that arrive in one TCP segment are answered one after another, each reply
+    after the events queued before it, the BACKGROUND_JOB after the bgapi's reply."""
+    client = await Client.connect(stub_sim.port, authed=False)
+    client.writer.write(
+        b"auth ClueCon\n\nevent plain BACKGROUND_JOB\n\nfilter Job-UUID job-1\n\n"
+        b"bgapi status\nJob-UUID: job-1\n\napi one\n\nnosuchcommand\n\napi two\n\n"
+    )
+    replies = [await client.frame() for _ in range(8)]
+    assert [frame.content_type for frame in replies] == [
+        "command/reply", "command/reply", "command/reply", "command/reply",
+        "text/event-plain", "api/response", "command/reply", "api/response",
+    ]  # fmt: skip
+    assert [frame.header("Reply-Text") for frame in replies[:4]] == [
+        "+OK accepted",
+        "+OK event listener enabled plain",
+        "+OK filter added. [Job-UUID]=[job-1]",
+        "+OK Job-UUID: job-1",
+    ]
+    assert [replies[5].body, replies[6].header("Reply-Text"), replies[7].body] == [
+        b"+OK one\n", "-ERR command not found", b"+OK two\n"
+    ]
+    assert stub(stub_sim).api_calls == ["one", "two"]
+    await client.close()
+
+
+async def test_a_command_split_across_segments(stub_sim: Simulator) -> None:
+    """A command block (line, headers, the blank line, a Content-Length body) may arrive a
+    few bytes at a time, and a segment may end one command and start the next."""
+    client = await Client.connect(stub_sim.port)
+    await client.command("event plain CUSTOM split::test")
+    raw = wire.encode_command(
+        "sendevent CUSTOM", [("Event-Subclass", "split::test")], b"body\n\nwith a blank line"
+    ) + wire.encode_command("api status")
+    for start in range(0, len(raw), 7):
+        client.writer.write(raw[start : start + 7])
+        await client.writer.drain()
+        await asyncio.sleep(0.005)
+    reply = await client.frame()
+    assert reply.content_type == "command/reply"
+    assert (reply.header("Reply-Text") or "").startswith("+OK ")
+    frames = [await client.frame() for _ in range(2)]
+    assert [frame.content_type for frame in frames] == ["text/event-plain", "api/response"]
+    headers, body = wire.parse_plain_event(frames[0].body)
+    assert dict(headers)["Event-Subclass"] == "split%3A%3Atest"
+    assert body == b"body\n\nwith a blank line"
+    assert frames[1].body == b"+OK status\n"
+    await client.close()
+
+
+async def test_commands_after_a_waiting_api_wait_for_it(stub_sim: Simulator) -> None:
+    """While an api command waits, the commands after it are not run (the bgapi's job does
+    not start) and nothing is written; then the api's response, the later replies, in order."""
+    switch = stub(stub_sim)
+    client = await Client.connect(stub_sim.port)
+    await client.command("event plain BACKGROUND_JOB")
+    switch.api_gate = asyncio.Event()
+    client.writer.write(b"api slow\n\nfilter Job-UUID j-1\n\nbgapi status\nJob-UUID: j-1\n\n")
+    while "slow" not in switch.api_calls:
+        await asyncio.sleep(0.01)
+    assert await client.nothing_pending()
+    assert switch.jobs == []
+    switch.api_gate.set()
+    frames = [await client.frame() for _ in range(4)]
+    assert [frame.content_type for frame in frames] == [
+        "api/response", "command/reply", "command/reply", "text/event-plain"
+    ]
+    assert frames[0].body == b"+OK slow\n"
+    assert frames[2].header("Reply-Text") == "+OK Job-UUID: j-1"
+    assert switch.jobs == [("j-1", "status")]
+    await client.close()
+
+
+async def test_stop_cancels_an_api_that_waits(config: SimConfig) -> None:
+    simulator = Simulator(config, switch_factory=StubSwitch)
+    await simulator.start()
+    switch = stub(simulator)
+    switch.api_gate = asyncio.Event()
+    client = await Client.connect(simulator.port)
+    client.send("api slow")
+    while "slow" not in switch.api_calls:
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(simulator.stop(), 3.0)  # the waiting api does not hold stop up
+    with contextlib.suppress(ConnectionResetError):
+        assert await client.eof()
+
+
+async def test_commands_sent_before_the_client_closes_are_answered(stub_sim: Simulator) -> None:
+    """The client writes its commands and shuts its side down: every one is answered (the
+    api that waits included), then the server closes."""
+    switch = stub(stub_sim)
+    switch.api_gate = asyncio.Event()
+    client = await Client.connect(stub_sim.port)
+    client.writer.write(b"api slow\n\nfilter Unique-ID x\n\n")
+    client.writer.write_eof()
+    while "slow" not in switch.api_calls:
+        await asyncio.sleep(0.01)
+    switch.api_gate.set()
+    assert (await client.frame()).body == b"+OK slow\n"
+    assert (await client.frame()).header("Reply-Text") == "+OK filter added. [Unique-ID]=[x]"
+    assert await client.eof()
+
+
+def big_event(index: int) -> SimEvent:
+    """A CUSTOM bulk::data event with a 32 KiB body (a few fill a socket's buffers)."""
+    headers = [("Event-Name", "CUSTOM"), ("Event-Subclass", "bulk::data"), ("Index", str(index))]
+    return SimEvent("CUSTOM", headers, body="x" * 32768, subclass="bulk::data")
+
+
+async def test_a_client_that_does_not_read_holds_its_commands_and_events(
+    stub_sim: Simulator,
+) -> None:
+    """Once the client stops reading and the socket's buffers are full, events queue in the
+    server and the client's next command waits (it is not even run): when the client reads
+    again, it gets every event in order (those queued before the command's turn came, as
+    ever), then the reply, then what came after."""
+    switch = stub(stub_sim)
+    client = await Client.connect(stub_sim.port)
+    await client.command("event plain CUSTOM bulk::data")
+    (connection,) = stub_sim.server.connections
+    published = 0
+    while not connection.events:  # the transport's buffer is full: the server holds events
+        switch.publish(big_event(published))
+        published += 1
+        await asyncio.sleep(0)
+        assert published < 10_000
+    for _ in range(3):
+        switch.publish(big_event(published))
+        published += 1
+    client.send("api status")
+    await asyncio.sleep(0.1)
+    assert switch.api_calls == []
+    switch.publish(big_event(published))  # queued when the command's turn comes: before it
+    published += 1
+    indexes = []
+    while True:
+        frame = await client.frame()
+        if frame.content_type == "api/response":
+            break
+        headers, _ = wire.parse_plain_event(frame.body)
+        indexes.append(int(dict(headers)["Index"]))
+    assert indexes == list(range(published))
+    assert frame.body == b"+OK status\n"
+    assert switch.api_calls == ["status"]
+    switch.publish(big_event(published))
+    headers, _ = wire.parse_plain_event((await client.frame()).body)
+    assert dict(headers)["Index"] == str(published)
+    await client.close()
+
+
+async def test_lost_events_kill_a_client_that_does_not_read(
+    stub_sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its event queue full, a connection drops what it cannot queue; the
+    MAX_LOST_EVENTS-th drop in a row is forgiven, the next one kills the listener."""
+    from confguard.sim import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_QUEUED_EVENTS", 20)
+    monkeypatch.setattr(server_module, "MAX_LOST_EVENTS", 5)
+    switch = stub(stub_sim)
+    client = await Client.connect(stub_sim.port)
+    await client.command("event plain CUSTOM bulk::data")
+    (connection,) = stub_sim.server.connections
+    published = 0
+    while not connection.events:
+        switch.publish(big_event(published))
+        published += 1
+        await asyncio.sleep(0)
+        assert published < 10_000
+    while len(connection.events) < 20:
+        switch.publish(big_event(published))
+        published += 1
+    for _ in range(5):
+        switch.publish(big_event(published))
+    assert not connection.closed and connection.lost_events == 5
+    switch.publish(big_event(published))
+    assert connection.closed and stub_sim.server.connections == set()
+    with contextlib.suppress(ConnectionResetError):
+        while not await client.eof():
+            pass
+
+
+async def test_an_api_run_outside_a_task_continues_in_one_as_awaited() -> None:
+    """`_Resumed` (the rest of a coroutine whose first step ran outside a task): the same
+    result, exception and cancellation as awaiting the coroutine in a task."""
+    from confguard.sim.server import _finish, _Resumed
+
+    loop = asyncio.get_running_loop()
+
+    async def steps(gate: asyncio.Future[str], fail: bool) -> str:
+        await asyncio.sleep(0)  # a bare yield
+        got = await gate  # a future
+        await asyncio.sleep(0.01)
+        if fail:
+            raise ValueError(got)
+        return got + "!"
+
+    async def in_task(gate: asyncio.Future[str], fail: bool) -> asyncio.Task[str]:
+        coroutine = steps(gate, fail)
+        waiting_on = coroutine.send(None)
+        return loop.create_task(_finish(_Resumed(coroutine, waiting_on)))
+
+    gate = loop.create_future()
+    task = await in_task(gate, False)
+    loop.call_later(0.01, gate.set_result, "done")
+    assert await task == "done!"
+    gate = loop.create_future()
+    task = await in_task(gate, True)
+    loop.call_later(0.01, gate.set_result, "bad")
+    with pytest.raises(ValueError, match="bad"):
+        await task
+    gate = loop.create_future()
+    task = await in_task(gate, False)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gate.cancelled()  # the cancellation reached the future the coroutine awaited
 
 
 # ----------------------------------------------------------------------------- cli
@@ -593,6 +844,7 @@ async def test_server_wants_follows_the_subscriptions(stub_sim: Simulator) -> No
     assert not server.wants("CHANNEL_EXECUTE") and server.wants("CHANNEL_ANSWER")
     await client.command("noevents")
     assert not server.wants("CHANNEL_ANSWER")
+    assert not server.wants("CUSTOM", "conference::maintenance")
     await client.command("event json CHANNEL_ANSWER")
     assert server.wants("CHANNEL_ANSWER")
     other = await Client.connect(stub_sim.port)  # a second client, not subscribed
@@ -602,6 +854,44 @@ async def test_server_wants_follows_the_subscriptions(stub_sim: Simulator) -> No
         pass
     assert not server.wants("CHANNEL_ANSWER")
     await other.close()
+
+
+async def test_publish_follows_the_subscriptions(stub_sim: Simulator) -> None:
+    """`publish` keeps the connections that listen between changes: an event published after
+    each change (auth, event, noevents, nixevent, a client gone) reaches exactly the clients
+    subscribed at that moment."""
+    switch = stub(stub_sim)
+    first = await Client.connect(stub_sim.port)
+    await first.command("event plain DTMF")
+    second = await Client.connect(stub_sim.port, authed=False)
+
+    async def published_to(*clients: Client) -> list[bool]:
+        switch.publish(event("DTMF"))
+        got = []
+        for client in clients:
+            if await client.nothing_pending(0.1):
+                got.append(False)
+            else:
+                assert await client.event_names(1) == ["DTMF"]
+                got.append(True)
+        return got
+
+    assert await published_to(first, second) == [True, False]
+    assert await second.command("auth ClueCon") == "+OK accepted"
+    assert await published_to(first, second) == [True, False]
+    await second.command("event plain ALL")
+    assert await published_to(first, second) == [True, True]
+    await first.command("noevents")
+    assert await published_to(first, second) == [False, True]
+    await first.command("event plain DTMF")
+    assert await published_to(first, second) == [True, True]
+    await second.command("nixevent ALL")
+    assert await published_to(first, second) == [True, False]
+    await second.command("event plain DTMF")
+    assert await second.command("exit") == "+OK bye"
+    assert (await second.frame()).raw == GOODBYE
+    assert await published_to(first) == [True]
+    await first.close()
 
 
 def test_event_header_lookup_ignores_case_and_takes_the_first_value() -> None:

@@ -213,6 +213,12 @@ def test_non_utf8_bytes_survive_encoding() -> None:
 
 
 def test_fixed_server_messages() -> None:
+    assert wire.encode_command_reply("+OK accepted") == (
+        b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n"
+    )
+    assert wire.encode_command_reply("+OK Job-UUID: j", [("Job-UUID", "j"), ("X", "caf\xe9")]) == (
+        b"Content-Type: command/reply\nReply-Text: +OK Job-UUID: j\nJob-UUID: j\nX: caf\xc3\xa9\n\n"
+    )
     assert wire.encode_rude_rejection() == (
         b"Content-Type: text/rude-rejection\nContent-Length: 24\n\nAccess Denied, go away.\n"
     )

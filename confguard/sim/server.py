@@ -15,6 +15,12 @@ Owns what mod_event_socket owns in FreeSWITCH, and nothing about calls:
   and while one of its `api` commands runs nothing else is written to it (as in FreeSWITCH, where
   `api` runs on the connection's own thread); events queued meanwhile follow the reply.
 
+Each connection is an `asyncio.Protocol` (`Connection`): commands are answered as their bytes
+arrive, with no task or queue between the socket and the answer; only an `api` command that
+waits on something runs on in a task. What a connection writes in one pass of the event loop
+goes out in one `transport.write`; a client that does not read holds its connection
+(`pause_writing`) until it does, and its events queue up to MAX_QUEUED_EVENTS.
+
 The switch (channels, api commands, timers) is reached only through the small `SwitchLike`
 protocol: `api(command)` for the api/response body and `background_job(job_uuid, command)`.
 Values in events are the switch's; formatting (plain/json/xml) happens here via `wire`.
@@ -30,9 +36,9 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confguard.sim import wire
 from confguard.sim.config import SimConfig
@@ -67,7 +73,6 @@ MAX_QUEUED_EVENTS = 100_000  # FreeSWITCH's per-listener event queue
 MAX_LOST_EVENTS = 500  # consecutive drops before FreeSWITCH kills the listener
 WANTED_KEPT = 1024  # EslServer.wants' answers kept (names and subclasses)
 JOB_UUID_MAX = 36  # FreeSWITCH copies the client's Job-UUID into a 37-byte buffer
-READ_CHUNK = 65536
 WRITE_BATCH_BYTES = 256 * 1024  # queued events go out in writes of about this size
 
 REPLY_NOT_FOUND = "-ERR command not found"
@@ -192,6 +197,11 @@ class EventFilters:
     def __init__(self) -> None:
         self._by_name: dict[str, _HeaderFilters] = {}
         self._count = 0
+        self._vetoes = False  # some negative filter is set
+        # Without negative filters the first positive match decides, so the header that
+        # matched last (a connection's events mostly pass by the same one: Unique-ID) is
+        # looked at first. Forgotten whenever a header's filters go.
+        self._last_match: tuple[str, _HeaderFilters] | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -203,6 +213,7 @@ class EventFilters:
             filters = self._by_name[key] = _HeaderFilters()
         filters.add(raw_value)
         self._count += 1
+        self._vetoes = self._vetoes or bool(filters.negative)
 
     def delete(self, name: str, raw_value: str | None = None) -> None:
         key = name.lower()
@@ -212,15 +223,20 @@ class EventFilters:
         if raw_value is None:
             self._count -= sum(filters.raw.values())
             del self._by_name[key]
-            return
-        self._count -= filters.raw.get(raw_value, 0)
-        filters.remove(raw_value)
-        if not filters.raw:
-            del self._by_name[key]
+        else:
+            self._count -= filters.raw.get(raw_value, 0)
+            filters.remove(raw_value)
+            if not filters.raw:
+                del self._by_name[key]
+        if key not in self._by_name:
+            self._last_match = None
+        self._vetoes = any(kept.negative for kept in self._by_name.values())
 
     def clear(self) -> None:
         self._by_name.clear()
         self._count = 0
+        self._vetoes = False
+        self._last_match = None
 
     def items(self) -> list[tuple[str, str]]:
         """(lower-cased header name, raw value) for every filter, one per copy."""
@@ -235,6 +251,8 @@ class EventFilters:
         """The filter decision for `event` (see the class docstring)."""
         if not self._count:
             return True
+        if not self._vetoes:
+            return self._any_matches(event)
         send = False
         for name, filters in self._by_name.items():
             if send and not filters.negative:
@@ -247,10 +265,34 @@ class EventFilters:
                 return False
             if send:
                 continue
-            send = lowered in filters.positive or any(
-                _regex_matches(pattern, actual) for pattern in filters.patterns
-            )
+            send = lowered in filters.positive or _any_pattern_matches(filters, actual)
         return send
+
+    def _any_matches(self, event: SimEvent) -> bool:
+        """`allows` when no filter is negative: does some filter match?"""
+        last = self._last_match
+        if last is not None:
+            actual = event.first_value(last[0])
+            if actual is not None and (
+                actual.lower() in last[1].positive or _any_pattern_matches(last[1], actual)
+            ):
+                return True
+        for name, filters in self._by_name.items():
+            if last is not None and filters is last[1]:
+                continue  # looked at already
+            actual = event.first_value(name)
+            if actual is not None and (
+                actual.lower() in filters.positive or _any_pattern_matches(filters, actual)
+            ):
+                self._last_match = (name, filters)
+                return True
+        return False
+
+
+def _any_pattern_matches(filters: _HeaderFilters, actual: str) -> bool:
+    if not filters.patterns:
+        return False
+    return any(_regex_matches(pattern, actual) for pattern in filters.patterns)
 
 
 def _regex_matches(expression: str, value: str) -> bool:
@@ -302,7 +344,7 @@ class _Subscription:
             return False
         if self.all_events:
             return True
-        name = event_name.upper()
+        name = event_name if event_name in self.types else event_name.upper()
         if name not in self.types:
             return False
         if name != "CUSTOM" or not subclass:
@@ -310,25 +352,62 @@ class _Subscription:
         return subclass in self.subclasses
 
 
-_WAKE = object()  # inbox token: events are waiting
-_EOF = object()  # inbox token: the client closed or the read failed
+class _Resumed:
+    """The rest of a coroutine whose first step already ran outside any task.
+
+    `Connection` runs an `api` command's coroutine at once, on the spot, and nearly every one
+    finishes in that first step (no task, no extra pass of the loop). One that waits on
+    something is handed to a task through this awaitable: it gives the task what the first step
+    waits on, then drives the coroutine as `await` would (values sent, exceptions thrown in,
+    cancellation included). Python 3.12's eager tasks do the same."""
+
+    __slots__ = ("_coroutine", "_waiting_on")
+
+    def __init__(self, coroutine: Coroutine[object, object, str], waiting_on: object) -> None:
+        self._coroutine = coroutine
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[object, object, str]:
+        coroutine, waiting_on = self._coroutine, self._waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # cancellation, or what the awaited future raised
+                try:
+                    waiting_on = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waiting_on = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
-class Connection:
-    """One client: protocol state, an inbox of commands, an outgoing event queue."""
+async def _finish(rest: _Resumed) -> str:
+    return await rest
 
-    def __init__(
-        self,
-        server: EslServer,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+
+class Connection(asyncio.Protocol):
+    """One client: protocol state, the commands not yet answered, an outgoing event queue.
+
+    Commands are parsed and answered as their bytes arrive (`data_received`), in order. The
+    connection is *held* while one of its `api` commands waits on something (as FreeSWITCH runs
+    a connection's commands one after another on its own thread), while the transport's buffer
+    is full (`pause_writing`: the client does not read) and while a `stall` fault is in force;
+    commands received meanwhile wait in `_pending`, events in `events`, and both go on, in
+    order, when the hold ends. Queued events are written before the reply to the next command
+    and otherwise on the next pass of the loop. Everything written in one pass of the loop goes
+    to the socket in one `transport.write` at the end of that pass."""
+
+    def __init__(self, server: EslServer) -> None:
         self.server = server
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer_host: str = str(peer[0]) if peer else ""
-        self.peer: str = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.transport: asyncio.Transport | None = None
+        self.peer_host = ""
+        self.peer = "?"
         self.authed = False
         self.subscription = _Subscription()
         self.filters = EventFilters()
@@ -336,11 +415,69 @@ class Connection:
         self.lost_events = 0
         self.closed = False
         self._close_after_flush = False
-        self._inbox: asyncio.Queue[object] = asyncio.Queue()
-        self._wake_pending = False
+        self._parser = wire.CommandParser()
+        self._pending: deque[wire.ClientCommand] = deque()  # received, not yet answered
+        self._api_running = False
+        self._paused = False  # the transport's buffer is over its high-water mark
+        self._client_done = False  # the client closed its side (or sent garbage)
+        self._greeted = False  # auth/request written (and the auth timeout counting)
+        self._loop = asyncio.get_running_loop()
+        self._pass_scheduled = False
         self._out: list[bytes] = []  # written this pass of the loop, not yet sent
         self._out_size = 0
-        self._out_scheduled = False
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+
+    # ----------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_host, self.peer = str(peer[0]), f"{peer[0]}:{peer[1]}"
+        if not peer_allowed(self.peer_host, self.server.config.allow):
+            log.info("rejected %s (not in the ACL)", self.peer)
+            self.closed = True
+            transport.write(wire.encode_rude_rejection())
+            transport.close()
+            return
+        self.server.connections.add(self)
+        self._resume()  # the greeting, unless a stall holds it
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self._client_done:
+            return
+        try:
+            commands = self._parser.feed(data)
+        except wire.WireError as exc:
+            log.info("dropping %s: %s", self.peer, exc)
+            self.eof_received()
+            return
+        for command in commands:
+            if self._pending or not self._greeted or self._held():
+                self._pending.append(command)
+            else:
+                self._run(command)
+                if self.closed:
+                    return
+
+    def eof_received(self) -> bool:
+        """The client closed its side: answer what it sent before, then close (kept open
+        until then)."""
+        self._client_done = True
+        self._resume()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._schedule_pass()
 
     # ----------------------------------------------------------------- fan-in from the switch
 
@@ -361,95 +498,106 @@ class Connection:
             return
         self.lost_events = 0
         self.events.append(event)
-        self._wake()
+        if not self._pass_scheduled:
+            self._pass_scheduled = True
+            self._loop.call_soon(self._pass)
 
     def inject(self, frame: bytes) -> None:
         """Queue raw bytes in the event stream (faults), bypassing subscription and filters."""
         if self.closed:
             return
         self.events.append(frame)
-        self._wake()
+        self._schedule_pass()
 
-    def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._inbox.put_nowait(_WAKE)
+    # ----------------------------------------------------------------- order and holds
 
-    # ----------------------------------------------------------------- life cycle
+    def _held(self) -> bool:
+        """Whether nothing may be answered or flushed now (see the class docstring)."""
+        return self._api_running or self._paused or (self.server.stalled and self._stalled())
 
-    async def run(self) -> None:
-        """Serve the connection until it ends (exit, auth failure, EOF, fault, shutdown)."""
-        if not peer_allowed(self.peer_host, self.server.config.allow):
-            log.info("rejected %s (not in the ACL)", self.peer)
-            with contextlib.suppress(ConnectionError):
-                await self._write(wire.encode_rude_rejection())
-            await self.close()
-            return
-        reader_task = asyncio.create_task(self._read_loop(), name=f"esl-read-{self.peer}")
+    def _stalled(self) -> bool:
+        remaining = self.server.stall_remaining()
+        if remaining <= 0.0:
+            return False
+        if self._stall_timer is None:
+            self._stall_timer = self._loop.call_later(remaining, self._stall_over)
+        return True
+
+    def _stall_over(self) -> None:
+        self._stall_timer = None
+        self._resume()
+
+    def _schedule_pass(self) -> None:
+        if not self._pass_scheduled and not self.closed:
+            self._pass_scheduled = True
+            self._loop.call_soon(self._pass)
+
+    def _pass(self) -> None:
+        """End of a pass of the loop: go on with what waited, then send what was written
+        (what this writes goes out now: no other pass is asked for meanwhile)."""
         try:
-            await self._write(wire.encode_auth_request())
-            await self._serve()
-        except (ConnectionError, OSError):
-            pass
+            if not self.closed:
+                self._resume()
+                self._send_out()
         finally:
-            reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader_task
-            await self.close()
+            self._pass_scheduled = False
 
-    async def _read_loop(self) -> None:
-        parser = wire.CommandParser()
-        try:
-            while True:
-                data = await self.reader.read(READ_CHUNK)
-                if not data:
-                    break
-                for command in parser.feed(data):
-                    self._inbox.put_nowait(command)
-        except wire.WireError as exc:
-            log.info("dropping %s: %s", self.peer, exc)
-        except (ConnectionError, OSError):
-            pass
-        self._inbox.put_nowait(_EOF)
+    def _resume(self) -> None:
+        """Answer the commands that waited, flush the queued events, close once the client
+        has closed: as far as no hold stops it."""
+        if not self._greeted:
+            if self.closed or self._held():
+                return
+            self._greeted = True
+            self._write(wire.encode_auth_request())
+            self._auth_timer = self._loop.call_later(
+                self.server.config.auth_timeout, self._auth_timed_out
+            )
+        pending = self._pending
+        while pending and not self.closed:
+            if self._held():
+                return
+            self._run(pending.popleft())
+        if self.closed or self._held():
+            return
+        if self.events or self._close_after_flush:
+            self._flush_events()
+        if self._client_done and not self.closed and not self._paused:
+            self.close()
 
-    async def _serve(self) -> None:
-        auth_deadline = time.monotonic() + self.server.config.auth_timeout
-        while not self.closed:
-            try:
-                if self.authed:
-                    item = await self._inbox.get()
-                else:
-                    remaining = auth_deadline - time.monotonic()
-                    item = await asyncio.wait_for(self._inbox.get(), max(0.0, remaining))
-            except TimeoutError:
-                log.info("no auth from %s within %ss", self.peer, self.server.config.auth_timeout)
-                await self._goodbye(wire.GOODBYE_TEXT)
+    def _run(self, command: wire.ClientCommand) -> None:
+        """Flush the queued events, then answer `command` (the connection is not held)."""
+        if self.events or self._close_after_flush:
+            self._flush_events()
+            if self.closed:
                 return
-            if self.events or self._close_after_flush:
-                await self._flush_events()
-            else:
-                self._wake_pending = False
-            if item is _EOF or self.closed:
+            if self._paused:  # the flush filled the transport: the command waits its turn
+                self._pending.appendleft(command)
                 return
-            if isinstance(item, wire.ClientCommand):
-                keep_going = await self._handle(item)
-                if not keep_going:
+        self._handle(command)
+
+    def _flush_events(self) -> None:
+        """Write every queued event, in order, until the transport's buffer is full."""
+        events = self.events
+        out = self._out
+        size = self._out_size
+        while events:
+            item = events.popleft()
+            frame = item if isinstance(item, bytes) else self._frame(item)
+            out.append(frame)
+            size += len(frame)
+            if size >= WRITE_BATCH_BYTES:
+                self._out_size = size
+                self._send_out()
+                size = 0
+                if self._paused or self.closed:
                     return
-
-    async def _flush_events(self) -> None:
-        """Write every queued event, in order, as one write per batch (not a send per event)."""
-        self._wake_pending = False
-        while self.events and not self.closed:
-            batch: list[bytes] = []
-            size = 0
-            while self.events and size < WRITE_BATCH_BYTES:
-                item = self.events.popleft()
-                frame = item if isinstance(item, bytes) else self._frame(item)
-                batch.append(frame)
-                size += len(frame)
-            await self._write(b"".join(batch))
+        self._out_size = size
+        if not self._pass_scheduled:
+            self._pass_scheduled = True
+            self._loop.call_soon(self._pass)
         if self._close_after_flush:
-            await self.close()
+            self.close()
 
     def _frame(self, event: SimEvent) -> bytes:
         """The event's frame in this connection's format, encoded once per event and format
@@ -461,63 +609,73 @@ class Connection:
             event.derived[event_format] = frame
         return frame  # type: ignore[return-value]
 
-    async def _write(self, data: bytes) -> None:
-        """Queue `data` for the socket. What one pass of the event loop writes to this client
-        (the replies to a pipelined run of commands, events) goes out in one send at the end
-        of the pass instead of a send each; order is kept, and the transport's back-pressure
-        still holds this connection up when the client does not read."""
-        if self.server.stalled:
-            await self.server.wait_unstalled()
-        if self.closed or self.writer.is_closing():
-            raise ConnectionResetError("connection closed")
+    def _write(self, data: bytes) -> None:
+        """Queue `data` for the socket: it goes out at the end of this pass of the loop with
+        everything else written in the pass, or at once past WRITE_BATCH_BYTES."""
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size >= WRITE_BATCH_BYTES:
             self._send_out()
-        elif not self._out_scheduled:
-            self._out_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_out)
-        await self.writer.drain()
+        elif not self._pass_scheduled:
+            self._pass_scheduled = True
+            self._loop.call_soon(self._pass)
 
     def _send_out(self) -> None:
-        self._out_scheduled = False
-        if not self._out:
+        out = self._out
+        if not out:
             return
-        data = b"".join(self._out)
-        self._out.clear()
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         self._out_size = 0
-        if not self.writer.is_closing():
-            self.writer.write(data)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
-    async def _reply(self, text: str, extra: Sequence[tuple[str, str]] = ()) -> None:
-        await self._write(wire.encode_command_reply(text, extra))
+    def _reply(self, text: str, extra: Sequence[tuple[str, str]] = ()) -> None:
+        self._write(wire.encode_command_reply(text, extra))
 
-    async def _goodbye(self, text: str) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._write(wire.encode_disconnect_notice(text))
-        await self.close()
+    def _goodbye(self, text: str) -> None:
+        self._write(wire.encode_disconnect_notice(text))
+        self.close()
 
-    async def close(self) -> None:
-        """Close the socket (pending writes are flushed by the transport)."""
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.closed or self.authed:
+            return
+        log.info("no auth from %s within %ss", self.peer, self.server.config.auth_timeout)
+        self._pending.clear()  # what it sent meanwhile is not answered
+        self.say_goodbye(wire.GOODBYE_TEXT)
+
+    # ----------------------------------------------------------------- life cycle
+
+    def close(self) -> None:
+        """Close the socket (what was written is flushed by the transport first)."""
         if self.closed:
             return
-        self.closed = True
-        self.server.forget(self)
-        with contextlib.suppress(Exception):
-            self._send_out()
-            self.writer.close()
-        self._inbox.put_nowait(_EOF)
+        self._send_out()
+        self._end()
+        if self.transport is not None:
+            self.transport.close()
 
     def abort(self) -> None:
         """Drop the socket at once, without any notice."""
         if self.closed:
             return
+        self._send_out()  # what was written reaches the transport, which drops it
+        self._end()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _end(self) -> None:
+        if self.closed:
+            return
         self.closed = True
+        self._pending.clear()
+        for timer in (self._auth_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._auth_timer = self._stall_timer = None
         self.server.forget(self)
-        with contextlib.suppress(Exception):
-            self._send_out()  # what was written reaches the socket, as the transport would
-            self.writer.transport.abort()
-        self._inbox.put_nowait(_EOF)
 
     def say_goodbye(self, text: str) -> None:
         """After the events already queued: a disconnect notice with `text`, then close."""
@@ -525,62 +683,90 @@ class Connection:
             return
         self.events.append(wire.encode_disconnect_notice(text))
         self._close_after_flush = True
-        self._wake()
+        self._schedule_pass()
 
     # ----------------------------------------------------------------- commands
 
-    async def _handle(self, command: wire.ClientCommand) -> bool:
-        """Answer one command; False when the connection must end."""
+    def _handle(self, command: wire.ClientCommand) -> None:
+        """Answer one command (its reply written; an `api` that waits holds the connection)."""
         line = command.line
         lowered = line.lower()
         if lowered.startswith("exit") or lowered.startswith("..."):
-            await self._reply("+OK bye")
-            await self._goodbye(wire.GOODBYE_TEXT)
-            return False
+            self._reply("+OK bye")
+            self._goodbye(wire.GOODBYE_TEXT)
+            return
         if not self.authed:
             if lowered.startswith("auth "):
                 if line[5:].strip() == self.server.config.password:
                     self.authed = True
+                    if self._auth_timer is not None:
+                        self._auth_timer.cancel()
+                        self._auth_timer = None
                     self.server.subscriptions_changed()
-                    await self._reply("+OK accepted")
-                    return True
+                    self._reply("+OK accepted")
+                    return
                 log.info("bad password from %s", self.peer)
-                await self._reply("-ERR invalid")
-                await self._goodbye(wire.GOODBYE_TEXT)
-                return False
-            await self._reply(REPLY_NOT_FOUND)
-            return True
-        if lowered.startswith("sendevent"):
-            await self._reply(self._sendevent(command))
-        elif lowered.startswith("filter "):
-            await self._reply(self._filter(line[len("filter ") :]))
-        elif lowered.startswith("api "):
-            await self._api(line[len("api ") :])
+                self._reply("-ERR invalid")
+                self._goodbye(wire.GOODBYE_TEXT)
+                return
+            self._reply(REPLY_NOT_FOUND)
+            return
+        if lowered.startswith("filter "):
+            self._reply(self._filter(line[len("filter ") :]))
         elif lowered.startswith("bgapi "):
-            await self._bgapi(line[len("bgapi ") :], command.header("Job-UUID"))
+            self._bgapi(line[len("bgapi ") :], command.header("Job-UUID"))
+        elif lowered.startswith("api "):
+            self._api(line[len("api ") :])
+        elif lowered.startswith("sendevent"):
+            self._reply(self._sendevent(command))
         elif lowered.startswith("event"):
             reply = self._event(line)
             self.server.subscriptions_changed()
-            await self._reply(reply)
+            self._reply(reply)
         elif lowered.startswith("nixevent"):
             reply = self._nixevent(line)
             self.server.subscriptions_changed()
-            await self._reply(reply)
+            self._reply(reply)
         elif lowered.startswith("noevents"):
             reply = self._noevents()
             self.server.subscriptions_changed()
-            await self._reply(reply)
+            self._reply(reply)
         else:
-            await self._reply(REPLY_NOT_FOUND)
-        return True
+            self._reply(REPLY_NOT_FOUND)
 
-    async def _api(self, api_command: str) -> None:
-        body = await self.server.run_api(api_command)
-        await self._write(wire.encode_api_response(body))
+    def _api(self, api_command: str) -> None:
+        """Run the api command now; if it waits on something, in a task that holds the
+        connection until its response is written."""
+        coroutine = self.server.run_api(api_command)
+        try:
+            waiting_on = coroutine.send(None)
+        except StopIteration as done:
+            self._write(wire.encode_api_response(done.value))
+            return
+        self._api_running = True
+        task = self._loop.create_task(
+            _finish(_Resumed(coroutine, waiting_on)), name=f"esl-api-{self.peer}"
+        )
+        self.server.keep(task)
+        task.add_done_callback(self._api_done)
 
-    async def _bgapi(self, api_command: str, client_job_uuid: str | None) -> None:
+    def _api_done(self, task: asyncio.Task[str]) -> None:
+        self._api_running = False
+        if task.cancelled():
+            return
+        try:
+            body = task.result()  # run_api answers the switch's failures with a body already
+        except Exception:
+            log.exception("api on %s failed inside the simulator", self.peer)
+            body = "-ERR simulator error\n"
+        if self.closed:
+            return
+        self._write(wire.encode_api_response(body))
+        self._resume()
+
+    def _bgapi(self, api_command: str, client_job_uuid: str | None) -> None:
         job_uuid = client_job_uuid[:JOB_UUID_MAX] if client_job_uuid else str(uuid.uuid4())
-        await self._reply(f"+OK Job-UUID: {job_uuid}", [("Job-UUID", job_uuid)])
+        self._reply(f"+OK Job-UUID: {job_uuid}", [("Job-UUID", job_uuid)])
         self.server.start_background_job(job_uuid, api_command)
 
     def _sendevent(self, command: wire.ClientCommand) -> str:
@@ -694,17 +880,22 @@ class EslServer:
         self.on_shutdown_request = on_shutdown_request
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._stalled_until = 0.0
         self.port: int = config.port
-        self._wanted: dict[tuple[str, str | None], bool] = {}  # `wants`' answers
+        self._wanted_names: dict[str, bool] = {}  # `wants`' answers, by name (no subclass)
+        self._wanted: dict[tuple[str, str | None], bool] = {}  # and by name and subclass
+        # The connections `publish` offers events to (authenticated, listening), made again
+        # after a subscription changes (`subscriptions_changed`), in `connections`' order.
+        self._listeners: tuple[Connection, ...] | None = None
 
     # ----------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
         """Bind and listen on `config.host:config.port` (port 0 picks a free one)."""
-        self._server = await asyncio.start_server(
-            self._accept, self.config.host, self.config.port, reuse_address=True
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self), self.config.host, self.config.port, reuse_address=True
         )
         sockets = self._server.sockets or ()
         if sockets:
@@ -723,7 +914,7 @@ class EslServer:
                 await self._server.wait_closed()
 
     async def stop(self) -> None:
-        """Stop listening, drop every connection, wait for their tasks."""
+        """Stop listening, drop every connection, cancel their api commands still running."""
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
@@ -739,21 +930,6 @@ class EslServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = Connection(self, reader, writer)
-        self.connections.add(connection)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await connection.run()
-        except asyncio.CancelledError:
-            # stop() cancels handlers; asyncio's stream callback would log a cancelled handler
-            connection.abort()
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-
     def forget(self, connection: Connection) -> None:
         """Remove a closed connection from the fan-out."""
         self.connections.discard(connection)
@@ -765,34 +941,56 @@ class EslServer:
         """Would some connection take an event of this name (and CUSTOM subclass)? The switch
         asks before building a channel or conference event (its filters may still drop it).
         Answers are kept until a subscription changes (`subscriptions_changed`)."""
+        if subclass is None:  # nearly every question: no tuple to build
+            answer = self._wanted_names.get(event_name)
+            if answer is None:
+                answer = self._ask_wanted(event_name, None)
+                if len(self._wanted_names) >= WANTED_KEPT:
+                    self._wanted_names.clear()
+                self._wanted_names[event_name] = answer
+            return answer
         key = (event_name, subclass)
         answer = self._wanted.get(key)
         if answer is None:
-            answer = any(
-                connection.authed
-                and not connection.closed
-                and connection.subscription.wants_type(event_name, subclass)
-                for connection in self.connections
-            )
+            answer = self._ask_wanted(event_name, subclass)
             if len(self._wanted) >= WANTED_KEPT:
                 self._wanted.clear()
             self._wanted[key] = answer
         return answer
 
+    def _ask_wanted(self, event_name: str, subclass: str | None) -> bool:
+        return any(
+            connection.authed
+            and not connection.closed
+            and connection.subscription.wants_type(event_name, subclass)
+            for connection in self.connections
+        )
+
     def subscriptions_changed(self) -> None:
-        """A connection subscribed, unsubscribed, authenticated or went: `wants` asks again."""
+        """A connection subscribed, unsubscribed, authenticated or went: `wants` asks again,
+        and `publish` looks again for the connections that listen."""
+        self._wanted_names.clear()
         self._wanted.clear()
+        self._listeners = None
 
     def publish(self, event: SimEvent) -> None:
-        """Offer one switch event to every connection (each applies its subscription/filters)."""
-        for connection in list(self.connections):
+        """Offer one switch event to every connection that listens (each applies its
+        subscription and filters)."""
+        listeners = self._listeners
+        if listeners is None:
+            listeners = self._listeners = tuple(
+                connection
+                for connection in self.connections
+                if connection.authed and connection.subscription.enabled
+            )
+        for connection in listeners:
             connection.offer(event)
 
     async def run_api(self, command: str) -> str:
         """The api/response body for `command` (FreeSWITCH answers an empty result as no reply)."""
         if self._is_shutdown_request(command):
             if self.on_shutdown_request is not None:
-                self._keep(asyncio.create_task(self.on_shutdown_request(), name="sim-shutdown"))
+                self.keep(asyncio.create_task(self.on_shutdown_request(), name="sim-shutdown"))
             return "+OK\n"
         if self.switch is None:
             return f"-ERR {command.split(' ', 1)[0]} Command not found!\n"
@@ -806,17 +1004,20 @@ class EslServer:
     def start_background_job(self, job_uuid: str, command: str) -> None:
         """Hand a bgapi to the switch (it publishes BACKGROUND_JOB when done)."""
         if self._is_shutdown_request(command) and self.on_shutdown_request is not None:
-            self._keep(asyncio.create_task(self.on_shutdown_request(), name="sim-shutdown"))
+            self.keep(asyncio.create_task(self.on_shutdown_request(), name="sim-shutdown"))
             return
         if self.switch is not None:
             self.switch.background_job(job_uuid, command)
 
     @staticmethod
     def _is_shutdown_request(command: str) -> bool:
+        if command.lstrip()[:5].lower() != "fsctl":
+            return False  # (an originate is long: not split into words for nothing)
         words = command.lower().split()
         return words[:2] == ["fsctl", "shutdown"] and (len(words) == 2 or words[2] != "cancel")
 
-    def _keep(self, task: asyncio.Task[None]) -> None:
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a reference to `task` until it is done; `stop` cancels it."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -824,16 +1025,12 @@ class EslServer:
 
     @property
     def stalled(self) -> bool:
-        """Whether a `stall` fault is (or was) set: `wait_unstalled` has something to do."""
+        """Whether a `stall` fault is (or was) set: `stall_remaining` has something to say."""
         return self._stalled_until > 0.0
 
-    async def wait_unstalled(self) -> None:
-        """Sleep while a `stall` fault is in force."""
-        while True:
-            remaining = self._stalled_until - time.monotonic()
-            if remaining <= 0:
-                return
-            await asyncio.sleep(remaining)
+    def stall_remaining(self) -> float:
+        """Real seconds left of the `stall` fault in force (0 or less: none)."""
+        return self._stalled_until - time.monotonic()
 
     def stall(self, seconds: float) -> None:
         """Delay every reply and event on every connection for `seconds` real seconds."""

@@ -111,9 +111,10 @@ def encode_auth_request() -> bytes:
 
 def encode_command_reply(reply_text: str, extra_headers: Sequence[tuple[str, str]] = ()) -> bytes:
     """A `command/reply`: Content-Type, Reply-Text, any extra headers (bgapi's Job-UUID), blank."""
-    lines = ["Content-Type: command/reply", f"Reply-Text: {reply_text}"]
-    lines.extend(f"{name}: {value}" for name, value in extra_headers)
-    return to_bytes("\n".join(lines) + "\n\n")
+    text = "Content-Type: command/reply\nReply-Text: " + reply_text
+    for name, value in extra_headers:
+        text += f"\n{name}: {value}"
+    return to_bytes(text + "\n\n")
 
 
 def _content_first(content_type: str, body: bytes) -> bytes:
@@ -327,16 +328,16 @@ def _split_header_lines(lines: Iterable[str]) -> list[tuple[str, str]]:
     return headers
 
 
-def _find_block_end(buffer: bytearray) -> tuple[int, int] | None:
-    """Index of the end of the header block and the index where the body starts."""
-    match = re.search(rb"\r?\n\r?\n", buffer)
-    if match is None:
-        return None
-    return match.start(), match.end()
+_BLOCK_END = re.compile(rb"\r?\n\r?\n")  # a blank line, `\r\n` tolerated
+_STRAY = b"\r\n"  # bytes between blocks that carry nothing
 
 
 class CommandParser:
-    """Incremental parser of client commands; feed it bytes, get whole `ClientCommand`s back."""
+    """Incremental parser of client commands; feed it bytes, get whole `ClientCommand`s back.
+
+    A segment usually holds whole commands: they are cut out of it where they lie (one `find`
+    of the blank line each, no copy of the rest); only an unfinished block or body is kept,
+    and the next segment is added to it."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -349,48 +350,75 @@ class CommandParser:
 
     def feed(self, data: bytes) -> list[ClientCommand]:
         """Add received bytes; return every command completed by them, in order."""
-        self._buffer += data
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            if self._pending is not None and len(buffer) < self._pending[2]:
+                return []  # a body still arriving: nothing to look at yet
+            data = bytes(buffer)
+            buffer.clear()
         commands: list[ClientCommand] = []
+        pending = self._pending
+        position, end = 0, len(data)
+        carriage_returns = b"\r" in data
         while True:
-            command = self._next()
-            if command is None:
-                return commands
-            commands.append(command)
+            if pending is None:
+                while position < end and data[position] in _STRAY:
+                    position += 1  # stray blank lines between blocks
+                if carriage_returns:
+                    match = _BLOCK_END.search(data, position)
+                    if match is None:
+                        break
+                    block_end, body_start = match.start(), match.end()
+                else:
+                    block_end = data.find(b"\n\n", position)
+                    if block_end < 0:
+                        break
+                    body_start = block_end + 2
+                text = data[position:block_end].decode("utf-8", "surrogateescape")
+                position = body_start
+                command = _command_block(text.replace("\r\n", "\n") if carriage_returns else text)
+                if isinstance(command, ClientCommand):
+                    commands.append(command)
+                    continue
+                pending = command
+            line, headers, length = pending
+            if end - position < length:
+                break
+            commands.append(ClientCommand(line, headers, data[position : position + length]))
+            position += length
+            pending = None
+        self._pending = pending
+        if position < end:
+            if pending is None and end - position > MAX_HEADER_BYTES:
+                raise WireError("command block without an end")
+            buffer += memoryview(data)[position:]
+        return commands
 
-    def _next(self) -> ClientCommand | None:
-        if self._pending is None:
-            while self._buffer[:1] in (b"\n", b"\r") and self._buffer:
-                del self._buffer[:1]  # stray blank lines between blocks carry nothing
-            ends = _find_block_end(self._buffer)
-            if ends is None:
-                if len(self._buffer) > MAX_HEADER_BYTES:
-                    raise WireError("command block without an end")
-                return None
-            block_end, body_start = ends
-            text = bytes(self._buffer[:block_end]).decode("utf-8", "surrogateescape")
-            del self._buffer[:body_start]
-            lines = text.replace("\r\n", "\n").split("\n")
-            line = lines[0].rstrip("\r")
-            headers = tuple(_split_header_lines(x.rstrip("\r") for x in lines[1:]))
-            length_text = next(
-                (value for name, value in headers if name.lower() == "content-length"), None
-            )
-            if length_text is None:
-                return ClientCommand(line, headers)
-            try:
-                length = int(length_text.strip())
-            except ValueError as exc:
-                raise WireError(f"Content-Length is not a number: {length_text!r}") from exc
-            if length < 0 or length > MAX_BODY_BYTES:
-                raise WireError(f"Content-Length out of range: {length}")
-            self._pending = (line, headers, length)
-        line, headers, length = self._pending
-        if len(self._buffer) < length:
-            return None
-        body = bytes(self._buffer[:length])
-        del self._buffer[:length]
-        self._pending = None
-        return ClientCommand(line, headers, body)
+
+def _command_block(
+    text: str,
+) -> ClientCommand | tuple[str, tuple[tuple[str, str], ...], int]:
+    """A command block's command (no body), or its line, headers and the body length to read."""
+    line, newline, rest = text.partition("\n")
+    line = line.rstrip("\r")
+    if not newline:
+        return ClientCommand(line)
+    headers = tuple(_split_header_lines(x.rstrip("\r") for x in rest.split("\n")))
+    length_text = None
+    for name, value in headers:
+        if name.lower() == "content-length":
+            length_text = value
+            break
+    if length_text is None:
+        return ClientCommand(line, headers)
+    try:
+        length = int(length_text.strip())
+    except ValueError as exc:
+        raise WireError(f"Content-Length is not a number: {length_text!r}") from exc
+    if length < 0 or length > MAX_BODY_BYTES:
+        raise WireError(f"Content-Length out of range: {length}")
+    return line, headers, length
 
 
 def encode_command(
