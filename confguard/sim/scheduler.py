@@ -23,7 +23,6 @@ as they go (a heap by the time they go).
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import math
@@ -32,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confguard.sim.clock import SimClock
+from confguard.sim.clock import SimClock, Timer
 from confguard.sim.events import EventFactory, SimEvent
 
 CHECK_INTERVAL = 0.5  # simulated seconds between passes of the task loop
@@ -94,9 +93,9 @@ class Scheduler:
     _pass_ids: list[int] | None = None  # heap of the ids the running pass still has to visit
     _pass_position: int = 0  # the id the running pass is at
     _pass_limit: int = 0  # the running pass visits ids below this (tasks added later wait)
-    _pass_handle: asyncio.TimerHandle | None = None
+    _pass_handle: Timer | None = None
     _running: bool = False
-    _handles: set[asyncio.TimerHandle] = field(default_factory=set)
+    _handles: set[Timer] = field(default_factory=set)
 
     # -- life cycle --------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from confguard.sim.callees import (
     CalleeSpec,
     resolve_callee,
 )
-from confguard.sim.clock import SimClock, timer_pending
+from confguard.sim.clock import SimClock, Timer, timer_pending
 from confguard.sim.config import SimConfig
 from confguard.sim.events import (
     CAUSE_CODES,
@@ -220,7 +220,7 @@ class Channel:
     answered_event: asyncio.Event = field(default_factory=asyncio.Event)
     answer_waiter: asyncio.Future[None] | None = None  # the originate waiting for the answer
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)  # pending (and some spent)
+    timers: list[Timer] = field(default_factory=list)  # pending (and some spent)
     timers_pruned_at: int = TIMERS_PRUNE_ABOVE  # `timers` is swept of spent ones past this
     digits_dialed: list[str] = field(default_factory=list)
     listed_destination: str | None = None  # `show channels` dest when not the profile's
@@ -1954,7 +1954,7 @@ class DigitCollector:
         self.failure_target = args[10:]
         self.phase = ""  # prompt | wait | invalid | done
         self.queued: list[str] = []
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Timer | None = None
         self.phase_started = 0.0
         # When the current phase was due to start, simulated: the phases follow each other on
         # this schedule, not on when a late timer ran, so a loaded host does not stretch the
@@ -1968,7 +1968,7 @@ class DigitCollector:
         self._at_try_start = False
         self._period = 0.0  # one try without a key, simulated seconds
         self._last_phase: Callable[[], None] = self._timed_out  # the one that ends a try
-        self._end_timer: asyncio.TimerHandle | None = None
+        self._end_timer: Timer | None = None
 
     @property
     def facts(self) -> ChannelFacts:
