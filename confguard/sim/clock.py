@@ -98,6 +98,7 @@ class SimClock:
         self._wakeup: asyncio.TimerHandle | None = None
         self._wakeup_at = 0.0
         self._compact_at = COMPACT_ABOVE
+        self._running_due = False  # in `_run_due`, which arms the wake-up for what is left
 
     def monotonic(self) -> float:
         """Simulated seconds since the clock was made (never goes back)."""
@@ -131,7 +132,8 @@ class SimClock:
         when = loop.time() + (sim_seconds * self.time_scale if sim_seconds > 0 else 0.0)
         handle = ClockTimer(when, fn)
         heapq.heappush(self._timers, (when, next(self._order), handle))
-        if self._wakeup is None or when < self._wakeup_at:
+        # While the clock runs its due timers, the run arms the wake-up once it is done.
+        if not self._running_due and (self._wakeup is None or when < self._wakeup_at):
             self._arm(loop, when)
         elif len(self._timers) > self._compact_at:
             self._compact()
@@ -154,6 +156,13 @@ class SimClock:
         loop = self._loop
         if loop is None:
             return
+        self._running_due = True
+        try:
+            self._run_timers(loop)
+        finally:
+            self._running_due = False
+
+    def _run_timers(self, loop: asyncio.AbstractEventLoop) -> None:
         timers = self._timers
         now = loop.time()
         set_before = next(self._order)

@@ -22,9 +22,8 @@ import math
 import os
 import random
 import re
-import uuid as uuidlib
 import wave
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -96,6 +95,26 @@ ORIGINATE_USAGE = (
 _ARG_RE = re.compile(r"(?:[^ ']+|'[^']*'?)+")  # a word: unquoted runs and 'quoted parts'
 _DIAL_MARKS_RE = re.compile(r"[{}']")
 _DIAL_COMMAS_RE = re.compile(r"[,']")
+
+
+def new_uuid() -> str:
+    """A random (version 4, RFC 4122 variant) UUID as text, like `str(uuid.uuid4())` (16 bytes
+    of os.urandom), without making a UUID object on the way."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _set_vars(facts: ChannelFacts, pairs: Iterable[tuple[str, str]]) -> None:
+    """`facts.set_var(name, value)` for each pair in order (a variable set again moves to the
+    end), looking at the variables once. Only where no application advances lazily
+    (`ChannelFacts.catch_up`) in the middle: it is brought up to now once, before the first."""
+    variables = facts.variables
+    for name, value in pairs:
+        variables.pop(name, None)
+        variables[name] = value
 
 
 def split_args(text: str, *, keep_quotes: bool = False) -> list[str]:
@@ -179,6 +198,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 def _atoi(text: str) -> int:
     """C's atoi: leading digits (with an optional sign), 0 when none."""
+    if text.isascii() and text.isdigit():  # only ASCII digits: what int() reads the same
+        return int(text)
     sign, digits = 1, ""
     rest = text.strip()
     if rest[:1] in "+-" and rest:
@@ -281,6 +302,8 @@ class Switch:
         self._next_session_id = 1
         self._next_member_id = 1
         self._background: set[asyncio.Task[object]] = set()
+        self._endpoints_for: tuple[str, ...] | None = None  # the modules `_endpoints_named` is of
+        self._endpoints_named: frozenset[str] = frozenset()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._running = False
         self.is_shut_down = False
@@ -320,7 +343,7 @@ class Switch:
         config = self.config
         return EventFactory(
             self.clock,
-            core_uuid=str(uuidlib.uuid4()),
+            core_uuid=new_uuid(),
             hostname=config.hostname,
             ipv4=config.ipv4,
             ipv6=config.ipv6,
@@ -433,7 +456,7 @@ class Switch:
         """`sendevent`: fire the client's event, or, when its `Unique-ID` names a live call,
         queue it to that call instead (mod_event_socket; the simulator's calls take no queued
         events, so it goes nowhere). The reply: `+OK <Event-UUID>`."""
-        event_uuid = str(uuidlib.uuid4())
+        event_uuid = new_uuid()
         target = next((v for k, v in headers if k.lower() == "unique-id"), None)
         if target is None or self.live_channel(target) is None:
             self.publish(self.events.client_event(command_line, headers, event_uuid, body))
@@ -507,7 +530,7 @@ class Switch:
             if target.startswith("user/"):  # the directory's dial-string is error/...
                 return "-ERR USER_NOT_REGISTERED\n"
             refused = refused or "USER_NOT_REGISTERED"  # callee.lua refuses from its leg
-        call_uuid = variables.get("origination_uuid") or str(uuidlib.uuid4())
+        call_uuid = variables.get("origination_uuid") or new_uuid()
         if call_uuid in self.channels:
             return "-ERR DESTINATION_OUT_OF_ORDER\n"
         timeout = _atoi(variables.get("originate_timeout", "60")) or 60
@@ -584,7 +607,7 @@ class Switch:
         into another context gets a channel that hangs up NO_ROUTE_DESTINATION (this
         simulator's dialplan has no callee there)."""
         endpoint, _, rest = target.partition("/")
-        if endpoint not in {name for name, _ in self.endpoints()}:
+        if endpoint not in self._endpoint_names():
             return "-ERR CHAN_NOT_IMPLEMENTED\n"
         if endpoint == "user":
             extension, _, domain = rest.partition("@")
@@ -620,6 +643,14 @@ class Switch:
             for name in names
         )
 
+    def _endpoint_names(self) -> frozenset[str]:
+        """The loaded endpoints' names, kept until the modules change (`config.modules`)."""
+        loaded = self.modules()
+        if loaded != self._endpoints_for:
+            self._endpoints_for = loaded
+            self._endpoints_named = frozenset(name for name, _ in self.endpoints())
+        return self._endpoints_named
+
     async def _api_on_originate(self, variables: dict[str, str]) -> None:
         for name, value in list(variables.items()):
             if name.startswith("api_on_originate") and value:
@@ -652,7 +683,7 @@ class Switch:
             facts.caller_id_name = variables["origination_caller_id_name"]
         channel = Channel(facts, extension, spec, self._next_session_id)
         self._next_session_id += 1
-        for var_name, value in (
+        pairs = [
             ("direction", "outbound"),
             ("is_outbound", "true"),
             ("session_id", str(channel.session_id)),
@@ -663,21 +694,18 @@ class Switch:
             ("channel_name", name),
             ("uuid", call_uuid),
             ("call_uuid", call_uuid),
-        ):
-            facts.set_var(var_name, value)
+        ]
         if "origination_uuid" in variables:
-            facts.set_var("origination_uuid", call_uuid)
-        for var_name, value in variables.items():
-            if var_name != "origination_uuid":
-                facts.set_var(var_name, value)
-        for var_name, value in (
+            pairs.append(("origination_uuid", call_uuid))
+        pairs += [item for item in variables.items() if item[0] != "origination_uuid"]
+        pairs += [
             ("dialed_user", extension),
             ("dialed_domain", domain),
             ("presence_id", f"{extension}@{domain}"),
             ("originate_early_media", _early_media(variables)),
             ("originate_endpoint", "loopback"),
-        ):
-            facts.set_var(var_name, value)
+        ]
+        _set_vars(facts, pairs)
         self.channels[call_uuid] = channel
         self.sessions_since_startup += 1
         self.session_peak = max(self.session_peak, len(self.channels))
@@ -701,10 +729,15 @@ class Switch:
         self.publish(self.events.channel_answer(facts))
         channel.answered_or_gone()
         # execute_on_answer / api_on_answer run inside the switch at this moment.
-        for name, value in list(facts.variables.items()):
-            if name.startswith("api_on_answer") and value:
+        hooks = [
+            (name, value)
+            for name, value in facts.variables.items()
+            if value and name.startswith(("api_on_answer", "execute_on_answer"))
+        ]
+        for name, value in hooks:
+            if name.startswith("api_on_answer"):
                 self._spawn(self.api(value))
-            elif name.startswith("execute_on_answer") and value:
+            else:
                 self._execute_app(channel, value)
         for digit, at in channel.spec.key_presses():
             self._later(channel, at + STEP, functools.partial(self._press, channel, digit))
@@ -719,25 +752,30 @@ class Switch:
         facts.state = "CS_EXECUTE"
         facts.call_state = "ACTIVE"
         facts.hit_dialplan = True
-        for var_name, value in (
+        pairs = [
             ("endpoint_disposition", "ANSWER"),
             ("user_context", "default"),
             ("effective_caller_id_name", f"Extension {channel.extension}"),
             ("effective_caller_id_number", channel.extension),
-        ):
-            facts.set_var(var_name, value)
+        ]
         if "origination_uuid" in variables:
-            facts.set_var("origination_uuid", channel.uuid)
-        for var_name, value in variables.items():
-            if var_name != "origination_uuid":
-                facts.set_var(var_name, value)
-        facts.set_var("originate_early_media", _early_media(variables))
-        facts.set_var("originate_endpoint", "user")
+            pairs.append(("origination_uuid", channel.uuid))
+        pairs += [item for item in variables.items() if item[0] != "origination_uuid"]
+        pairs += [
+            ("originate_early_media", _early_media(variables)),
+            ("originate_endpoint", "user"),
+        ]
+        _set_vars(facts, pairs)
 
         def flipped() -> None:
-            facts.set_var("pre_transfer_caller_id_number", "0000000000")
-            facts.set_var("channel_cid_flipped", "yes")
-            facts.set_var("call_uuid", channel.uuid)
+            _set_vars(
+                facts,
+                (
+                    ("pre_transfer_caller_id_number", "0000000000"),
+                    ("channel_cid_flipped", "yes"),
+                    ("call_uuid", channel.uuid),
+                ),
+            )
 
         first = app[0] if app else "&park()"
         dialplan = app[1] if len(app) > 1 else "XML"
@@ -773,7 +811,7 @@ class Switch:
         channel.application_data = data
         if name in _DTMF_READERS:
             channel.queued_dtmf.clear()  # it reads (and drops) the keys that waited
-        channel.application_uuid = str(uuidlib.uuid4())
+        channel.application_uuid = new_uuid()
         channel.last_app, channel.last_arg = name, data
         # As switch_core_session_exec: the name, the arguments (none clears the previous
         # app's: park after play_and_get_digits, transcript 18), no response; the event; the
@@ -876,7 +914,7 @@ class Switch:
     def _execute_app(self, channel: Channel, spec: str) -> None:
         """`execute_on_answer=app args` (playback is the only one that does something)."""
         name, _, data = spec.strip().partition(" ")
-        app_uuid = str(uuidlib.uuid4())
+        app_uuid = new_uuid()
         self.publish(self.events.channel_execute(channel.facts, name, data or None, app_uuid))
         response = "FILE PLAYED" if name == "playback" else "_none_"
 
@@ -975,7 +1013,7 @@ class Switch:
             return str(int(value)) if value else "0"
 
         caller_name = facts.caller_id_name or ""
-        for var_name, value in (
+        hangup_vars = (
             ("hangup_cause", cause),
             ("hangup_cause_q850", str(CAUSE_CODES.get(cause, 16))),
             ("digits_dialed", digits),
@@ -1030,9 +1068,8 @@ class Switch:
             ("progress_mediausec", "0"),
             ("flow_billusec", str(int(billsec * 1e6))),
             ("is_loopback", "1"),
-        ):
-            if value != "":
-                facts.set_var(var_name, value)
+        )
+        _set_vars(facts, [pair for pair in hangup_vars if pair[1] != ""])
         self.publish(self.events.channel_hangup_complete(facts))
         self.channels.pop(channel.uuid, None)
         self.scheduler.delete_group(channel.uuid, channel_bound_only=True)
@@ -1057,7 +1094,7 @@ class Switch:
         conference = self.conferences.get(room)
         if conference is None:
             conference = Conference(
-                ConferenceFacts(room, str(uuidlib.uuid4()), self.config.domain,
+                ConferenceFacts(room, new_uuid(), self.config.domain,
                                 profile=profile or "default"),
                 self.clock.now(),
             )  # fmt: skip
@@ -1070,7 +1107,7 @@ class Switch:
         conference.members.append(channel)
         conference.facts.size = len(conference.members)
         conf_uuid = conference.facts.uuid
-        for var_name, value in (
+        _set_vars(channel.facts, (
             ("conference_name", room),
             ("app_session_uuid", conf_uuid),
             ("read_codec", "L16"),
@@ -1080,8 +1117,7 @@ class Switch:
             ("conference_ghost", "false"),
             ("conference_uuid", conf_uuid),
             ("conference_call_key", f"conference_{room}_{conference.facts.domain}_XML"),
-        ):
-            channel.facts.set_var(var_name, value)
+        ))  # fmt: skip
         self.publish(
             self.events.conference(
                 "add-member", conference.facts, member=self._member(channel),
@@ -1209,7 +1245,7 @@ class Switch:
         return f"{SOFIA_LINE}\n{body}{SOFIA_LINE}\n"
 
     async def _api_create_uuid(self, arg: str) -> str:
-        return str(uuidlib.uuid4())
+        return new_uuid()
 
     async def _api_file_exists(self, arg: str) -> str:
         """`file_exists <path>`: `true` / `false` for a path on this host (like uuid_exists)."""
@@ -1356,7 +1392,7 @@ class Switch:
         context = target[2] if len(target) > 2 else "default"
         facts = channel.facts
         now = self.clock.now()
-        source = f"{int(now)}:{uuidlib.uuid4()}:bl_xfer:{exten}/{context}/{dialplan}"
+        source = f"{int(now)}:{new_uuid()}:bl_xfer:{exten}/{context}/{dialplan}"
         facts.rdnis = facts.destination_number
         facts.destination_number = exten
         channel.listed_destination = None
@@ -1403,7 +1439,7 @@ class Switch:
         if not sep:
             app, data = "playback", path
         facts = channel.facts
-        app_uuid = str(uuidlib.uuid4())
+        app_uuid = new_uuid()
         facts.variables.pop("current_application_response", None)
         facts.set_var("current_loop", "1")
         facts.set_var("total_loops", "1")
@@ -2120,7 +2156,9 @@ class DigitCollector:
         """A key reaches the channel (its DTMF event already fired)."""
         if self.coasting:
             self._stop_coasting()
-            if self.phase != "done":
+            # The phase it is in now goes on on its own timer -- unless the key ends it at once
+            # (`_key` cancels the timer first thing).
+            if self.phase not in ("done", "prompt", "wait"):
                 self._arm()
         if self.phase in ("prompt", "wait"):
             self._key(digit)
