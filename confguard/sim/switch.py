@@ -93,8 +93,7 @@ ORIGINATE_USAGE = (
 
 
 _ARG_RE = re.compile(r"(?:[^ ']+|'[^']*'?)+")  # a word: unquoted runs and 'quoted parts'
-_DIAL_MARKS_RE = re.compile(r"[{}']")
-_DIAL_COMMAS_RE = re.compile(r"[,']")
+_BRACES_RE = re.compile(r"[{}]")
 
 
 def new_uuid() -> str:
@@ -130,30 +129,43 @@ def parse_dial_string(dial: str) -> tuple[dict[str, str], str]:
     variables: dict[str, str] = {}
     if not dial.startswith("{"):
         return variables, dial
-    depth, quoted, end = 0, False, -1
-    for mark in _DIAL_MARKS_RE.finditer(dial):  # only braces and quotes matter here
-        char = mark.group()
-        if char == "'":
-            quoted = not quoted
-        elif not quoted and char == "{":
-            depth += 1
-        elif not quoted and char == "}":
-            depth -= 1
-            if depth == 0:
-                end = mark.start()
+    # Every other piece between quotes is quoted (the first is not): braces count outside them.
+    pieces = dial.split("'")
+    depth, offset, end = 0, 0, -1
+    for index in range(0, len(pieces), 2):
+        piece = pieces[index]
+        if "{" in piece or "}" in piece:
+            for mark in _BRACES_RE.finditer(piece):
+                if mark.group() == "{":
+                    depth += 1
+                else:
+                    depth -= 1
+                    if depth == 0:
+                        end = offset + mark.start()
+                        break
+            if end >= 0:
                 break
+        offset += len(piece) + 1 + (len(pieces[index + 1]) + 1 if index + 1 < len(pieces) else 0)
     if end < 0:
         return variables, dial
     body, rest = dial[1:end], dial[end + 1 :]
     parts: list[str] = []
-    start, quoted = 0, False
-    for mark in _DIAL_COMMAS_RE.finditer(body):  # commas outside quotes split
-        if mark.group() == "'":
-            quoted = not quoted
-        elif not quoted:
-            parts.append(body[start : mark.start()])
-            start = mark.end()
-    parts.append(body[start:])
+    if "'" not in body:
+        parts = body.split(",")
+    else:
+        current: list[str] = []
+        for index, piece in enumerate(body.split("'")):
+            if index:
+                current.append("'")
+            if index % 2 == 0 and "," in piece:  # commas outside quotes split
+                first, *others = piece.split(",")
+                current.append(first)
+                parts.append("".join(current))
+                parts += others[:-1]
+                current = [others[-1]]
+            else:
+                current.append(piece)
+        parts.append("".join(current))
     for part in parts:
         name, sep, value = part.partition("=")
         if not sep or not name.strip():
