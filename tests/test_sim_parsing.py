@@ -142,3 +142,23 @@ def test_new_uuid_is_random_version_4() -> None:
     # every other bit is random: each hex digit outside the version and variant nibbles varies
     for position in (0, 7, 9, 15, 20, 35):
         assert len({text[position] for text in made}) > 8, position
+
+
+def test_a_forked_child_draws_uuids_of_its_own() -> None:
+    """The random bytes behind `new_uuid` are drawn ahead: a forked child must not hand out
+    the ones its parent is about to (the pool starts over in the child)."""
+    import os
+
+    from confguard.sim.switch import new_uuid
+
+    new_uuid()  # the pool is drawn
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next uuid, then out at once
+        os.write(write_end, new_uuid().encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert len(child) == 36 and child != new_uuid()
