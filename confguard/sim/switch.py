@@ -914,7 +914,7 @@ class Switch:
     def _run_inline(self, channel: Channel, target: str) -> None:
         """Run an inline dialplan (`app:args,app:args`, or `m:X:app:args Xapp:args` with the
         separator X, mod_dptools' inline_dialplan_hunt) on the channel, app after app."""
-        channel.inline_apps = parse_inline_dialplan(target)
+        channel.inline_apps = inline_apps(target)
         self._next_inline(channel)
 
     def _next_inline(self, channel: Channel) -> None:
@@ -1955,6 +1955,22 @@ def _unquote(text: str) -> str:
     return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "'" else text
 
 
+_INLINE_PARSED: dict[str, tuple[tuple[str, str | None], ...]] = {}  # target -> its apps
+_INLINE_PARSED_KEPT = 1024
+
+
+def inline_apps(target: str) -> list[tuple[str, str | None]]:
+    """`parse_inline_dialplan(target)`, a new list each time, parsed once per target text (the
+    daemon sends one waiting app for every call; a bounded table)."""
+    parsed = _INLINE_PARSED.get(target)
+    if parsed is None:
+        parsed = tuple(parse_inline_dialplan(target))
+        if len(_INLINE_PARSED) >= _INLINE_PARSED_KEPT:
+            _INLINE_PARSED.clear()
+        _INLINE_PARSED[target] = parsed
+    return list(parsed)
+
+
 def parse_inline_dialplan(target: str) -> list[tuple[str, str | None]]:
     """`app:args,app(args)` -> [(app, args)]; `m:X:...` makes X the separator instead of `,`
     (mod_dptools' inline_dialplan_hunt), so that arguments may hold commas."""
@@ -2015,6 +2031,7 @@ class DigitCollector:
 
         self.switch = switch
         self.channel = channel
+        self.facts: ChannelFacts = channel.facts  # a channel's facts are its own for life
         self.tries = max(0, _atoi(arg(2, "1")))
         self.timeout_ms = max(1000, _atoi(arg(3, "0")))
         self.terminators = arg(4, "#")
@@ -2042,10 +2059,6 @@ class DigitCollector:
         self._period = 0.0  # one try without a key, simulated seconds
         self._last_phase: Callable[[], None] = self._timed_out  # the one that ends a try
         self._end_timer: Timer | None = None
-
-    @property
-    def facts(self) -> ChannelFacts:
-        return self.channel.facts
 
     def start(self) -> None:
         self.mark = self.switch.clock.now()
