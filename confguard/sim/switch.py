@@ -575,7 +575,12 @@ class Switch:
 
         channel = self._new_channel(call_uuid, extension, domain, spec, variables)
         # api_on_originate runs on the new channel before CHANNEL_CREATE reaches the wire.
-        await self._api_on_originate(variables)
+        on_originate = [
+            value for name, value in variables.items()
+            if value and name.startswith("api_on_originate")
+        ]  # fmt: skip
+        for command in on_originate:
+            await self.api(command)
         await self.clock.sleep(STEP)
         if channel.destroyed:
             return f"-ERR {channel.facts.hangup_cause or 'ORIGINATOR_CANCEL'}\n"
@@ -611,7 +616,8 @@ class Switch:
         # add, so they come a few ms before a key pressed whole seconds after the answer, and a
         # `sched_del` sent on that key is swept half a second later, as on the real switch.
         if channel.alive:
-            await self._api_on_originate(variables)
+            for command in on_originate:
+                await self.api(command)
         await self.clock.sleep(STEP)
         if not channel.alive:
             return f"-ERR {channel.facts.hangup_cause}\n"
@@ -687,11 +693,6 @@ class Switch:
             self._endpoints_for = loaded
             self._endpoints_named = frozenset(name for name, _ in self.endpoints())
         return self._endpoints_named
-
-    async def _api_on_originate(self, variables: dict[str, str]) -> None:
-        for name, value in list(variables.items()):
-            if name.startswith("api_on_originate") and value:
-                await self.api(value)
 
     def _new_channel(
         self,
