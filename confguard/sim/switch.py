@@ -22,6 +22,7 @@ import math
 import os
 import random
 import re
+import threading
 import wave
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -97,21 +98,24 @@ _ARG_RE = re.compile(r"(?:[^ ']+|'[^']*'?)+")  # a word: unquoted runs and 'quot
 
 class _RandomBytes:
     """os.urandom drawn 4 KiB at a time, handed out 16 bytes a time (one system call for 256
-    uuids instead of one each); a forked child starts with fresh bytes of its own."""
+    uuids instead of one each), never the same bytes twice (a lock: simulators may run on loops
+    in other threads); a forked child starts with fresh bytes of its own."""
 
     def __init__(self) -> None:
         self.pool = b""
         self.at = 0
+        self.lock = threading.Lock()
 
     def take16(self) -> bytes:
-        at = self.at
-        if at >= len(self.pool):
-            self.pool, at = os.urandom(4096), 0
-        self.at = at + 16
-        return self.pool[at : at + 16]
+        with self.lock:
+            at = self.at
+            if at >= len(self.pool):
+                self.pool, at = os.urandom(4096), 0
+            self.at = at + 16
+            return self.pool[at : at + 16]
 
     def forget(self) -> None:
-        self.pool, self.at = b"", 0
+        self.pool, self.at, self.lock = b"", 0, threading.Lock()
 
 
 _RANDOM = _RandomBytes()
