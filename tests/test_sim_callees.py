@@ -88,3 +88,42 @@ def test_bad_dtmf_plan_is_refused(bad: str) -> None:
 def test_bad_sim_mode_is_refused() -> None:
     with pytest.raises(CalleeError):
         resolve_callee(None, "1000", {"sim_mode": "explode"})
+
+
+def test_resolved_specs_are_kept_per_entry_and_overrides() -> None:
+    """`resolve_callee` keeps the spec it made for a directory entry and a set of overrides:
+    the same overrides give the very same (frozen) spec, any other override value or another
+    entry (a directory whose entry was replaced) gives the spec made afresh, and an override
+    that cannot be understood raises every time."""
+    from confguard.sim.callees import _resolve
+
+    overrides = {"sim_answer_after": "0.5", "sim_dtmf": "1@0.5", "other": "x"}
+    first = resolve_callee(None, "1001", overrides)
+    assert first is resolve_callee(None, "1001", dict(overrides, other="y"))  # not an override
+    assert first == _resolve(default_directory()["1001"], overrides)
+    assert first is not None and first.answer_after == 0.5 and first.key_presses() == [("1", 0.5)]
+    later = resolve_callee(None, "1001", dict(overrides, sim_dtmf="2@1"))
+    assert later is not None and later.key_presses() == [("2", 1.0)]
+    assert resolve_callee(None, "1001", dict(overrides, callee_mode="busy")) != first
+    users = {"42": CalleeSpec(answer_after=2.0)}
+    assert resolve_callee(users, "42", overrides) == replace_after(users["42"], 0.5)
+    users["42"] = CalleeSpec(answer_after=3.0, hangup_after=1.0)
+    replaced = resolve_callee(users, "42", overrides)
+    assert replaced is not None and replaced.hangup_after == 1.0
+    for _ in range(2):
+        with pytest.raises(CalleeError):
+            resolve_callee(None, "1001", dict(overrides, sim_dtmf="x"))
+
+
+def replace_after(spec: CalleeSpec, seconds: float) -> CalleeSpec:
+    from dataclasses import replace
+
+    return replace(spec, answer_after=seconds, dtmf=(("1", 0.5),))
+
+
+def test_key_presses_are_a_new_list_each_time() -> None:
+    spec = CalleeSpec(dtmf=(("12", 1.0), ("3", 0.5)))
+    presses = spec.key_presses()
+    assert presses == [("3", 0.5), ("1", 1.0), ("2", 1.1)]
+    presses.clear()
+    assert spec.key_presses() == [("3", 0.5), ("1", 1.0), ("2", 1.1)]

@@ -152,3 +152,42 @@ async def test_cancelling_a_timer_asks_nothing_of_the_loop() -> None:
     finally:
         loop._timer_handle_cancelled = original  # type: ignore[attr-defined]
     assert handle.cancelled()
+
+
+async def test_a_clock_timer_knows_its_deadline_and_state() -> None:
+    """The clock's timers are small objects of its own: `when()` is the loop time it is due,
+    `cancelled()` only after cancel(), and `timer_pending` is false once run or cancelled."""
+    from confguard.sim.clock import timer_pending
+
+    clock = SimClock(0.01)
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    ran: list[str] = []
+    handle = clock.call_later(1.0, lambda: ran.append("ran"))
+    other = clock.call_later(1.0, lambda: ran.append("other"))
+    assert before + 0.01 <= handle.when() <= loop.time() + 0.01
+    assert timer_pending(handle) and not handle.cancelled()
+    other.cancel()
+    assert other.cancelled() and not timer_pending(other)
+    await asyncio.sleep(0.05)
+    assert ran == ["ran"]
+    assert not timer_pending(handle) and not handle.cancelled()
+
+
+async def test_timers_set_while_the_clock_runs_are_still_woken_for() -> None:
+    """A timer set by a running timer arms no wake-up itself (the run arms one for what is
+    left): a chain of timers, each set by the one before, at growing delays, all run."""
+    clock = SimClock(0.001)
+    steps: list[int] = []
+    late: list[int] = []
+
+    def step(number: int) -> None:
+        steps.append(number)
+        if number < 20:
+            clock.call_later(float(number % 3), lambda: step(number + 1))
+            clock.call_later(0.5, lambda: late.append(number))
+
+    clock.call_later(0.0, lambda: step(0))
+    await asyncio.sleep(0.2)
+    assert steps == list(range(21))
+    assert sorted(late) == list(range(20))

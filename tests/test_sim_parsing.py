@@ -222,3 +222,67 @@ def test_command_parser_gives_up_on_a_block_without_an_end_as_before() -> None:
     raw = b"sendevent CUSTOM\nContent-Length: %d\n\n" % len(body) + body
     parser = wire.CommandParser()
     assert parser.feed(raw[:100]) == [] and parser.feed(raw[100:])[0].body == body
+def reference_atoi(text: str) -> int:
+    sign, digits = 1, ""
+    rest = text.strip()
+    if rest[:1] in "+-" and rest:
+        sign = -1 if rest[0] == "-" else 1
+        rest = rest[1:]
+    for char in rest:
+        if not char.isdigit():
+            break
+        digits += char
+    return sign * int(digits) if digits else 0
+
+
+def test_atoi_matches_the_character_loop() -> None:
+    """`_atoi`'s shortcut for plain ASCII digits reads them as the loop does (and leaves to the
+    loop what int() would read otherwise: signs, spaces, underscores, other scripts' digits)."""
+    from confguard.sim.switch import _atoi
+
+    ops = random.Random(3)
+    alphabet = ["0", "1", "7", "9", "+", "-", " ", "_", "a", "\u0663", "\u00b2"]
+    samples = ["", "0", "007", "30", "+5", "-5", " 5", "1_000", "\u0663", "12abc"]
+    samples += ["".join(ops.choice(alphabet) for _ in range(ops.randrange(8))) for _ in range(3000)]
+    for text in samples:
+        try:
+            expected = reference_atoi(text)
+        except ValueError:  # the loop's int() of other scripts' digits
+            continue
+        assert _atoi(text) == expected, text
+
+
+def test_new_uuid_is_random_version_4() -> None:
+    import uuid
+
+    from confguard.sim.switch import new_uuid
+
+    made = [new_uuid() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # lower-case, 8-4-4-4-12
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # every other bit is random: each hex digit outside the version and variant nibbles varies
+    for position in (0, 7, 9, 15, 20, 35):
+        assert len({text[position] for text in made}) > 8, position
+
+
+def test_a_forked_child_draws_uuids_of_its_own() -> None:
+    """The random bytes behind `new_uuid` are drawn ahead: a forked child must not hand out
+    the ones its parent is about to (the pool starts over in the child)."""
+    import os
+
+    from confguard.sim.switch import new_uuid
+
+    new_uuid()  # the pool is drawn
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next uuid, then out at once
+        os.write(write_end, new_uuid().encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert len(child) == 36 and child != new_uuid()

@@ -334,3 +334,24 @@ async def test_finished_tasks_leave_no_trace_behind() -> None:
         assert len(scheduler._mirror) == 1
     finally:
         await scheduler.stop()
+
+
+async def test_a_stop_or_reset_voids_the_pending_add_events() -> None:
+    """ADD_SCHEDULE follows an add by a few ms; a stop or a reset in between means it is never
+    published by that add's flush (a reset forgets it; after a stop it waits in the queue, as
+    before, for the next add's flush)."""
+    scheduler, published, clock = make_scheduler()
+    await scheduler.start()
+    scheduler.add("x", "g", int(clock.now()) + 60, None)
+    await scheduler.stop()
+    await asyncio.sleep(0.5)  # 50 simulated seconds: far past the flush
+    assert [e for e in published if e.name == "ADD_SCHEDULE"] == []
+    await scheduler.start()
+    scheduler.add("y", "g", int(clock.now()) + 60, None)
+    await clock.sleep(0.05)
+    assert [e.get("Task-Desc") for e in published if e.name == "ADD_SCHEDULE"] == ["x", "y"]
+    scheduler.add("z", "g", int(clock.now()) + 60, None)
+    scheduler.reset()
+    await clock.sleep(0.05)
+    assert [e.get("Task-Desc") for e in published if e.name == "ADD_SCHEDULE"] == ["x", "y"]
+    await scheduler.stop()

@@ -445,6 +445,22 @@ def test_inline_dialplan_parses_both_separators() -> None:
     ]  # fmt: skip
 
 
+def test_inline_apps_are_parsed_once_per_target_into_a_new_list_each_time() -> None:
+    """The kept parse of an inline dialplan: a new list for each call (the channel pops its
+    apps off it), equal to the parser's, also for targets past the table's bound."""
+    from confguard.sim import switch as switch_module
+
+    target = "m:~:sched_hangup:+30 X~play_and_get_digits:1 1 3 1000 # silence~park"
+    first = switch_module.inline_apps(target)
+    assert first == switch_module.parse_inline_dialplan(target)
+    first.pop(0)
+    assert switch_module.inline_apps(target) == switch_module.parse_inline_dialplan(target)
+    for number in range(switch_module._INLINE_PARSED_KEPT + 10):
+        other = f"playback:tone_stream://%({number},1,440),park"
+        assert switch_module.inline_apps(other) == switch_module.parse_inline_dialplan(other)
+    assert len(switch_module._INLINE_PARSED) <= switch_module._INLINE_PARSED_KEPT
+
+
 async def test_waiting_app_refuses_a_wrong_key_then_takes_the_key_and_parks(switch) -> None:
     sw, published = switch
     reply = await sw.api(

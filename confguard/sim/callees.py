@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import cached_property
 from types import MappingProxyType
 
 
@@ -77,6 +78,13 @@ class CalleeSpec:
 
     def key_presses(self) -> list[tuple[str, float]]:
         """Single digits with their times after answer, in order."""
+        return list(self._presses)
+
+    @cached_property
+    def _presses(self) -> tuple[tuple[str, float], ...]:
+        return tuple(self._make_presses())
+
+    def _make_presses(self) -> list[tuple[str, float]]:
         presses: list[tuple[str, float]] = []
         for digits, at in self.dtmf:
             for index, digit in enumerate(digits):
@@ -163,16 +171,46 @@ def transcript_callee(mode: str, variables: Mapping[str, str]) -> CalleeSpec:
     return CalleeSpec(mode=CalleeMode.UNALLOCATED)
 
 
+# The per-call variables that change a callee's behaviour (all that `_resolve` reads).
+_OVERRIDES = (
+    "callee_mode",
+    "callee_ring_ms",
+    "callee_delay_ms",
+    "sim_mode",
+    "sim_answer_after",
+    "sim_dtmf",
+    "sim_hangup_after",
+)
+_RESOLVED_KEPT = 1024
+# (id of the directory entry, the override values) -> (that entry, the spec): calls with the same
+# overrides share one frozen spec (the entry is kept so that its id stays its own).
+_RESOLVED: dict[tuple[int, tuple[str | None, ...]], tuple[CalleeSpec, CalleeSpec]] = {}
+
+
 def resolve_callee(
     users: Mapping[str, CalleeSpec] | None,
     extension: str,
     variables: Mapping[str, str],
 ) -> CalleeSpec | None:
-    """The behaviour for one call to `extension`; None when the user does not exist."""
+    """The behaviour for one call to `extension`; None when the user does not exist. Specs are
+    frozen: the one for a directory entry and the same overrides is made once (a bounded table;
+    an override that cannot be understood raises every time)."""
     directory = _DEFAULT_DIRECTORY if users is None else users
     base = directory.get(extension)
     if base is None:
         return None
+    key = (id(base), tuple(map(variables.get, _OVERRIDES)))
+    known = _RESOLVED.get(key)
+    if known is not None and known[0] is base:
+        return known[1]
+    spec = _resolve(base, variables)
+    if len(_RESOLVED) >= _RESOLVED_KEPT:
+        _RESOLVED.clear()
+    _RESOLVED[key] = (base, spec)
+    return spec
+
+
+def _resolve(base: CalleeSpec, variables: Mapping[str, str]) -> CalleeSpec:
     spec = base
     callee_mode = variables.get("callee_mode")
     if callee_mode:

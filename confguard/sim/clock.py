@@ -10,20 +10,20 @@ dates, scheduler runtimes, callee behaviour) reads this clock and waits through 
 event-loop timer for the earliest of them, instead of one event-loop timer each: with ten
 thousand calls each waiting on a timer, asyncio's heap of TimerHandles (compared by a Python
 `__lt__`) and its re-heaping of cancelled ones are most of the cost of waiting. Timers still run
-at their deadlines, in deadline order (equal deadlines: in the order set), each through its
-TimerHandle (its context, cancel(), and the loop's exception handler). With thousands of timers
-pending, wake-ups are coalesced (COALESCE_ABOVE, COALESCE_S).
+at their deadlines, in deadline order (equal deadlines: in the order set), each a small
+`ClockTimer` (cancel(), and the loop's exception handler; no context copy of its own). With
+thousands of timers pending, wake-ups are coalesced (COALESCE_ABOVE, COALESCE_S).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import heapq
 import itertools
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 COMPACT_ABOVE = 1024  # cancelled timers are swept from the heap once it doubles past this
 # With this many timers pending (thousands of calls), the clock wakes at most once per
@@ -34,29 +34,42 @@ COALESCE_ABOVE = 1000
 COALESCE_S = 0.005
 
 
-class _ClockTimer(asyncio.TimerHandle):
-    """A TimerHandle the clock runs itself: never in the loop's heap, so cancelling it tells
-    the loop nothing (uvloop's loop has no `_timer_handle_cancelled` to tell)."""
+class Timer(Protocol):
+    """What the clock's users keep of a timer (a `ClockTimer`, or a test clock's TimerHandle)."""
 
-    __slots__ = ()
+    def cancel(self) -> None: ...
 
-    def __init__(
-        self, when: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop
-    ) -> None:
-        # asyncio.TimerHandle's fields, set at once (its __init__ asks the loop for its debug
-        # mode on every timer; a waiting call sets three a try).
+    def cancelled(self) -> bool: ...
+
+
+class ClockTimer:
+    """One of the clock's timers, as small as it can be: `cancel()`, `cancelled()` and `when()`
+    (the loop time it is due) as an asyncio.TimerHandle has them. The clock runs it itself, so
+    it needs none of a TimerHandle's other parts: no context of its own (the callbacks run in
+    the context of the clock's wake-up, and nothing in the simulator sets context variables),
+    and cancelling it tells the loop nothing (uvloop's loop has no `_timer_handle_cancelled`).
+    An exception in its callback goes to the loop's exception handler, as a TimerHandle's."""
+
+    __slots__ = ("_callback", "_cancelled", "_scheduled", "_when")
+
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
         self._callback = callback
-        self._args = ()
-        self._cancelled = False
-        self._loop = loop
-        self._source_traceback = None
-        self._repr = None
-        self._context = contextvars.copy_context()
         self._when = when
-        self._scheduled = False
+        self._cancelled = False
+        self._scheduled = True  # in the clock's heap, not yet run (as TimerHandle's flag)
+
+    def when(self) -> float:
+        return self._when
 
     def cancel(self) -> None:
-        asyncio.Handle.cancel(self)
+        self._cancelled = True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self._cancelled else "pending" if self._scheduled else "done"
+        return f"<ClockTimer {state} when={self._when} {self._callback!r}>"
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -64,9 +77,9 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def timer_pending(handle: asyncio.TimerHandle) -> bool:
+def timer_pending(handle: Timer) -> bool:
     """Whether `handle` (the clock's or the loop's) is still to run: neither run nor cancelled
-    (asyncio's `_scheduled`: set while the timer is in a heap, the clock's as the loop's)."""
+    (`_scheduled`: set while the timer is in a heap, the clock's as the loop's)."""
     return handle._scheduled and not handle.cancelled()  # type: ignore[attr-defined]
 
 
@@ -79,12 +92,13 @@ class SimClock:
         self.time_scale = float(time_scale)
         self._real_start = time.monotonic()
         self._epoch_start = time.time() if start_epoch is None else float(start_epoch)
-        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []  # (loop time, order, h)
+        self._timers: list[tuple[float, int, ClockTimer]] = []  # (loop time, order, timer)
         self._order = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.TimerHandle | None = None
         self._wakeup_at = 0.0
         self._compact_at = COMPACT_ABOVE
+        self._running_due = False  # in `_run_due`, which arms the wake-up for what is left
 
     def monotonic(self) -> float:
         """Simulated seconds since the clock was made (never goes back)."""
@@ -108,17 +122,18 @@ class SimClock:
         finally:
             handle.cancel()
 
-    def call_later(self, sim_seconds: float, fn: Callable[[], object]) -> asyncio.TimerHandle:
+    def call_later(self, sim_seconds: float, fn: Callable[[], object]) -> ClockTimer:
         """Run `fn()` on the running loop after `sim_seconds` simulated seconds."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop (tests): the old one's timers are gone with it
             self._timers.clear()
             self._loop, self._wakeup = loop, None
-        when = loop.time() + self.to_real(sim_seconds)
-        handle = _ClockTimer(when, fn, loop)
+        # loop time + to_real(sim_seconds), the same arithmetic without the calls
+        when = loop.time() + (sim_seconds * self.time_scale if sim_seconds > 0 else 0.0)
+        handle = ClockTimer(when, fn)
         heapq.heappush(self._timers, (when, next(self._order), handle))
-        handle._scheduled = True
-        if self._wakeup is None or when < self._wakeup_at:
+        # While the clock runs its due timers, the run arms the wake-up once it is done.
+        if not self._running_due and (self._wakeup is None or when < self._wakeup_at):
             self._arm(loop, when)
         elif len(self._timers) > self._compact_at:
             self._compact()
@@ -141,6 +156,13 @@ class SimClock:
         loop = self._loop
         if loop is None:
             return
+        self._running_due = True
+        try:
+            self._run_timers(loop)
+        finally:
+            self._running_due = False
+
+    def _run_timers(self, loop: asyncio.AbstractEventLoop) -> None:
         timers = self._timers
         now = loop.time()
         set_before = next(self._order)
@@ -150,14 +172,25 @@ class SimClock:
                 self._arm(loop, when)
                 return
             heapq.heappop(timers)
-            handle._scheduled = False  # type: ignore[attr-defined]
-            if not handle.cancelled():
-                handle._run()
+            handle._scheduled = False
+            if not handle._cancelled:
+                try:
+                    handle._callback()
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as error:  # as asyncio's Handle._run
+                    loop.call_exception_handler(
+                        {
+                            "message": f"Exception in callback {handle._callback!r}",
+                            "exception": error,
+                            "handle": handle,
+                        }
+                    )
 
     def _compact(self) -> None:
         """Drop cancelled timers (amortised: only when the heap has doubled since last time).
         In place: `_run_due` may be walking this very heap (a timer it runs sets another)."""
         timers = self._timers
-        timers[:] = [entry for entry in timers if not entry[2].cancelled()]
+        timers[:] = [entry for entry in timers if not entry[2]._cancelled]
         heapq.heapify(timers)
         self._compact_at = max(COMPACT_ABOVE, 2 * len(timers))

@@ -23,7 +23,7 @@ as they go (a heap by the time they go).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import heapq
 import logging
 import math
@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confguard.sim.clock import SimClock
+from confguard.sim.clock import SimClock, Timer
 from confguard.sim.events import EventFactory, SimEvent
 
 CHECK_INTERVAL = 0.5  # simulated seconds between passes of the task loop
@@ -94,9 +94,9 @@ class Scheduler:
     _pass_ids: list[int] | None = None  # heap of the ids the running pass still has to visit
     _pass_position: int = 0  # the id the running pass is at
     _pass_limit: int = 0  # the running pass visits ids below this (tasks added later wait)
-    _pass_handle: asyncio.TimerHandle | None = None
+    _pass_handle: Timer | None = None
     _running: bool = False
-    _handles: set[asyncio.TimerHandle] = field(default_factory=set)
+    _generation: int = 0  # counts stops and resets: an ADD_SCHEDULE flush set before one is void
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -114,15 +114,11 @@ class Scheduler:
         handle, self._pass_handle = self._pass_handle, None
         if handle is not None:
             handle.cancel()
-        for handle in self._handles:
-            handle.cancel()
-        self._handles.clear()
+        self._generation += 1  # the ADD_SCHEDULE flushes set so far do nothing
 
     def reset(self) -> None:
         """Forget every task and row without events (a FreeSWITCH restart); ids start over."""
-        for handle in self._handles:
-            handle.cancel()
-        self._handles.clear()
+        self._generation += 1
         self._pending_adds.clear()
         self.tasks.clear()
         self._groups.clear()
@@ -159,25 +155,34 @@ class Scheduler:
         announce: bool = True,
     ) -> Task:
         """Add a task running at epoch second `runtime`; ADD_SCHEDULE follows 1-15 ms later."""
-        task = Task(self._next_id, desc, group, int(runtime), callback, interval, channel_bound)
-        self._next_id += 1
-        self.tasks[task.task_id] = task
-        self._groups.setdefault(group, {})[task.task_id] = task
-        heapq.heappush(self._due, (task.runtime, task.task_id))
+        task_id = self._next_id
+        runtime = int(runtime)
+        task = Task(task_id, desc, group, runtime, callback, interval, channel_bound)
+        self._next_id = task_id + 1
+        self.tasks[task_id] = task
+        members = self._groups.get(group)
+        if members is None:
+            members = self._groups[group] = {}
+        members[task_id] = task
+        heapq.heappush(self._due, (runtime, task_id))
         if self._running:  # the loop passes now and restarts its 0.5 s cycle from here
             self._arm_pass(0.0)
         now = self.clock.monotonic()
-        self._mirror[task.task_id] = _MirrorRow(
-            task.task_id, desc, group, task.runtime, now + self.rng.uniform(*self.mirror_lag)
+        rng = self.rng
+        low, high = self.mirror_lag  # rng.uniform(low, high), the same draw and arithmetic
+        self._mirror[task_id] = _MirrorRow(
+            task_id, desc, group, runtime, now + (low + (high - low) * rng.random())
         )
         if announce:
             # ADD_SCHEDULE events keep the order the tasks were added in.
-            due = max(now + self.rng.uniform(*self.add_event_delay), self._last_add_due + 1e-6)
+            low, high = self.add_event_delay
+            due = max(now + (low + (high - low) * rng.random()), self._last_add_due + 1e-6)
             self._last_add_due = due
-            delay = due - now
-            event = self.events().schedule("ADD_SCHEDULE", task.task_id, desc, group, task.runtime)
+            event = self.events().schedule("ADD_SCHEDULE", task_id, desc, group, runtime)
             self._pending_adds.append((due, event))
-            self._later(delay, lambda: self._flush_adds(due))
+            self.clock.call_later(
+                due - now, functools.partial(self._flush_adds, due, self._generation)
+            )
         return task
 
     def delete_id(self, task_id: int) -> int:
@@ -346,15 +351,10 @@ class Scheduler:
             if row is not None and row.gone_at == gone_at:
                 del self._mirror[task_id]
 
-    def _flush_adds(self, up_to: float) -> None:
-        """Publish the queued ADD_SCHEDULE events due by `up_to`, in the order added."""
+    def _flush_adds(self, up_to: float, generation: int) -> None:
+        """Publish the queued ADD_SCHEDULE events due by `up_to`, in the order added -- unless
+        the scheduler was stopped or reset since the add (`generation`)."""
+        if generation != self._generation:
+            return
         while self._pending_adds and self._pending_adds[0][0] <= up_to:
             self.publish(self._pending_adds.popleft()[1])
-
-    def _later(self, sim_seconds: float, fn: Callable[[], None]) -> None:
-        def run() -> None:
-            self._handles.discard(handle)
-            fn()
-
-        handle = self.clock.call_later(sim_seconds, run)
-        self._handles.add(handle)

@@ -22,9 +22,9 @@ import math
 import os
 import random
 import re
-import uuid as uuidlib
+import threading
 import wave
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -38,7 +38,7 @@ from confguard.sim.callees import (
     CalleeSpec,
     resolve_callee,
 )
-from confguard.sim.clock import SimClock, timer_pending
+from confguard.sim.clock import SimClock, Timer, timer_pending
 from confguard.sim.config import SimConfig
 from confguard.sim.events import (
     CAUSE_CODES,
@@ -94,8 +94,52 @@ ORIGINATE_USAGE = (
 
 
 _ARG_RE = re.compile(r"(?:[^ ']+|'[^']*'?)+")  # a word: unquoted runs and 'quoted parts'
-_DIAL_MARKS_RE = re.compile(r"[{}']")
-_DIAL_COMMAS_RE = re.compile(r"[,']")
+
+
+class _RandomBytes:
+    """os.urandom drawn 4 KiB at a time, handed out 16 bytes a time (one system call for 256
+    uuids instead of one each), never the same bytes twice (a lock: simulators may run on loops
+    in other threads); a forked child starts with fresh bytes of its own."""
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.at = 0
+        self.lock = threading.Lock()
+
+    def take16(self) -> bytes:
+        with self.lock:
+            at = self.at
+            if at >= len(self.pool):
+                self.pool, at = os.urandom(4096), 0
+            self.at = at + 16
+            return self.pool[at : at + 16]
+
+    def forget(self) -> None:
+        self.pool, self.at, self.lock = b"", 0, threading.Lock()
+
+
+_RANDOM = _RandomBytes()
+os.register_at_fork(after_in_child=_RANDOM.forget)
+
+
+def new_uuid() -> str:
+    """A random (version 4, RFC 4122 variant) UUID as text, like `str(uuid.uuid4())` (16 bytes
+    of os.urandom), without making a UUID object on the way."""
+    raw = bytearray(_RANDOM.take16())
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _set_vars(facts: ChannelFacts, pairs: Iterable[tuple[str, str]]) -> None:
+    """`facts.set_var(name, value)` for each pair in order (a variable set again moves to the
+    end), looking at the variables once. Only where no application advances lazily
+    (`ChannelFacts.catch_up`) in the middle: it is brought up to now once, before the first."""
+    variables = facts.variables
+    for name, value in pairs:
+        variables.pop(name, None)
+        variables[name] = value
 
 
 def split_args(text: str, *, keep_quotes: bool = False) -> list[str]:
@@ -111,38 +155,54 @@ def parse_dial_string(dial: str) -> tuple[dict[str, str], str]:
     variables: dict[str, str] = {}
     if not dial.startswith("{"):
         return variables, dial
-    depth, quoted, end = 0, False, -1
-    for mark in _DIAL_MARKS_RE.finditer(dial):  # only braces and quotes matter here
-        char = mark.group()
-        if char == "'":
-            quoted = not quoted
-        elif not quoted and char == "{":
-            depth += 1
-        elif not quoted and char == "}":
+    # Every other piece between quotes is quoted (the first is not): braces count outside them.
+    pieces = dial.split("'")
+    depth, offset, end = 0, 0, -1
+    for index in range(0, len(pieces), 2):
+        piece = pieces[index]
+        opening, closing = piece.find("{"), piece.find("}")
+        while closing >= 0 or opening >= 0:  # the braces of this piece, in order
+            if opening >= 0 and (closing < 0 or opening < closing):
+                depth += 1
+                opening = piece.find("{", opening + 1)
+                continue
             depth -= 1
             if depth == 0:
-                end = mark.start()
+                end = offset + closing
                 break
+            closing = piece.find("}", closing + 1)
+        if end >= 0:
+            break
+        offset += len(piece) + 1 + (len(pieces[index + 1]) + 1 if index + 1 < len(pieces) else 0)
     if end < 0:
         return variables, dial
     body, rest = dial[1:end], dial[end + 1 :]
     parts: list[str] = []
-    start, quoted = 0, False
-    for mark in _DIAL_COMMAS_RE.finditer(body):  # commas outside quotes split
-        if mark.group() == "'":
-            quoted = not quoted
-        elif not quoted:
-            parts.append(body[start : mark.start()])
-            start = mark.end()
-    parts.append(body[start:])
+    if "'" not in body:
+        parts = body.split(",")
+    else:
+        current: list[str] = []
+        for index, piece in enumerate(body.split("'")):
+            if index:
+                current.append("'")
+            if index % 2 == 0 and "," in piece:  # commas outside quotes split
+                first, *others = piece.split(",")
+                current.append(first)
+                parts.append("".join(current))
+                parts += others[:-1]
+                current = [others[-1]]
+            else:
+                current.append(piece)
+        parts.append("".join(current))
     for part in parts:
         name, sep, value = part.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             continue
         value = value.strip()
         if len(value) >= 2 and value[0] == "'" and value[-1] == "'":
             value = value[1:-1]
-        variables[name.strip()] = value
+        variables[name] = value
     return variables, rest
 
 
@@ -179,6 +239,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 def _atoi(text: str) -> int:
     """C's atoi: leading digits (with an optional sign), 0 when none."""
+    if text.isascii() and text.isdigit():  # only ASCII digits: what int() reads the same
+        return int(text)
     sign, digits = 1, ""
     rest = text.strip()
     if rest[:1] in "+-" and rest:
@@ -220,7 +282,7 @@ class Channel:
     answered_event: asyncio.Event = field(default_factory=asyncio.Event)
     answer_waiter: asyncio.Future[None] | None = None  # the originate waiting for the answer
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)  # pending (and some spent)
+    timers: list[Timer] = field(default_factory=list)  # pending (and some spent)
     timers_pruned_at: int = TIMERS_PRUNE_ABOVE  # `timers` is swept of spent ones past this
     digits_dialed: list[str] = field(default_factory=list)
     listed_destination: str | None = None  # `show channels` dest when not the profile's
@@ -281,6 +343,8 @@ class Switch:
         self._next_session_id = 1
         self._next_member_id = 1
         self._background: set[asyncio.Task[object]] = set()
+        self._endpoints_for: tuple[str, ...] | None = None  # the modules `_endpoints_named` is of
+        self._endpoints_named: frozenset[str] = frozenset()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._running = False
         self.is_shut_down = False
@@ -320,7 +384,7 @@ class Switch:
         config = self.config
         return EventFactory(
             self.clock,
-            core_uuid=str(uuidlib.uuid4()),
+            core_uuid=new_uuid(),
             hostname=config.hostname,
             ipv4=config.ipv4,
             ipv6=config.ipv6,
@@ -433,7 +497,7 @@ class Switch:
         """`sendevent`: fire the client's event, or, when its `Unique-ID` names a live call,
         queue it to that call instead (mod_event_socket; the simulator's calls take no queued
         events, so it goes nowhere). The reply: `+OK <Event-UUID>`."""
-        event_uuid = str(uuidlib.uuid4())
+        event_uuid = new_uuid()
         target = next((v for k, v in headers if k.lower() == "unique-id"), None)
         if target is None or self.live_channel(target) is None:
             self.publish(self.events.client_event(command_line, headers, event_uuid, body))
@@ -507,7 +571,7 @@ class Switch:
             if target.startswith("user/"):  # the directory's dial-string is error/...
                 return "-ERR USER_NOT_REGISTERED\n"
             refused = refused or "USER_NOT_REGISTERED"  # callee.lua refuses from its leg
-        call_uuid = variables.get("origination_uuid") or str(uuidlib.uuid4())
+        call_uuid = variables.get("origination_uuid") or new_uuid()
         if call_uuid in self.channels:
             return "-ERR DESTINATION_OUT_OF_ORDER\n"
         timeout = _atoi(variables.get("originate_timeout", "60")) or 60
@@ -515,7 +579,12 @@ class Switch:
 
         channel = self._new_channel(call_uuid, extension, domain, spec, variables)
         # api_on_originate runs on the new channel before CHANNEL_CREATE reaches the wire.
-        await self._api_on_originate(variables)
+        on_originate = [
+            value for name, value in variables.items()
+            if value and name.startswith("api_on_originate")
+        ]  # fmt: skip
+        for command in on_originate:
+            await self.api(command)
         await self.clock.sleep(STEP)
         if channel.destroyed:
             return f"-ERR {channel.facts.hangup_cause or 'ORIGINATOR_CANCEL'}\n"
@@ -551,7 +620,8 @@ class Switch:
         # add, so they come a few ms before a key pressed whole seconds after the answer, and a
         # `sched_del` sent on that key is swept half a second later, as on the real switch.
         if channel.alive:
-            await self._api_on_originate(variables)
+            for command in on_originate:
+                await self.api(command)
         await self.clock.sleep(STEP)
         if not channel.alive:
             return f"-ERR {channel.facts.hangup_cause}\n"
@@ -584,7 +654,7 @@ class Switch:
         into another context gets a channel that hangs up NO_ROUTE_DESTINATION (this
         simulator's dialplan has no callee there)."""
         endpoint, _, rest = target.partition("/")
-        if endpoint not in {name for name, _ in self.endpoints()}:
+        if endpoint not in self._endpoint_names():
             return "-ERR CHAN_NOT_IMPLEMENTED\n"
         if endpoint == "user":
             extension, _, domain = rest.partition("@")
@@ -620,10 +690,13 @@ class Switch:
             for name in names
         )
 
-    async def _api_on_originate(self, variables: dict[str, str]) -> None:
-        for name, value in list(variables.items()):
-            if name.startswith("api_on_originate") and value:
-                await self.api(value)
+    def _endpoint_names(self) -> frozenset[str]:
+        """The loaded endpoints' names, kept until the modules change (`config.modules`)."""
+        loaded = self.modules()
+        if loaded != self._endpoints_for:
+            self._endpoints_for = loaded
+            self._endpoints_named = frozenset(name for name, _ in self.endpoints())
+        return self._endpoints_named
 
     def _new_channel(
         self,
@@ -652,7 +725,7 @@ class Switch:
             facts.caller_id_name = variables["origination_caller_id_name"]
         channel = Channel(facts, extension, spec, self._next_session_id)
         self._next_session_id += 1
-        for var_name, value in (
+        pairs = [
             ("direction", "outbound"),
             ("is_outbound", "true"),
             ("session_id", str(channel.session_id)),
@@ -663,21 +736,18 @@ class Switch:
             ("channel_name", name),
             ("uuid", call_uuid),
             ("call_uuid", call_uuid),
-        ):
-            facts.set_var(var_name, value)
+        ]
         if "origination_uuid" in variables:
-            facts.set_var("origination_uuid", call_uuid)
-        for var_name, value in variables.items():
-            if var_name != "origination_uuid":
-                facts.set_var(var_name, value)
-        for var_name, value in (
+            pairs.append(("origination_uuid", call_uuid))
+        pairs += [item for item in variables.items() if item[0] != "origination_uuid"]
+        pairs += [
             ("dialed_user", extension),
             ("dialed_domain", domain),
             ("presence_id", f"{extension}@{domain}"),
             ("originate_early_media", _early_media(variables)),
             ("originate_endpoint", "loopback"),
-        ):
-            facts.set_var(var_name, value)
+        ]
+        _set_vars(facts, pairs)
         self.channels[call_uuid] = channel
         self.sessions_since_startup += 1
         self.session_peak = max(self.session_peak, len(self.channels))
@@ -701,10 +771,15 @@ class Switch:
         self.publish(self.events.channel_answer(facts))
         channel.answered_or_gone()
         # execute_on_answer / api_on_answer run inside the switch at this moment.
-        for name, value in list(facts.variables.items()):
-            if name.startswith("api_on_answer") and value:
+        hooks = [
+            (name, value)
+            for name, value in facts.variables.items()
+            if value and name.startswith(("api_on_answer", "execute_on_answer"))
+        ]
+        for name, value in hooks:
+            if name.startswith("api_on_answer"):
                 self._spawn(self.api(value))
-            elif name.startswith("execute_on_answer") and value:
+            else:
                 self._execute_app(channel, value)
         for digit, at in channel.spec.key_presses():
             self._later(channel, at + STEP, functools.partial(self._press, channel, digit))
@@ -719,25 +794,30 @@ class Switch:
         facts.state = "CS_EXECUTE"
         facts.call_state = "ACTIVE"
         facts.hit_dialplan = True
-        for var_name, value in (
+        pairs = [
             ("endpoint_disposition", "ANSWER"),
             ("user_context", "default"),
             ("effective_caller_id_name", f"Extension {channel.extension}"),
             ("effective_caller_id_number", channel.extension),
-        ):
-            facts.set_var(var_name, value)
+        ]
         if "origination_uuid" in variables:
-            facts.set_var("origination_uuid", channel.uuid)
-        for var_name, value in variables.items():
-            if var_name != "origination_uuid":
-                facts.set_var(var_name, value)
-        facts.set_var("originate_early_media", _early_media(variables))
-        facts.set_var("originate_endpoint", "user")
+            pairs.append(("origination_uuid", channel.uuid))
+        pairs += [item for item in variables.items() if item[0] != "origination_uuid"]
+        pairs += [
+            ("originate_early_media", _early_media(variables)),
+            ("originate_endpoint", "user"),
+        ]
+        _set_vars(facts, pairs)
 
         def flipped() -> None:
-            facts.set_var("pre_transfer_caller_id_number", "0000000000")
-            facts.set_var("channel_cid_flipped", "yes")
-            facts.set_var("call_uuid", channel.uuid)
+            _set_vars(
+                facts,
+                (
+                    ("pre_transfer_caller_id_number", "0000000000"),
+                    ("channel_cid_flipped", "yes"),
+                    ("call_uuid", channel.uuid),
+                ),
+            )
 
         first = app[0] if app else "&park()"
         dialplan = app[1] if len(app) > 1 else "XML"
@@ -773,7 +853,7 @@ class Switch:
         channel.application_data = data
         if name in _DTMF_READERS:
             channel.queued_dtmf.clear()  # it reads (and drops) the keys that waited
-        channel.application_uuid = str(uuidlib.uuid4())
+        channel.application_uuid = new_uuid()
         channel.last_app, channel.last_arg = name, data
         # As switch_core_session_exec: the name, the arguments (none clears the previous
         # app's: park after play_and_get_digits, transcript 18), no response; the event; the
@@ -839,7 +919,7 @@ class Switch:
     def _run_inline(self, channel: Channel, target: str) -> None:
         """Run an inline dialplan (`app:args,app:args`, or `m:X:app:args Xapp:args` with the
         separator X, mod_dptools' inline_dialplan_hunt) on the channel, app after app."""
-        channel.inline_apps = parse_inline_dialplan(target)
+        channel.inline_apps = inline_apps(target)
         self._next_inline(channel)
 
     def _next_inline(self, channel: Channel) -> None:
@@ -876,7 +956,7 @@ class Switch:
     def _execute_app(self, channel: Channel, spec: str) -> None:
         """`execute_on_answer=app args` (playback is the only one that does something)."""
         name, _, data = spec.strip().partition(" ")
-        app_uuid = str(uuidlib.uuid4())
+        app_uuid = new_uuid()
         self.publish(self.events.channel_execute(channel.facts, name, data or None, app_uuid))
         response = "FILE PLAYED" if name == "playback" else "_none_"
 
@@ -975,7 +1055,7 @@ class Switch:
             return str(int(value)) if value else "0"
 
         caller_name = facts.caller_id_name or ""
-        for var_name, value in (
+        hangup_vars = (
             ("hangup_cause", cause),
             ("hangup_cause_q850", str(CAUSE_CODES.get(cause, 16))),
             ("digits_dialed", digits),
@@ -1030,9 +1110,8 @@ class Switch:
             ("progress_mediausec", "0"),
             ("flow_billusec", str(int(billsec * 1e6))),
             ("is_loopback", "1"),
-        ):
-            if value != "":
-                facts.set_var(var_name, value)
+        )
+        _set_vars(facts, [pair for pair in hangup_vars if pair[1] != ""])
         self.publish(self.events.channel_hangup_complete(facts))
         self.channels.pop(channel.uuid, None)
         self.scheduler.delete_group(channel.uuid, channel_bound_only=True)
@@ -1057,7 +1136,7 @@ class Switch:
         conference = self.conferences.get(room)
         if conference is None:
             conference = Conference(
-                ConferenceFacts(room, str(uuidlib.uuid4()), self.config.domain,
+                ConferenceFacts(room, new_uuid(), self.config.domain,
                                 profile=profile or "default"),
                 self.clock.now(),
             )  # fmt: skip
@@ -1070,7 +1149,7 @@ class Switch:
         conference.members.append(channel)
         conference.facts.size = len(conference.members)
         conf_uuid = conference.facts.uuid
-        for var_name, value in (
+        _set_vars(channel.facts, (
             ("conference_name", room),
             ("app_session_uuid", conf_uuid),
             ("read_codec", "L16"),
@@ -1080,8 +1159,7 @@ class Switch:
             ("conference_ghost", "false"),
             ("conference_uuid", conf_uuid),
             ("conference_call_key", f"conference_{room}_{conference.facts.domain}_XML"),
-        ):
-            channel.facts.set_var(var_name, value)
+        ))  # fmt: skip
         self.publish(
             self.events.conference(
                 "add-member", conference.facts, member=self._member(channel),
@@ -1209,7 +1287,7 @@ class Switch:
         return f"{SOFIA_LINE}\n{body}{SOFIA_LINE}\n"
 
     async def _api_create_uuid(self, arg: str) -> str:
-        return str(uuidlib.uuid4())
+        return new_uuid()
 
     async def _api_file_exists(self, arg: str) -> str:
         """`file_exists <path>`: `true` / `false` for a path on this host (like uuid_exists)."""
@@ -1356,7 +1434,7 @@ class Switch:
         context = target[2] if len(target) > 2 else "default"
         facts = channel.facts
         now = self.clock.now()
-        source = f"{int(now)}:{uuidlib.uuid4()}:bl_xfer:{exten}/{context}/{dialplan}"
+        source = f"{int(now)}:{new_uuid()}:bl_xfer:{exten}/{context}/{dialplan}"
         facts.rdnis = facts.destination_number
         facts.destination_number = exten
         channel.listed_destination = None
@@ -1403,7 +1481,7 @@ class Switch:
         if not sep:
             app, data = "playback", path
         facts = channel.facts
-        app_uuid = str(uuidlib.uuid4())
+        app_uuid = new_uuid()
         facts.variables.pop("current_application_response", None)
         facts.set_var("current_loop", "1")
         facts.set_var("total_loops", "1")
@@ -1882,6 +1960,22 @@ def _unquote(text: str) -> str:
     return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "'" else text
 
 
+_INLINE_PARSED: dict[str, tuple[tuple[str, str | None], ...]] = {}  # target -> its apps
+_INLINE_PARSED_KEPT = 1024
+
+
+def inline_apps(target: str) -> list[tuple[str, str | None]]:
+    """`parse_inline_dialplan(target)`, a new list each time, parsed once per target text (the
+    daemon sends one waiting app for every call; a bounded table)."""
+    parsed = _INLINE_PARSED.get(target)
+    if parsed is None:
+        parsed = tuple(parse_inline_dialplan(target))
+        if len(_INLINE_PARSED) >= _INLINE_PARSED_KEPT:
+            _INLINE_PARSED.clear()
+        _INLINE_PARSED[target] = parsed
+    return list(parsed)
+
+
 def parse_inline_dialplan(target: str) -> list[tuple[str, str | None]]:
     """`app:args,app(args)` -> [(app, args)]; `m:X:...` makes X the separator instead of `,`
     (mod_dptools' inline_dialplan_hunt), so that arguments may hold commas."""
@@ -1942,6 +2036,7 @@ class DigitCollector:
 
         self.switch = switch
         self.channel = channel
+        self.facts: ChannelFacts = channel.facts  # a channel's facts are its own for life
         self.tries = max(0, _atoi(arg(2, "1")))
         self.timeout_ms = max(1000, _atoi(arg(3, "0")))
         self.terminators = arg(4, "#")
@@ -1954,7 +2049,7 @@ class DigitCollector:
         self.failure_target = args[10:]
         self.phase = ""  # prompt | wait | invalid | done
         self.queued: list[str] = []
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Timer | None = None
         self.phase_started = 0.0
         # When the current phase was due to start, simulated: the phases follow each other on
         # this schedule, not on when a late timer ran, so a loaded host does not stretch the
@@ -1968,11 +2063,7 @@ class DigitCollector:
         self._at_try_start = False
         self._period = 0.0  # one try without a key, simulated seconds
         self._last_phase: Callable[[], None] = self._timed_out  # the one that ends a try
-        self._end_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def facts(self) -> ChannelFacts:
-        return self.channel.facts
+        self._end_timer: Timer | None = None
 
     def start(self) -> None:
         self.mark = self.switch.clock.now()
@@ -2120,7 +2211,9 @@ class DigitCollector:
         """A key reaches the channel (its DTMF event already fired)."""
         if self.coasting:
             self._stop_coasting()
-            if self.phase != "done":
+            # The phase it is in now goes on on its own timer -- unless the key ends it at once
+            # (`_key` cancels the timer first thing).
+            if self.phase not in ("done", "prompt", "wait"):
                 self._arm()
         if self.phase in ("prompt", "wait"):
             self._key(digit)
