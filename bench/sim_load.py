@@ -546,6 +546,7 @@ def run_rate(sim: SimProcess, args: argparse.Namespace) -> dict[str, object]:
         "finished_per_s": round(finished_per_s, 1),
         # holds R: finished/s in the window >= 0.98 R and key->join p99 <= HOLD_P99_MS
         "holds": finished_per_s >= 0.98 * args.rate and p99 <= HOLD_P99_MS,
+        "hold_p99_ms": HOLD_P99_MS,
         "sim_cpu_percent": round(100.0 * (cpu1 - cpu0) / elapsed, 1),
         # The simulator's CPU from the first invite until every one has ended, per invite,
         # and how many invites a second one core's worth comes to (1000 / that).
