@@ -49,9 +49,9 @@ IDLE_S = 2.0  # the idle window with K waiting
 RELAY_RATE, RELAY_S = 20, 3.0
 DRAIN_S = 4.0
 # the simulator under load (bench/sim_load.py): (mode, amount, flags), and the quick variant
-SIM_LOAD = [("waiting", 10000, ["--window", "3", "--settle", "1", "--ramp", "1000"]),
+SIM_LOAD = [("waiting", 10000, ["--window", "3", "--settle", "5", "--ramp", "1000"]),
             ("rate", 1000, ["--window", "5"])]
-SIM_LOAD_QUICK = [("waiting", 2000, ["--window", "2", "--settle", "1", "--ramp", "1000"]),
+SIM_LOAD_QUICK = [("waiting", 2000, ["--window", "2", "--settle", "5", "--ramp", "1000"]),
                   ("rate", 1000, ["--window", "2"])]
 SIM_LOAD_TIMEOUT_S = 240
 

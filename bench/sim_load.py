@@ -389,7 +389,7 @@ async def run_waiting(sim: SimProcess, args: argparse.Namespace) -> dict[str, ob
     if args.reprompt == "broadcast":
         prompter = asyncio.create_task(reprompt(client, waiting, args.reprompt_every))
     sim.freeze()
-    await asyncio.sleep(args.settle)
+    await settle(client, args.settle)
     events0 = client.events_seen
     cpu = await measure_cpu(sim, args.window)
     events = client.events_seen - events0
@@ -405,6 +405,16 @@ async def run_waiting(sim: SimProcess, args: argparse.Namespace) -> dict[str, ob
     }  # fmt: skip
     client.close()
     return result
+
+
+async def settle(client: EslClient, longest: float) -> None:
+    """Wait until the simulator has sent no event for 0.5 s (the ramp's last answers and
+    timers), at most `longest` seconds."""
+    deadline = time.monotonic() + longest
+    seen = -1
+    while time.monotonic() < deadline and client.events_seen != seen:
+        seen = client.events_seen
+        await asyncio.sleep(0.5)
 
 
 async def reprompt(client: EslClient, calls: list[Call], every: float) -> None:
@@ -599,7 +609,7 @@ def main() -> int:
     parser.add_argument("--reprompt-every", type=float, default=5.0)
     parser.add_argument("--ramp", type=float, default=500.0, help="waiting: originates/s")
     parser.add_argument("--ramp-timeout", type=float, default=120.0)
-    parser.add_argument("--settle", type=float, default=3.0, help="waiting: s before measuring")
+    parser.add_argument("--settle", type=float, default=3.0, help="waiting: at most s to settle")
     parser.add_argument(
         "--clients",
         type=int,
