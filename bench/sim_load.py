@@ -501,8 +501,10 @@ def run_rate(sim: SimProcess, args: argparse.Namespace) -> dict[str, object]:
     command = [sys.executable, str(Path(__file__).resolve()), "client", share,
                "--port", str(sim.port), "--window", str(args.window),
                "--ramp-timeout", str(args.ramp_timeout), "--loop", args.loop]  # fmt: skip
-    clients = [subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True) for _ in range(args.clients)]  # fmt: skip
+    results = tempfile.TemporaryDirectory(prefix="sim-load-clients-")
+    outs = [Path(results.name) / f"client-{index}.json" for index in range(args.clients)]
+    clients = [subprocess.Popen([*command, "--out", str(out)], cwd=ROOT, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for out in outs]  # fmt: skip
     try:
         for child in clients:
             assert child.stdout is not None
@@ -525,16 +527,18 @@ def run_rate(sim: SimProcess, args: argparse.Namespace) -> dict[str, object]:
         time.sleep(max(0.0, start + 1.0 + args.window - time.monotonic()))
         cpu1, wall1 = cpu_seconds(sim.pid), time.monotonic()
         sim.profiling(False)
-        outputs = [child.communicate()[0] for child in clients]
+        for child in clients:
+            child.communicate()
         cpu_drained = cpu_seconds(sim.pid)
+        if any(child.returncode for child in clients):
+            raise RuntimeError("a client process failed")
+        parts = [json.loads(out.read_text()) for out in outs]
     finally:
         for child in clients:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-    if any(child.returncode for child in clients):
-        raise RuntimeError("a client process failed")
-    parts = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+        results.cleanup()
     placed = sum(part["placed"] for part in parts)
     elapsed = wall1 - wall0
     sim_ms = 1000.0 * (cpu_drained - cpu_start) / max(1, placed)
@@ -620,12 +624,13 @@ def main() -> int:
         "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the client's event loop"
     )
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)  # the `client` entry's
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # the `client` entry's
     parser.add_argument("--profile", type=Path, help="run the simulator under cProfile")
     args = parser.parse_args()
     args.n = int(args.amount)
     args.rate = args.amount
-    if args.mode == "client":
-        print(json.dumps(run_loop(run_client(args), args.loop)))
+    if args.mode == "client":  # its figures go to a file: they are too many for a pipe
+        args.out.write_text(json.dumps(run_loop(run_client(args), args.loop)))
         return 0
     sim = SimProcess(args.profile)
     sim.start()
