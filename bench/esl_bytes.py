@@ -5,7 +5,9 @@
 
 * `split_frames(data)` cuts the whole frames out of the received bytes: the head up to the blank
   line, then `Content-Length` bytes of body when the head announces one (found with
-  `bytes.find`, only inside the head). What is left is the start of the next frame.
+  `bytes.find`, only inside the head). What is left is the start of the next frame. An event's
+  head as the switch writes it (`Content-Length: N`, then `Content-Type: text/event-json` and
+  the blank line) is read in place, without searching.
 * `json_value(body, key)` finds one field of a json event (`text/event-json`, a flat object of
   strings) by searching for its `"Name":"` key and reading up to the next quote. In such an
   object that key can only match a real name: a quote inside a value is always written `\\"`,
@@ -19,6 +21,8 @@ from __future__ import annotations
 _BLANK = b"\n\n"
 _CONTENT_LENGTH = b"Content-Length: "
 _CONTENT_TYPE = b"Content-Type: "
+_EVENT_JSON = b"text/event-json"
+_EVENT_JSON_TYPE = _CONTENT_TYPE + _EVENT_JSON + _BLANK  # the line after an event's length
 
 # One frame: its Content-Type, its head (the header lines, without the blank line), its body.
 Frame = tuple[bytes, bytes, bytes]
@@ -60,6 +64,16 @@ def split_frames(data: bytes) -> tuple[list[Frame], int]:
     size = len(data)
     find = data.find
     while True:
+        if data.startswith(_CONTENT_LENGTH, pos):  # an event's head, as the switch writes it
+            line_end = find(b"\n", pos)
+            if line_end >= 0 and data.startswith(_EVENT_JSON_TYPE, line_end + 1):
+                body_start = line_end + 1 + len(_EVENT_JSON_TYPE)
+                end = body_start + int(data[pos + len(_CONTENT_LENGTH) : line_end])
+                if end > size:
+                    return frames, pos
+                frames.append((_EVENT_JSON, data[pos : body_start - 2], data[body_start:end]))
+                pos = end
+                continue
         blank = find(_BLANK, pos)
         if blank < 0:
             return frames, pos
