@@ -7,6 +7,8 @@ Runs, for each peer (the simulator always; the real switch when `find_freeswitch
    them (CPU %, RSS), then offer flowing invites at increasing rates, each step stopped when the
    daemon falls behind (and the higher rates skipped);
 3. the anchors on that peer's recorded stream.
+Then the simulator under load on its own (bench/sim_load.py, no daemon: its own cheap ESL client
+on the daemon's path): its CPU with 10,000 calls waiting, and 1,000 invites/s for 5 s.
 Every process is its own (daemon, peer, relay, replay, receivers; this one drives), all on
 127.0.0.1. Prints one table; writes bench/results/<timestamp>.json and .png. See bench/README.md.
 
@@ -46,6 +48,12 @@ STEP_S = 2.5  # offered load per rate step
 IDLE_S = 2.0  # the idle window with K waiting
 RELAY_RATE, RELAY_S = 20, 3.0
 DRAIN_S = 4.0
+# the simulator under load (bench/sim_load.py): (mode, amount, flags), and the quick variant
+SIM_LOAD = [("waiting", 10000, ["--window", "3", "--settle", "5", "--ramp", "1000"]),
+            ("rate", 1000, ["--window", "5"])]
+SIM_LOAD_QUICK = [("waiting", 2000, ["--window", "2", "--settle", "5", "--ramp", "1000"]),
+                  ("rate", 1000, ["--window", "2"])]
+SIM_LOAD_TIMEOUT_S = 240
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -303,6 +311,62 @@ def run_anchors(record: Path, invites: int, workdir: Path) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------- the simulator under load
+def run_sim_load(quick: bool) -> dict[str, Any]:
+    """bench/sim_load.py's `waiting` and `rate` runs (each its own simulator process and
+    client); their JSON lines, with the wall time each took."""
+    import subprocess
+
+    out: dict[str, Any] = {}
+    for mode, amount, flags in SIM_LOAD_QUICK if quick else SIM_LOAD:
+        command = [sys.executable, str(procs.REPO / "bench" / "sim_load.py"), mode, str(amount),
+                   *flags]
+        print(f"sim under load: {mode} {amount} {' '.join(flags)}")
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, cwd=procs.REPO,
+                                  timeout=SIM_LOAD_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            out[mode] = {"error": f"no result within {SIM_LOAD_TIMEOUT_S} s"}
+            continue
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            out[mode] = {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+        else:
+            out[mode] = json.loads(lines[-1])
+        out[mode]["wall_s"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def sim_load_lines(data: dict[str, Any]) -> list[str]:
+    lines = ["simulator under load (bench/sim_load.py: the simulator alone, one client on the "
+             "daemon's path):"]
+    waiting, rate = data.get("waiting", {}), data.get("rate", {})
+    if "error" in waiting:
+        lines.append(f"  waiting: failed: {waiting['error']}")
+    elif waiting:
+        lines.append(f"  {waiting['n']} waiting: simulator {waiting['sim_cpu_percent']:.1f} % "
+                     f"CPU over {waiting['window_s']:g} s ({waiting['answered']} answered, "
+                     f"ramp {waiting['ramp_s']:g} s)")
+    if "error" in rate:
+        lines.append(f"  rate: failed: {rate['error']}")
+    elif rate:
+        held = "held" if rate["holds"] else "NOT held"
+        per_core = rate["sim_invites_per_core_s"]
+        clients = ", ".join(f"{c:g} %" for c in rate["client_cpu_percent"])
+        client_ms = ", ".join(f"{c:.2f}" for c in rate["client_cpu_ms_per_invite"])
+        lines.append(
+            f"  {rate['rate']:g} invites/s offered: {rate['finished_per_s']:g}/s finished in the "
+            f"window ({held}); simulator {rate['sim_cpu_ms_per_invite']:.2f} ms CPU per invite "
+            f"= {per_core} invites/s per core, {rate['sim_cpu_percent']:g} % CPU; key->join "
+            f"p50/p99 {rate['key_to_join_ms_p50']:g}/{rate['key_to_join_ms_p99']:g} ms; "
+            f"client {clients} CPU ({client_ms} ms per invite)")
+        lines.append(f"  (held: finished/s >= 0.98 x offered and key->join p99 <= "
+                     f"{rate.get('hold_p99_ms', 50):g} ms; {rate['joined']}/{rate['placed']} "
+                     "joined)")
+    return lines
+
+
 # ------------------------------------------------------------------------------- the report
 def fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
@@ -367,6 +431,9 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"{peer}: anchor {label}: {fmt(ms, '.3f')} ms CPU per invite "
                          f"(same stream replayed, paced){ratio}"
                          + (f" [{anchor['error']}]" if "error" in anchor else ""))
+    if results.get("sim_load"):
+        lines.append("")
+        lines += sim_load_lines(results["sim_load"])
     return "\n".join(lines)
 
 
@@ -436,6 +503,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter steps, fewer K (a try)")
     parser.add_argument("--no-real", action="store_true", help="the simulator only")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument("--no-sim-load", action="store_true",
+                        help="skip the simulator-under-load step (bench/sim_load.py)")
     parser.add_argument("--profile", action="store_true",
                         help="run the daemon under cProfile (slower; prints its top functions)")
     args = parser.parse_args()
@@ -479,6 +548,10 @@ def main() -> int:
             print(f"work folder kept: {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    if not args.no_sim_load:
+        sim_load_started = time.time()
+        results["sim_load"] = run_sim_load(args.quick)
+        results["sim_load"]["elapsed_s"] = round(time.time() - sim_load_started, 1)
     results["elapsed_s"] = time.time() - started
     out = RESULTS / f"{stamp}.json"
     out.write_text(json.dumps(results, indent=1))
