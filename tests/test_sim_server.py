@@ -929,3 +929,34 @@ def test_event_header_lookup_is_the_first_match_before_and_past_the_head() -> No
         event = SimEvent("X", headers)
         for wanted in ("event-name", "unique-id", "task-group", "job-uuid", "x", "absent"):
             assert event.first_value(wanted) == first_header(headers, wanted), (headers, wanted)
+
+
+def test_the_simulator_serves_on_uvloop(config: SimConfig) -> None:
+    """`make bench` runs the simulator on uvloop (bench/sim_peer.py), whose transports are not
+    asyncio.Transport subclasses and whose loop has no `_timer_handle_cancelled`: a call with a
+    FreeSWITCH timer that hangs it up, and an ACL refusal, work there as on asyncio's loop."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def call_and_refusal() -> tuple[str, str, str, bytes]:
+        async with Simulator(config) as simulator:
+            client = await Client.connect(simulator.port)
+            placed = await client.api("originate user/1001 &park()")
+            call_uuid = placed.removeprefix("+OK ").strip()
+            armed = await client.api(f"sched_hangup +1 {call_uuid}")
+            for _ in range(100):  # the timer runs 1 simulated second later
+                if (await client.api(f"uuid_exists {call_uuid}")).strip() == "false":
+                    break
+                await asyncio.sleep(0.02)
+            gone = await client.api(f"uuid_exists {call_uuid}")
+            await client.close()
+        config.allow = ("192.0.2.0/24",)
+        async with Simulator(config) as simulator:
+            reader, writer = await asyncio.open_connection("127.0.0.1", simulator.port)
+            refusal = await asyncio.wait_for(reader.read(), 3.0)
+            writer.close()
+        return placed, armed, gone, refusal
+
+    placed, armed, gone, refusal = uvloop.run(call_and_refusal())
+    assert placed.startswith("+OK ") and armed.strip() == "+OK"
+    assert gone.strip() == "false"
+    assert refusal == wire.encode_rude_rejection()

@@ -38,7 +38,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from confguard.sim import wire
 from confguard.sim.config import SimConfig
@@ -431,15 +431,15 @@ class Connection(asyncio.Protocol):
     # ----------------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not an asyncio.Transport subclass: no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_host, self.peer = str(peer[0]), f"{peer[0]}:{peer[1]}"
         if not peer_allowed(self.peer_host, self.server.config.allow):
             log.info("rejected %s (not in the ACL)", self.peer)
             self.closed = True
-            transport.write(wire.encode_rude_rejection())
+            self.transport.write(wire.encode_rude_rejection())
             transport.close()
             return
         self.server.connections.add(self)
