@@ -39,8 +39,8 @@ from confguard.realswitch import FreeSwitchNotFound, RealSwitch, find_freeswitch
 
 RESULTS = procs.REPO / "bench" / "results"
 PLAN = {
-    # K = 5000 on the simulator would take the daemon ~75 s of CPU just to place (~15 ms an
-    # invite): past the 5-minute budget of `make bench`; 2000 shows the same per-K slopes.
+    # K = 5000 on the simulator takes the daemon about a minute to fill: past the 5-minute
+    # budget of `make bench`; 2000 shows the same per-K slopes (`--sim-waiting 0,5000` runs it).
     "sim": {"waiting": [0, 500, 1000, 2000], "rates": [20, 50, 100, 200], "fill_rate": 100},
     "real": {"waiting": [0, 200, 400], "rates": [20, 50, 100, 200], "fill_rate": 100},
 }
@@ -505,9 +505,18 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     parser.add_argument("--no-sim-load", action="store_true",
                         help="skip the simulator-under-load step (bench/sim_load.py)")
+    parser.add_argument("--sim-waiting", metavar="K,K,...",
+                        help="the simulator's K levels instead of the plan's (e.g. 0,5000: "
+                             "5,000 waiting on one connection; takes a few minutes to fill)")
+    parser.add_argument("--sim-rates", metavar="R,R,...",
+                        help="the simulator's offered rates instead of the plan's")
     parser.add_argument("--profile", action="store_true",
                         help="run the daemon under cProfile (slower; prints its top functions)")
     args = parser.parse_args()
+    if args.sim_waiting:
+        PLAN["sim"]["waiting"] = [int(k) for k in args.sim_waiting.split(",")]
+    if args.sim_rates:
+        PLAN["sim"]["rates"] = [int(r) for r in args.sim_rates.split(",")]
     started = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
