@@ -311,7 +311,7 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         self.notifier.stopping()
-        live = len(self.engine.active()) if self.engine else 0
+        live = self.engine.active_count() if self.engine else 0
         log.info("daemon.stopping", live_invites=live,
                  note="live calls keep their FreeSWITCH hangup timers")
 
@@ -344,7 +344,7 @@ class Daemon:
             return
         target = f"{self.config.esl.host}:{self.config.esl.port}"
         link = "connected to" if self.session.connected else "waiting for"
-        count = len(self.engine.active())
+        count = self.engine.active_count()  # every second: not a row per invite
         text = f"{link} {target}, {count} invites active"
         if text == self._last_status:
             return

@@ -256,6 +256,10 @@ class Engine:
     def accepting(self) -> bool:
         return self._accepting
 
+    def active_count(self) -> int:
+        """How many invites are live (what `len(active())` says, without building the rows)."""
+        return len(self._by_id)
+
     def active(self) -> list[dict[str, Any]]:
         now = asyncio.get_running_loop().time()
         return [run.summary(now) for run in self._by_id.values()]

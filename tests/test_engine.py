@@ -444,6 +444,7 @@ async def test_a_waiting_invite_holds_no_worker_and_is_forgotten_after_its_last_
         assert run.machine.state == "waiting_key"
         assert run.worker is None and run.pending == []
         assert [row["invite_id"] for row in running.active()] == [run.invite_id]
+        assert running.active_count() == 1
 
         session.queue.put_nowait(Event(Event_Name="CHANNEL_HANGUP_COMPLETE",
                                        Unique_ID=run.call_uuid, Hangup_Cause="NORMAL_CLEARING"))
@@ -453,6 +454,6 @@ async def test_a_waiting_invite_holds_no_worker_and_is_forgotten_after_its_last_
         session.gate.set()
         await settle()
         assert session.sent[-1] == f"filter delete Unique-ID {run.call_uuid}"
-        assert run.worker is None and running.active() == []
+        assert run.worker is None and running.active() == [] and running.active_count() == 0
     finally:
         await running.stop()
