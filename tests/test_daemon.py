@@ -400,7 +400,7 @@ async def test_a_second_daemon_on_the_same_socket_exits_with_a_log_line(daemon: 
     await daemon.notify.wait_for(lambda line: line == "READY=1")
     first = daemon.proc
     daemon.start()  # same socket, same journal
-    assert await daemon.wait_exit(5) == 1
+    assert await daemon.wait_exit(20) == 1  # its whole start-up first: slow on a loaded machine
     failed = [line for line in daemon.log_lines() if line["event"] == "api.start_failed"]
     assert len(failed) == 1
     assert "already listening" in str(failed[0]["error"])
