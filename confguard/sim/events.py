@@ -779,6 +779,28 @@ class _JsonEvent:
         self.keys += map(_VARIABLE_KEYS.__getitem__, variables)
         self.values += variables.values()
 
+    def conference(self, conf: ConferenceFacts) -> None:
+        self.keys += _CONFERENCE_LAYOUT.keys
+        self.values += (conf.name, conf.domain, str(conf.size), conf.profile, conf.uuid)
+
+    def member(self, member: MemberFacts, ch: ChannelFacts) -> None:
+        self.keys += _FLOOR_LAYOUT.keys
+        self.values.append("true" if member.floor else "false")
+        self.channel(ch)
+        self.keys += _MEMBER_TAIL_LAYOUT.keys
+        self.values += (
+            "true" if member.hear else "false",
+            "true" if member.speak else "false",
+            str(member.member_id),
+            "moderator" if member.moderator else "member",
+            "0",
+        )
+
+    def task(self, task_id: str, desc: str, group: str, runtime: str) -> None:
+        self.keys += _TASK_LAYOUT.keys
+        self.values += (task_id, desc, group, runtime)
+        self.known["task-group"] = group
+
     def finish(self, name: str, body: str | None = None, subclass: str | None = None) -> SimEvent:
         keys, values = self.keys, self.values
         joined = _VALUE_SEPARATOR.join(values)
@@ -842,6 +864,20 @@ class _PairsEvent:
 
     def variables(self, variables: Mapping[str, str]) -> None:
         self.headers += variable_headers(variables)
+
+    def conference(self, conf: ConferenceFacts) -> None:
+        self.headers += _conference_block(conf)
+
+    def member(self, member: MemberFacts, ch: ChannelFacts) -> None:
+        self.headers += _member_block(member, ch)
+
+    def task(self, task_id: str, desc: str, group: str, runtime: str) -> None:
+        self.headers += [
+            ("Task-ID", task_id),
+            ("Task-Desc", desc),
+            ("Task-Group", group),
+            ("Task-Runtime", runtime),
+        ]
 
     def finish(self, name: str, body: str | None = None, subclass: str | None = None) -> SimEvent:
         return SimEvent(name, self.headers, body, subclass)
@@ -965,15 +1001,7 @@ class EventFactory:
     ) -> SimEvent:
         """ADD_SCHEDULE / DEL_SCHEDULE with Task-ID, Task-Desc, Task-Group, Task-Runtime."""
         event = self._open(name, ORIGINS[origin or name])
-        event.pairs(
-            [
-                ("Task-ID", str(task_id)),
-                ("Task-Desc", desc),
-                ("Task-Group", group),
-                ("Task-Runtime", str(runtime)),
-            ]
-        )
-        event.know("task-group", group)
+        event.task(str(task_id), desc, group, str(runtime))
         return event.finish(name)
 
     # -- channel events ----------------------------------------------------------------------
@@ -1131,11 +1159,11 @@ class EventFactory:
         if stand_in is not None:
             return stand_in
         event = self._open("CUSTOM", ORIGINS["floor-change"], CONFERENCE_SUBCLASS)
-        event.pairs(_conference_block(conf))
+        event.conference(conf)
         event.pairs([("Action", "floor-change"), ("Old-ID", "none")])
         if member is not None and ch is not None:
-            event.pairs(_conference_block(conf))
-            _member_block(event, member, ch)
+            event.conference(conf)
+            event.member(member, ch)
             event.pairs([("New-ID", str(member.member_id))])
         else:
             event.pairs([("New-ID", "none")])
@@ -1154,9 +1182,9 @@ class EventFactory:
         if stand_in is not None:
             return stand_in
         event = self._open("CUSTOM", ORIGINS[action], CONFERENCE_SUBCLASS)
-        event.pairs(_conference_block(conf))
+        event.conference(conf)
         if member is not None and ch is not None:
-            _member_block(event, member, ch)
+            event.member(member, ch)
         event.pairs([("Action", action)])
         return event.finish("CUSTOM", subclass=CONFERENCE_SUBCLASS)
 
@@ -1172,10 +1200,10 @@ def _conference_block(conf: ConferenceFacts) -> Headers:
     ]
 
 
-def _member_block(event: _JsonEvent | _PairsEvent, member: MemberFacts, ch: ChannelFacts) -> None:
-    event.pairs([("Floor", "true" if member.floor else "false")])
-    event.channel(ch)
-    event.pairs([
+def _member_block(member: MemberFacts, ch: ChannelFacts) -> Headers:
+    headers: Headers = [("Floor", "true" if member.floor else "false")]
+    headers += channel_block(ch)
+    headers += [
         ("Video", "false"),
         ("Hear", "true" if member.hear else "false"),
         ("See", "true"),
@@ -1188,7 +1216,42 @@ def _member_block(event: _JsonEvent | _PairsEvent, member: MemberFacts, ch: Chan
         ("Member-Ghost", "false"),
         ("Energy-Level", "100"),
         ("Current-Energy", "0"),
-    ])
+    ]
+    return headers
+
+
+# The fixed-name runs of conference::maintenance and scheduler events (the reference is
+# _conference_block, _member_block and EventFactory.schedule's pairs).
+_CONFERENCE_LAYOUT = _layout(
+    [
+        ("Conference-Name", None),
+        ("Conference-Domain", None),
+        ("Conference-Size", None),
+        ("Conference-Ghosts", "0"),
+        ("Conference-Profile-Name", None),
+        ("Conference-Unique-ID", None),
+    ]
+)
+_FLOOR_LAYOUT = _layout([("Floor", None)])
+_MEMBER_TAIL_LAYOUT = _layout(
+    [
+        ("Video", "false"),
+        ("Hear", None),
+        ("See", "true"),
+        ("Speak", None),
+        ("Talking", "false"),
+        ("Mute-Detect", "false"),
+        ("Hold", "false"),
+        ("Member-ID", None),
+        ("Member-Type", None),
+        ("Member-Ghost", "false"),
+        ("Energy-Level", "100"),
+        ("Current-Energy", None),  # "0": a layout ends open
+    ]
+)
+_TASK_LAYOUT = _layout(
+    [("Task-ID", None), ("Task-Desc", None), ("Task-Group", None), ("Task-Runtime", None)]
+)
 
 
 def uptime_text(seconds: float) -> str:
