@@ -4,8 +4,16 @@ Owns what an event *contains*: the common block every event opens with (Event-Na
 FreeSWITCH-Hostname/-Switchname/-IPv4/-IPv6, the three Event-Date headers, where it was fired
 from, Event-Sequence), the channel block (Channel-State ... Caller-* ...), the `variable_*`
 headers on the event types that carry them, and the extra headers of each type, all in the
-order of the recorded FreeSWITCH transcripts. Values are stored decoded; the server (wire.py)
-URL-encodes and frames them. It knows nothing about sockets, filters or the scheduler's logic.
+order of the recorded FreeSWITCH transcripts. It knows nothing about sockets, filters or the
+scheduler's logic.
+
+How an event is kept: `EventFactory` builds it straight as the json object `text/event-json`
+carries (`_JsonEvent`: pre-encoded runs of fixed headers, values joined in C, one escaping
+check), and its decoded header pairs are read back from that only when asked for (the plain
+and xml formats, `uuid_dump`, tests). `EventFactory(..., as_pairs=True)` builds the same events
+as header pairs block by block (`common_headers`, `channel_block`, `variable_headers`): the
+reference the json is tested against byte for byte. The server (wire.py) URL-encodes and
+frames the pairs for the other formats.
 
 Header order facts taken from the transcripts:
 - CUSTOM events open with `Event-Subclass`, *before* `Event-Name`.
