@@ -4,8 +4,16 @@ Owns what an event *contains*: the common block every event opens with (Event-Na
 FreeSWITCH-Hostname/-Switchname/-IPv4/-IPv6, the three Event-Date headers, where it was fired
 from, Event-Sequence), the channel block (Channel-State ... Caller-* ...), the `variable_*`
 headers on the event types that carry them, and the extra headers of each type, all in the
-order of the recorded FreeSWITCH transcripts. Values are stored decoded; the server (wire.py)
-URL-encodes and frames them. It knows nothing about sockets, filters or the scheduler's logic.
+order of the recorded FreeSWITCH transcripts. It knows nothing about sockets, filters or the
+scheduler's logic.
+
+How an event is kept: `EventFactory` builds it straight as the json object `text/event-json`
+carries (`_JsonEvent`: pre-encoded runs of fixed headers, values joined in C, one escaping
+check), and its decoded header pairs are read back from that only when asked for (the plain
+and xml formats, `uuid_dump`, tests). `EventFactory(..., as_pairs=True)` builds the same events
+as header pairs block by block (`common_headers`, `channel_block`, `variable_headers`): the
+reference the json is tested against byte for byte. The server (wire.py) URL-encodes and
+frames the pairs for the other formats.
 
 Header order facts taken from the transcripts:
 - CUSTOM events open with `Event-Subclass`, *before* `Event-Name`.
@@ -23,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from confguard.sim import wire
 from confguard.sim.clock import SimClock
 from confguard.sim.server import EVENT_NAMES
 
@@ -96,48 +105,107 @@ _header_name = operator.itemgetter(0)
 HEAD_NAMES = 24  # SimEvent.first_value looks among these first (a channel event's Unique-ID)
 
 
-@dataclass
+# The header names `first_value` is asked for by every filter of the daemon and the bench (and
+# the scheduler's routing): an event built from its json keeps their first values aside.
+KNOWN_NAMES = ("event-name", "event-subclass", "unique-id", "job-uuid", "task-group")
+_NO_KNOWN_VALUES: dict[str, str | None] = dict.fromkeys(KNOWN_NAMES)
+
+
 class SimEvent:
     """One event as the switch fires it (decoded values; the server encodes and frames).
+
+    An event is kept either as its header pairs, or (what `EventFactory` builds) as its json
+    object, the bytes `text/event-json` carries, from which the pairs are read back only when
+    someone asks for them (`headers`: the plain and xml formats, `uuid_dump`, tests); the first
+    values of the `KNOWN_NAMES` it then keeps aside, for the filters.
 
     Once published an event is not changed: the server keeps what it derives from it (the
     header lookup of the filters, each format's encoded frame) in `derived`."""
 
-    name: str  # Event-Name ("CHANNEL_CREATE", "CUSTOM", ...)
-    headers: Headers  # complete and ordered, no Content-Length/Content-Type
-    body: str | None = None  # BACKGROUND_JOB result etc.
-    subclass: str | None = None  # Event-Subclass for CUSTOM
-    unsent: bool = False  # a stand-in for an event no client takes (EventFactory.wants)
-    derived: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+    __slots__ = ("_headers", "_json", "_known", "body", "derived", "name", "subclass", "unsent")
+
+    def __init__(
+        self,
+        name: str,
+        headers: Headers | None = None,
+        body: str | None = None,
+        subclass: str | None = None,
+        unsent: bool = False,
+        *,
+        json_object: bytes | None = None,
+        known: dict[str, str | None] | None = None,
+    ) -> None:
+        if headers is None and json_object is None:
+            raise ValueError("an event needs its headers or its json object")
+        self.name = name  # Event-Name ("CHANNEL_CREATE", "CUSTOM", ...)
+        self.body = body  # BACKGROUND_JOB result etc.
+        self.subclass = subclass  # Event-Subclass for CUSTOM
+        self.unsent = unsent  # a stand-in for an event no client takes (EventFactory.wants)
+        self.derived: dict[str, object] = {}
+        self._headers = headers
+        # `{"name":"value",...` without the closing brace, as `wire.serialize_json` writes it
+        self._json = json_object
+        self._known = known  # KNOWN_NAMES -> first value (None: no such header), or None
+
+    @property
+    def headers(self) -> Headers:
+        """Complete and ordered, no Content-Length/Content-Type (read back from the json once)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = wire.json_headers(self._json)  # type: ignore[arg-type]
+        return headers
+
+    def __repr__(self) -> str:
+        return f"SimEvent({self.name!r}, {self.headers!r}, body={self.body!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SimEvent):
+            return NotImplemented
+        return (self.name, self.headers, self.body, self.subclass, self.unsent) == (
+            other.name, other.headers, other.body, other.subclass, other.unsent
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it was
+
+    def frame(self, event_format: wire.EventFormat) -> bytes:
+        """The whole frame in `event_format` (the server keeps it in `derived`)."""
+        if event_format == "json" and self._json is not None:
+            return wire.encode_json_event(self._json, self.body)
+        return wire.encode_event(self.headers, self.body, event_format)
 
     def first_value(self, lowered_name: str) -> str | None:
         """The first value of the header named `lowered_name` in any case (FreeSWITCH looks
-        headers up ignoring case), or None. Looked up first among the event's first
+        headers up ignoring case), or None. The `KNOWN_NAMES` of a built event are answered
+        from what its builder kept aside. Otherwise looked up first among the event's first
         `HEAD_NAMES` names, lower-cased once per event (where Event-Name, Unique-ID and the
         scheduler's Task-Group are), then in one lower-cased string of all the names, made
         once per event: no dict of a hundred-odd headers for the few a filter asks."""
+        known = self._known
+        if known is not None and lowered_name in known:
+            return known[lowered_name]
+        headers = self.headers
         head = self.derived.get("head_names")
         if head is None:
-            head = self.derived["head_names"] = _lowered_head(self.headers)
+            head = self.derived["head_names"] = _lowered_head(headers)
         if lowered_name in head:  # type: ignore[operator]
-            return self.headers[head.index(lowered_name)][1]  # type: ignore[attr-defined]
-        if len(self.headers) <= HEAD_NAMES:
+            return headers[head.index(lowered_name)][1]  # type: ignore[attr-defined]
+        if len(headers) <= HEAD_NAMES:
             return None
         names = self.derived.get("lowered_names")
         if names is None:
-            names = "\n" + "\n".join(map(_header_name, self.headers)).lower() + "\n"
-            if names.count("\n") != len(self.headers) + 1:  # a newline in a name: not on the wire
+            names = "\n" + "\n".join(map(_header_name, headers)).lower() + "\n"
+            if names.count("\n") != len(headers) + 1:  # a newline in a name: not on the wire
                 names = ""
             self.derived["lowered_names"] = names
         if not names:
-            for name, value in self.headers:
+            for name, value in headers:
                 if name.lower() == lowered_name:
                     return value
             return None
         at = names.find("\n" + lowered_name + "\n")  # type: ignore[attr-defined]
         if at < 0:
             return None
-        return self.headers[names.count("\n", 0, at)][1]  # type: ignore[attr-defined]
+        return headers[names.count("\n", 0, at)][1]  # type: ignore[attr-defined]
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """The first value of header `key` (case-sensitive), or `default`."""
@@ -429,8 +497,405 @@ class MemberFacts:
     moderator: bool = False
 
 
+class _KeptTexts(dict[str, str]):
+    """Name -> a text made from it (`make`), made on first use; a bounded table (the names
+    come from the switch and the clients' variables)."""
+
+    def __init__(self, make: Callable[[str], str]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, name: str) -> str:
+        text = self._make(name)
+        if len(self) < _PREFIXED_NAMES_KEPT:
+            self[name] = text
+        return text
+
+
+# The encoded text before a value in an event's json (see _JsonEvent): `,"name":`.
+_KEYS = _KeptTexts(lambda name: "," + wire.json_string(name) + ":")
+_VARIABLE_KEYS = _KeptTexts(lambda name: "," + wire.json_string("variable_" + name) + ":")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A run of headers whose names (and some values) are always the same: `keys[i]` is the
+    encoded text that comes before the i-th value not fixed, every fixed header before it
+    included (see _JsonEvent)."""
+
+    keys: tuple[str, ...]
+
+
+def _layout(headers: Sequence[tuple[str, str | None]], *, opening: bool = False) -> _Layout:
+    """The `_Layout` of (name, fixed value or None) headers; the last one's value is not fixed.
+    `opening`: the run opens the event (`{` instead of the separating `,`)."""
+    keys: list[str] = []
+    text = ""
+    for index, (name, fixed) in enumerate(headers):
+        text += ("{" if opening and index == 0 else ",") + wire.json_string(name) + ":"
+        if fixed is None:
+            keys.append(text)
+            text = ""
+        else:
+            text += wire.json_value(fixed)
+    if text:
+        raise ValueError("a layout ends with a value that is not fixed")
+    return _Layout(tuple(keys))
+
+
+def common_headers(
+    factory: EventFactory,
+    name: str,
+    origin: Origin,
+    subclass: str | None,
+    now: float,
+    sequence: int,
+) -> Headers:
+    """The block every event opens with (the reference of the json the factory writes)."""
+    headers: Headers = []
+    if subclass is not None:
+        headers.append(("Event-Subclass", subclass))
+    headers += [
+        ("Event-Name", name),
+        ("Core-UUID", factory.core_uuid),
+        ("FreeSWITCH-Hostname", factory.hostname),
+        ("FreeSWITCH-Switchname", factory.hostname),
+        ("FreeSWITCH-IPv4", factory.ipv4),
+        ("FreeSWITCH-IPv6", factory.ipv6),
+        ("Event-Date-Local", stamp_local(now)),
+        ("Event-Date-GMT", stamp_gmt(now)),
+        ("Event-Date-Timestamp", micros(now)),
+        ("Event-Calling-File", origin.file),
+        ("Event-Calling-Function", origin.function),
+        ("Event-Calling-Line-Number", str(origin.line)),
+        ("Event-Sequence", str(sequence)),
+    ]
+    return headers
+
+
+def _common_layout(
+    factory: EventFactory, name: str, origin: Origin, subclass: str | None
+) -> _Layout:
+    """`common_headers` with the dates and the sequence left open (in that order)."""
+    fixed: list[tuple[str, str | None]] = []
+    if subclass is not None:
+        fixed.append(("Event-Subclass", subclass))
+    fixed += [
+        ("Event-Name", name),
+        ("Core-UUID", factory.core_uuid),
+        ("FreeSWITCH-Hostname", factory.hostname),
+        ("FreeSWITCH-Switchname", factory.hostname),
+        ("FreeSWITCH-IPv4", factory.ipv4),
+        ("FreeSWITCH-IPv6", factory.ipv6),
+        ("Event-Date-Local", None),
+        ("Event-Date-GMT", None),
+        ("Event-Date-Timestamp", None),
+        ("Event-Calling-File", origin.file),
+        ("Event-Calling-Function", origin.function),
+        ("Event-Calling-Line-Number", str(origin.line)),
+        ("Event-Sequence", None),
+    ]
+    return _layout(fixed, opening=True)
+
+
+# The channel block's optional headers, in the bits of its layout key (see _channel_values).
+_PRESENCE, _HANGUP, _CALLER_NAME, _ORIG_NUMBER, _CALLEE_NAME, _CALLEE_NUMBER = (1, 2, 4, 8, 16, 32)
+_TRANSFER_SOURCE, _RDNIS = 64, 128
+
+
+def _channel_layout(optional: int) -> _Layout:
+    """The channel block's layout for a set of optional headers (`channel_block`'s order)."""
+
+    def maybe(bit: int, name: str) -> list[tuple[str, str | None]]:
+        return [(name, None)] if optional & bit else []
+
+    return _layout(
+        [
+            ("Channel-State", None),
+            ("Channel-Call-State", None),
+            ("Channel-State-Number", None),
+            ("Channel-Name", None),
+            ("Unique-ID", None),
+            ("Call-Direction", None),
+            ("Presence-Call-Direction", None),
+            ("Channel-HIT-Dialplan", None),
+            *maybe(_PRESENCE, "Channel-Presence-ID"),
+            ("Channel-Call-UUID", None),
+            ("Answer-State", None),
+            *maybe(_HANGUP, "Hangup-Cause"),
+            ("Channel-Read-Codec-Name", "L16"),
+            ("Channel-Read-Codec-Rate", "8000"),
+            ("Channel-Read-Codec-Bit-Rate", "128000"),
+            ("Channel-Write-Codec-Name", "L16"),
+            ("Channel-Write-Codec-Rate", "8000"),
+            ("Channel-Write-Codec-Bit-Rate", "128000"),
+            ("Caller-Direction", None),
+            ("Caller-Logical-Direction", None),
+            ("Caller-Dialplan", None),
+            *maybe(_CALLER_NAME, "Caller-Caller-ID-Name"),
+            ("Caller-Caller-ID-Number", None),
+            *maybe(_ORIG_NUMBER, "Caller-Orig-Caller-ID-Number"),
+            *maybe(_CALLEE_NAME, "Caller-Callee-ID-Name"),
+            *maybe(_CALLEE_NUMBER, "Caller-Callee-ID-Number"),
+            ("Caller-ANI", None),
+            ("Caller-Destination-Number", None),
+            ("Caller-Unique-ID", None),
+            ("Caller-Source", None),
+            *maybe(_TRANSFER_SOURCE, "Caller-Transfer-Source"),
+            ("Caller-Context", None),
+            *maybe(_RDNIS, "Caller-RDNIS"),
+            ("Caller-Channel-Name", None),
+            ("Caller-Profile-Index", None),
+            ("Caller-Profile-Created-Time", None),
+            ("Caller-Channel-Created-Time", None),
+            ("Caller-Channel-Answered-Time", None),
+            ("Caller-Channel-Progress-Time", None),
+            ("Caller-Channel-Progress-Media-Time", None),
+            ("Caller-Channel-Hangup-Time", None),
+            ("Caller-Channel-Transfer-Time", "0"),
+            ("Caller-Channel-Resurrect-Time", "0"),
+            ("Caller-Channel-Bridged-Time", "0"),
+            ("Caller-Channel-Last-Hold", "0"),
+            ("Caller-Channel-Hold-Accum", "0"),
+            ("Caller-Screen-Bit", "true"),
+            ("Caller-Privacy-Hide-Name", "false"),
+            ("Caller-Privacy-Hide-Number", None),  # "false": a layout ends open
+        ]
+    )
+
+
+_CHANNEL_LAYOUTS = [_channel_layout(optional) for optional in range(256)]
+
+
+def _channel_values(ch: ChannelFacts) -> tuple[int, list[str]]:
+    """The layout key and the open values of `ch`'s channel block (see `_channel_layout`)."""
+    number = ch.state_number if ch.state_number is not None else STATE_NUMBERS.get(ch.state, 0)
+    uuid = ch.uuid
+    direction = ch.direction
+    values = [
+        ch.state,
+        ch.call_state,
+        str(number),
+        ch.name,
+        uuid,
+        direction,
+        direction,
+        "true" if ch.hit_dialplan else "false",
+    ]
+    optional = 0
+    if ch.presence_id:
+        optional = _PRESENCE
+        values.append(ch.presence_id)
+    values += (uuid, ch.answer_state)
+    if ch.hangup_cause is not None:
+        optional |= _HANGUP
+        values.append(ch.hangup_cause)
+    values += (direction, ch.logical_direction, ch.dialplan)
+    if ch.caller_id_name is not None:
+        optional |= _CALLER_NAME
+        values.append(ch.caller_id_name)
+    values.append(ch.caller_id_number)
+    if ch.orig_caller_id_number is not None:
+        optional |= _ORIG_NUMBER
+        values.append(ch.orig_caller_id_number)
+    if ch.callee_id_name is not None:
+        optional |= _CALLEE_NAME
+        values.append(ch.callee_id_name)
+    if ch.callee_id_number is not None:
+        optional |= _CALLEE_NUMBER
+        values.append(ch.callee_id_number)
+    values += (ch.ani, ch.destination_number, uuid, ch.source)
+    if ch.transfer_source is not None:
+        optional |= _TRANSFER_SOURCE
+        values.append(ch.transfer_source)
+    values.append(ch.context)
+    if ch.rdnis is not None:
+        optional |= _RDNIS
+        values.append(ch.rdnis)
+    created = ch.created
+    profile_created = ch.profile_created or created
+    answered, progress, progress_media, hungup = (
+        ch.answered, ch.progress, ch.progress_media, ch.hungup
+    )
+    values += (
+        ch.name,
+        str(ch.profile_index),
+        str(int(profile_created * 1_000_000)) if profile_created else "0",
+        str(int(created * 1_000_000)) if created else "0",
+        str(int(answered * 1_000_000)) if answered else "0",
+        str(int(progress * 1_000_000)) if progress else "0",
+        str(int(progress_media * 1_000_000)) if progress_media else "0",
+        str(int(hungup * 1_000_000)) if hungup else "0",
+        "false",
+    )
+    return optional, values
+
+
+class _JsonEvent:
+    """Builds one event straight as its json object (what `wire.serialize_json` would write
+    for its headers), never as header pairs.
+
+    The object is kept as two lists: `keys[i]`, the encoded text before the i-th value (one
+    `,"name":`, or a layout's whole run of fixed headers), and `values[i]`, the value itself.
+    Nearly always no value needs escaping (one check on them all, `wire.json_as_is`): then
+    the object is the lists interleaved and joined with `"`, a few C calls for the whole event;
+    otherwise the values are encoded one by one. The first values of the KNOWN_NAMES are
+    kept aside as the headers are added."""
+
+    __slots__ = ("keys", "known", "values")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.values: list[str] = []
+        self.known = _NO_KNOWN_VALUES.copy()
+
+    def common(
+        self,
+        factory: EventFactory,
+        name: str,
+        origin: Origin,
+        subclass: str | None,
+        now: float,
+        sequence: int,
+    ) -> None:
+        self.keys += factory._common_layout(name, origin, subclass).keys
+        self.values += (
+            stamp_local(now), stamp_gmt(now), str(int(now * 1_000_000)), str(sequence)
+        )
+        self.known["event-name"] = name
+        if subclass is not None:
+            self.known["event-subclass"] = subclass
+
+    def pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Headers named by the factory; none is one of the KNOWN_NAMES unless `know` says so."""
+        names, values = zip(*pairs, strict=True)
+        self.keys += map(_KEYS.__getitem__, names)
+        self.values += values
+
+    def know(self, lowered_name: str, value: str) -> None:
+        """`pairs` just added the first header `lowered_name` (one of KNOWN_NAMES)."""
+        self.known[lowered_name] = value
+
+    def channel(self, ch: ChannelFacts) -> None:
+        optional, values = _channel_values(ch)
+        self.keys += _CHANNEL_LAYOUTS[optional].keys
+        self.values += values
+        if self.known["unique-id"] is None:
+            self.known["unique-id"] = ch.uuid
+
+    def variables(self, variables: Mapping[str, str]) -> None:
+        self.keys += map(_VARIABLE_KEYS.__getitem__, variables)
+        self.values += variables.values()
+
+    def conference(self, conf: ConferenceFacts) -> None:
+        self.keys += _CONFERENCE_LAYOUT.keys
+        self.values += (conf.name, conf.domain, str(conf.size), conf.profile, conf.uuid)
+
+    def member(self, member: MemberFacts, ch: ChannelFacts) -> None:
+        self.keys += _FLOOR_LAYOUT.keys
+        self.values.append("true" if member.floor else "false")
+        self.channel(ch)
+        self.keys += _MEMBER_TAIL_LAYOUT.keys
+        self.values += (
+            "true" if member.hear else "false",
+            "true" if member.speak else "false",
+            str(member.member_id),
+            "moderator" if member.moderator else "member",
+            "0",
+        )
+
+    def task(self, task_id: str, desc: str, group: str, runtime: str) -> None:
+        self.keys += _TASK_LAYOUT.keys
+        self.values += (task_id, desc, group, runtime)
+        self.known["task-group"] = group
+
+    def finish(self, name: str, body: str | None = None, subclass: str | None = None) -> SimEvent:
+        keys, values = self.keys, self.values
+        joined = _VALUE_SEPARATOR.join(values)
+        if not wire.json_as_is(joined):
+            encoded = _escaped_values(joined, values)
+            if encoded is None or body is not None:
+                # Arrays, or the body: what serialize_json writes, from the pairs (rare).
+                data = wire.to_bytes("".join(map(str.__add__, keys, map(wire.json_value, values))))
+                return SimEvent(name, wire.json_headers(data), body, subclass)
+            values = encoded
+        interleaved: list[str] = [""] * (2 * len(keys))
+        interleaved[::2] = keys
+        interleaved[1::2] = values
+        data = ('"'.join(interleaved) + '"').encode("utf-8", "surrogateescape")  # wire.to_bytes
+        return SimEvent(name, body=body, subclass=subclass, json_object=data, known=self.known)
+
+
+# Joins an event's values for the one check (json writes it as it is) and, when some value
+# needs escaping, for one call of the json encoder on them all.
+_VALUE_SEPARATOR = "\x7f"
+
+
+def _escaped_values(joined: str, values: list[str]) -> list[str] | None:
+    """Each value as json writes it between its quotes, from one encoding of `joined` (the
+    values joined by _VALUE_SEPARATOR, which json keeps as it is); None when some value holds
+    the separator itself or could be an array."""
+    if wire.ARRAY_PREFIX in joined or joined.count(_VALUE_SEPARATOR) != len(values) - 1:
+        return None
+    return wire.json_string(joined)[1:-1].split(_VALUE_SEPARATOR)
+
+
+class _PairsEvent:
+    """Builds one event as its header pairs, block by block (`common_headers`, `channel_block`,
+    `variable_headers`): the reference `_JsonEvent` is tested against (`EventFactory(...,
+    as_pairs=True)`), and what the few events that edit their headers use."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self) -> None:
+        self.headers: Headers = []
+
+    def common(
+        self,
+        factory: EventFactory,
+        name: str,
+        origin: Origin,
+        subclass: str | None,
+        now: float,
+        sequence: int,
+    ) -> None:
+        self.headers += common_headers(factory, name, origin, subclass, now, sequence)
+
+    def pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self.headers += pairs
+
+    def know(self, lowered_name: str, value: str) -> None:
+        pass  # looked up in the pairs
+
+    def channel(self, ch: ChannelFacts) -> None:
+        self.headers += channel_block(ch)
+
+    def variables(self, variables: Mapping[str, str]) -> None:
+        self.headers += variable_headers(variables)
+
+    def conference(self, conf: ConferenceFacts) -> None:
+        self.headers += _conference_block(conf)
+
+    def member(self, member: MemberFacts, ch: ChannelFacts) -> None:
+        self.headers += _member_block(member, ch)
+
+    def task(self, task_id: str, desc: str, group: str, runtime: str) -> None:
+        self.headers += [
+            ("Task-ID", task_id),
+            ("Task-Desc", desc),
+            ("Task-Group", group),
+            ("Task-Runtime", runtime),
+        ]
+
+    def finish(self, name: str, body: str | None = None, subclass: str | None = None) -> SimEvent:
+        return SimEvent(name, self.headers, body, subclass)
+
+
 class EventFactory:
-    """Builds every event of one switch run: owns Core-UUID, the sequence counter and the dates."""
+    """Builds every event of one switch run: owns Core-UUID, the sequence counter and the dates.
+
+    Events are built straight as their json (`_JsonEvent`); `as_pairs=True` builds them as
+    header pairs instead, block by block: the reference the tests hold the json against."""
 
     def __init__(
         self,
@@ -441,6 +906,7 @@ class EventFactory:
         ipv4: str = SIM_IPV4,
         ipv6: str = SIM_IPV6,
         wants: Callable[[str, str | None], bool] | None = None,
+        as_pairs: bool = False,
     ) -> None:
         self.clock = clock
         self.core_uuid = core_uuid
@@ -450,6 +916,19 @@ class EventFactory:
         # Does anyone take events of this name (and CUSTOM subclass)? None: everyone does.
         self.wants = wants
         self._sequence = itertools.count(1)
+        self._builder: type[_JsonEvent | _PairsEvent] = _PairsEvent if as_pairs else _JsonEvent
+        # (name, origin, subclass) -> the common block's layout (Core-UUID etc. never change).
+        # Keyed by the origin's identity (its dataclass hash is a Python call); the origin is
+        # kept beside its layout, so an id is never taken for another origin's.
+        self._common_layouts: dict[tuple[str, int, str | None], tuple[Origin, _Layout]] = {}
+
+    def _common_layout(self, name: str, origin: Origin, subclass: str | None) -> _Layout:
+        key = (name, id(origin), subclass)
+        kept = self._common_layouts.get(key)
+        if kept is None or kept[0] is not origin:
+            layout = _common_layout(self, name, origin, subclass)
+            kept = self._common_layouts[key] = (origin, layout)
+        return kept[1]
 
     def _unwanted(self, name: str, subclass: str | None = None) -> SimEvent | None:
         """For a channel or conference event that no client is subscribed to: a stand-in that
@@ -462,28 +941,17 @@ class EventFactory:
 
     # -- common block ------------------------------------------------------------------------
 
+    def _open(
+        self, name: str, origin: Origin, subclass: str | None = None
+    ) -> _JsonEvent | _PairsEvent:
+        """A new event's builder with the block every event opens with."""
+        event = self._builder()
+        event.common(self, name, origin, subclass, self.clock.now(), next(self._sequence))
+        return event
+
     def common(self, name: str, origin: Origin, *, subclass: str | None = None) -> Headers:
-        """The block every event opens with."""
-        now = self.clock.now()
-        headers: Headers = []
-        if subclass is not None:
-            headers.append(("Event-Subclass", subclass))
-        headers += [
-            ("Event-Name", name),
-            ("Core-UUID", self.core_uuid),
-            ("FreeSWITCH-Hostname", self.hostname),
-            ("FreeSWITCH-Switchname", self.hostname),
-            ("FreeSWITCH-IPv4", self.ipv4),
-            ("FreeSWITCH-IPv6", self.ipv6),
-            ("Event-Date-Local", stamp_local(now)),
-            ("Event-Date-GMT", stamp_gmt(now)),
-            ("Event-Date-Timestamp", micros(now)),
-            ("Event-Calling-File", origin.file),
-            ("Event-Calling-Function", origin.function),
-            ("Event-Calling-Line-Number", str(origin.line)),
-            ("Event-Sequence", str(next(self._sequence))),
-        ]
-        return headers
+        """The block every event opens with, as header pairs."""
+        return common_headers(self, name, origin, subclass, self.clock.now(), next(self._sequence))
 
     # -- system events -----------------------------------------------------------------------
 
@@ -497,38 +965,42 @@ class EventFactory:
         session_peak: int,
     ) -> SimEvent:
         """HEARTBEAT (switch_core.c send_heartbeat)."""
-        headers = self.common("HEARTBEAT", ORIGINS["HEARTBEAT"])
-        headers += [
-            ("Event-Info", "System Ready"),
-            ("Up-Time", uptime_text(uptime_seconds)),
-            ("FreeSWITCH-Version", version),
-            ("Uptime-msec", str(int(uptime_seconds * 1000))),
-            ("Session-Count", str(session_count)),
-            ("Max-Sessions", "200"),
-            ("Session-Per-Sec", "30"),
-            ("Session-Per-Sec-Last", "0"),
-            ("Session-Per-Sec-Max", "1"),
-            ("Session-Per-Sec-FiveMin", "0"),
-            ("Session-Since-Startup", str(sessions_since_startup)),
-            ("Session-Peak-Max", str(session_peak)),
-            ("Session-Peak-FiveMin", str(session_peak)),
-            ("Idle-CPU", "100.000000"),
-        ]
-        return SimEvent("HEARTBEAT", headers)
+        event = self._open("HEARTBEAT", ORIGINS["HEARTBEAT"])
+        event.pairs(
+            [
+                ("Event-Info", "System Ready"),
+                ("Up-Time", uptime_text(uptime_seconds)),
+                ("FreeSWITCH-Version", version),
+                ("Uptime-msec", str(int(uptime_seconds * 1000))),
+                ("Session-Count", str(session_count)),
+                ("Max-Sessions", "200"),
+                ("Session-Per-Sec", "30"),
+                ("Session-Per-Sec-Last", "0"),
+                ("Session-Per-Sec-Max", "1"),
+                ("Session-Per-Sec-FiveMin", "0"),
+                ("Session-Since-Startup", str(sessions_since_startup)),
+                ("Session-Peak-Max", str(session_peak)),
+                ("Session-Peak-FiveMin", str(session_peak)),
+                ("Idle-CPU", "100.000000"),
+            ]
+        )
+        return event.finish("HEARTBEAT")
 
     def shutdown(self) -> SimEvent:
         """SHUTDOWN (transcript 12)."""
-        headers = self.common("SHUTDOWN", ORIGINS["SHUTDOWN"])
-        headers.append(("Event-Info", "System Shutting Down"))
-        return SimEvent("SHUTDOWN", headers)
+        event = self._open("SHUTDOWN", ORIGINS["SHUTDOWN"])
+        event.pairs([("Event-Info", "System Shutting Down")])
+        return event.finish("SHUTDOWN")
 
     def background_job(self, job_uuid: str, command: str, arg: str, body: str) -> SimEvent:
         """BACKGROUND_JOB: Job-UUID, Job-Command, Job-Command-Arg (if any), the result as body."""
-        headers = self.common("BACKGROUND_JOB", ORIGINS["BACKGROUND_JOB"])
-        headers += [("Job-UUID", job_uuid), ("Job-Command", command)]
+        event = self._open("BACKGROUND_JOB", ORIGINS["BACKGROUND_JOB"])
+        pairs = [("Job-UUID", job_uuid), ("Job-Command", command)]
         if arg:
-            headers.append(("Job-Command-Arg", arg))
-        return SimEvent("BACKGROUND_JOB", headers, body=body)
+            pairs.append(("Job-Command-Arg", arg))
+        event.pairs(pairs)
+        event.know("job-uuid", job_uuid)
+        return event.finish("BACKGROUND_JOB", body)
 
     # -- scheduler events --------------------------------------------------------------------
 
@@ -536,14 +1008,9 @@ class EventFactory:
         self, name: str, task_id: int, desc: str, group: str, runtime: int, origin: str = ""
     ) -> SimEvent:
         """ADD_SCHEDULE / DEL_SCHEDULE with Task-ID, Task-Desc, Task-Group, Task-Runtime."""
-        headers = self.common(name, ORIGINS[origin or name])
-        headers += [
-            ("Task-ID", str(task_id)),
-            ("Task-Desc", desc),
-            ("Task-Group", group),
-            ("Task-Runtime", str(runtime)),
-        ]
-        return SimEvent(name, headers)
+        event = self._open(name, ORIGINS[origin or name])
+        event.task(str(task_id), desc, group, str(runtime))
+        return event.finish(name)
 
     # -- channel events ----------------------------------------------------------------------
 
@@ -561,15 +1028,15 @@ class EventFactory:
             stand_in = self._unwanted(name)
             if stand_in is not None:
                 return stand_in
-        headers = self.common(name, ORIGINS[name])
+        event = self._open(name, ORIGINS[name])
         if name == "CHANNEL_HANGUP_COMPLETE" and ch.hangup_cause is not None:
-            headers.append(("Hangup-Cause", ch.hangup_cause))
-        headers += channel_block(ch)
+            event.pairs([("Hangup-Cause", ch.hangup_cause)])
+        event.channel(ch)
         if with_variables:
-            headers += variable_headers(ch.variables)
+            event.variables(ch.variables)
         if extra:
-            headers += extra
-        return SimEvent(name, headers)
+            event.pairs(extra)
+        return event.finish(name)
 
     def channel_create(self, ch: ChannelFacts) -> SimEvent:
         return self.channel_event("CHANNEL_CREATE", ch)
@@ -699,16 +1166,16 @@ class EventFactory:
         stand_in = self._unwanted("CUSTOM", CONFERENCE_SUBCLASS)
         if stand_in is not None:
             return stand_in
-        headers = self.common("CUSTOM", ORIGINS["floor-change"], subclass=CONFERENCE_SUBCLASS)
-        headers += _conference_block(conf)
-        headers += [("Action", "floor-change"), ("Old-ID", "none")]
+        event = self._open("CUSTOM", ORIGINS["floor-change"], CONFERENCE_SUBCLASS)
+        event.conference(conf)
+        event.pairs([("Action", "floor-change"), ("Old-ID", "none")])
         if member is not None and ch is not None:
-            headers += _conference_block(conf)
-            headers += _member_block(member, ch)
-            headers.append(("New-ID", str(member.member_id)))
+            event.conference(conf)
+            event.member(member, ch)
+            event.pairs([("New-ID", str(member.member_id))])
         else:
-            headers.append(("New-ID", "none"))
-        return SimEvent("CUSTOM", headers, subclass=CONFERENCE_SUBCLASS)
+            event.pairs([("New-ID", "none")])
+        return event.finish("CUSTOM", subclass=CONFERENCE_SUBCLASS)
 
     def conference(
         self,
@@ -722,12 +1189,12 @@ class EventFactory:
         stand_in = self._unwanted("CUSTOM", CONFERENCE_SUBCLASS)
         if stand_in is not None:
             return stand_in
-        headers = self.common("CUSTOM", ORIGINS[action], subclass=CONFERENCE_SUBCLASS)
-        headers += _conference_block(conf)
+        event = self._open("CUSTOM", ORIGINS[action], CONFERENCE_SUBCLASS)
+        event.conference(conf)
         if member is not None and ch is not None:
-            headers += _member_block(member, ch)
-        headers.append(("Action", action))
-        return SimEvent("CUSTOM", headers, subclass=CONFERENCE_SUBCLASS)
+            event.member(member, ch)
+        event.pairs([("Action", action)])
+        return event.finish("CUSTOM", subclass=CONFERENCE_SUBCLASS)
 
 
 def _conference_block(conf: ConferenceFacts) -> Headers:
@@ -759,6 +1226,40 @@ def _member_block(member: MemberFacts, ch: ChannelFacts) -> Headers:
         ("Current-Energy", "0"),
     ]
     return headers
+
+
+# The fixed-name runs of conference::maintenance and scheduler events (the reference is
+# _conference_block, _member_block and EventFactory.schedule's pairs).
+_CONFERENCE_LAYOUT = _layout(
+    [
+        ("Conference-Name", None),
+        ("Conference-Domain", None),
+        ("Conference-Size", None),
+        ("Conference-Ghosts", "0"),
+        ("Conference-Profile-Name", None),
+        ("Conference-Unique-ID", None),
+    ]
+)
+_FLOOR_LAYOUT = _layout([("Floor", None)])
+_MEMBER_TAIL_LAYOUT = _layout(
+    [
+        ("Video", "false"),
+        ("Hear", None),
+        ("See", "true"),
+        ("Speak", None),
+        ("Talking", "false"),
+        ("Mute-Detect", "false"),
+        ("Hold", "false"),
+        ("Member-ID", None),
+        ("Member-Type", None),
+        ("Member-Ghost", "false"),
+        ("Energy-Level", "100"),
+        ("Current-Energy", None),  # "0": a layout ends open
+    ]
+)
+_TASK_LAYOUT = _layout(
+    [("Task-ID", None), ("Task-Desc", None), ("Task-Group", None), ("Task-Runtime", None)]
+)
 
 
 def uptime_text(seconds: float) -> str:

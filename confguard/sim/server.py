@@ -605,8 +605,7 @@ class Connection(asyncio.Protocol):
         event_format = self.subscription.event_format
         frame = event.derived.get(event_format)
         if frame is None:
-            frame = wire.encode_event(event.headers, event.body, event_format)
-            event.derived[event_format] = frame
+            frame = event.derived[event_format] = event.frame(event_format)
         return frame  # type: ignore[return-value]
 
     def _write(self, data: bytes) -> None:

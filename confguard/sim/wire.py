@@ -149,8 +149,47 @@ def encode_event(
         payload = serialize_xml(headers, body)
     else:  # pragma: no cover - guarded by the type
         raise ValueError(f"unknown event format {event_format!r}")
+    return _event_frame(payload, event_format)
+
+
+def _event_frame(payload: bytes, event_format: EventFormat) -> bytes:
     head = f"Content-Length: {len(payload)}\nContent-Type: text/event-{event_format}\n\n"
     return head.encode("ascii") + payload
+
+
+def encode_json_event(json_object: bytes, body: str | None) -> bytes:
+    """A `text/event-json` frame from an event's headers already encoded as a json object
+    without its closing brace (`{"name":"value",...`, what `serialize_json` writes for them):
+    the body's Content-Length and `_body`, if any, and the brace are added as it adds them."""
+    if body is None:
+        return b"Content-Length: %d\nContent-Type: text/event-json\n\n%s}" % (
+            len(json_object) + 1, json_object
+        )
+    return _event_frame(json_object + _json_body_tail(body), "json")
+
+
+def json_as_is(values: str) -> bool:
+    """True when json writes each of the header values joined in `values` as the value between
+    two quotes: no `"`, `\\` or control character among them, and none could be an
+    `ARRAY::` header (a superset check: the prefix anywhere)."""
+    data = to_bytes(values)
+    # Translating by a table that changes only the bytes to escape gives the same bytes back
+    # exactly when there are none: the table's no-deletion loop, cheaper than deleting.
+    return data.translate(_JSON_ESCAPED_CHANGED) == data and ARRAY_PREFIX not in values
+
+
+def json_headers(json_object: bytes) -> list[tuple[str, str]]:
+    """The header pairs of an event's json object as `serialize_json` writes them (closing brace
+    or not; repeated names kept in order; an array back to its `ARRAY::a|:b` form): the inverse
+    of the encoding, for reading the headers of an event kept as its json only."""
+    text = json_object.decode("utf-8", "surrogateescape")
+    if not text.endswith("}"):
+        text += "}"
+    pairs: list[tuple[str, str | list[str]]] = json.loads(text, object_pairs_hook=list)
+    return [
+        (name, value if isinstance(value, str) else ARRAY_PREFIX + ARRAY_SEPARATOR.join(value))
+        for name, value in pairs
+    ]
 
 
 def serialize_plain(headers: Sequence[tuple[str, str]], body: str | None) -> bytes:
@@ -207,6 +246,10 @@ def _json_values_escaped(headers: Sequence[tuple[str, str]]) -> str | None:
 # Bytes a JSON string holds as they are (ensure_ascii=False): all but `"`, `\` and controls.
 _JSON_AS_IS = bytes(code for code in range(0x20, 0x100) if code not in b'"\\')
 _ARRAY_PREFIX_BYTES = ARRAY_PREFIX.encode()
+# Every byte to itself but those JSON escapes (`"`, `\\`, controls), which it changes.
+_JSON_ESCAPED_CHANGED = bytes(
+    code if code in _JSON_AS_IS else code ^ 1 for code in range(0x100)
+)
 
 
 def serialize_json_escaped(headers: Sequence[tuple[str, str]], body: str | None) -> bytes:
@@ -235,7 +278,7 @@ def serialize_json_pairs(pairs: Sequence[tuple[str, str]]) -> bytes:
     keys = [kept.get(name) or _json_key(name) for name in names]
     encoded = list(map(_json_string, values))
     if any(map(_is_array, values)):
-        encoded = [_json_value(value) for value in values]
+        encoded = [json_value(value) for value in values]
     return to_bytes("{" + ",".join(map(str.__add__, keys, encoded)) + "}")
 
 
@@ -263,13 +306,14 @@ def _json_key(name: str) -> str:
 
 # `json.dumps(text, ensure_ascii=False)` for a str, without building an encoder per call.
 _json_string = json.encoder.encode_basestring
+json_string = _json_string  # for the event builder's pre-encoded names and constant values
 # A whole flat object: `{"name":"value",...}`, the same escaping, one C call.
 _JSON_OBJECT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _JSON_NAMES: dict[str, str] = {}  # header name -> its encoded `"name":`
 _JSON_NAMES_KEPT = 4096  # names come from the switch and the clients' variables: keep a bound
 
 
-def _json_value(value: str) -> str:
+def json_value(value: str) -> str:
     """A string, or for FreeSWITCH's array headers (`ARRAY::a|:b`) a JSON array of strings."""
     if value.startswith(ARRAY_PREFIX):
         items = value[len(ARRAY_PREFIX) :].split(ARRAY_SEPARATOR)
