@@ -668,3 +668,19 @@ def test_variable_headers_keep_the_order_and_prefix_past_the_names_table() -> No
         ]
     assert len(events._VARIABLE_HEADER_NAMES) <= events._PREFIXED_NAMES_KEPT
     assert events.variable_headers({}) == []
+
+
+def test_event_wanted_reaches_every_event_factory() -> None:
+    """The switch hands `event_wanted` to its event factory, the current run's and the next
+    one's (a restart makes a new factory): events no client takes are not built in either."""
+    switch = Switch(SimConfig(port=0, seed=1), SimClock(1.0), lambda event: None)
+    assert switch.events._unwanted("DTMF") is None  # nobody said: everything is built
+    switch.event_wanted = lambda name, _subclass: name != "DTMF"
+    assert switch.events._unwanted("DTMF") is not None
+    assert switch.events._unwanted("CHANNEL_ANSWER") is None
+    switch.restart()
+    stand_in = switch.events._unwanted("DTMF")
+    assert stand_in is not None and stand_in.unsent
+    switch.event_wanted = None
+    assert switch.event_wanted is None
+    assert switch.events._unwanted("DTMF") is None

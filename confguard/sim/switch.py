@@ -321,8 +321,7 @@ class Switch:
         self.config = config
         self.clock = clock
         self._publish = publish
-        # Set by the Simulator to its server's `wants`: events no client takes are not built.
-        self.event_wanted: Callable[[str, str | None], bool] | None = None
+        self._event_wanted: Callable[[str, str | None], bool] | None = None
         self.events = self._event_factory()
         self.scheduler = Scheduler(
             clock,
@@ -388,9 +387,20 @@ class Switch:
             hostname=config.hostname,
             ipv4=config.ipv4,
             ipv6=config.ipv6,
-            wants=lambda name, subclass: self.event_wanted is None
-            or self.event_wanted(name, subclass),
+            wants=self._event_wanted,
         )
+
+    @property
+    def event_wanted(self) -> Callable[[str, str | None], bool] | None:
+        """Set by the Simulator to its server's `wants`: events no client takes are not built
+        (None: every event is). Handed to the event factory itself, this one's and every later
+        run's, so that its check is one call, not one through the switch."""
+        return self._event_wanted
+
+    @event_wanted.setter
+    def event_wanted(self, wanted: Callable[[str, str | None], bool] | None) -> None:
+        self._event_wanted = wanted
+        self.events.wants = wanted
 
     # -- life cycle --------------------------------------------------------------------------
 
