@@ -206,6 +206,55 @@ def parse_dial_string(dial: str) -> tuple[dict[str, str], str]:
     return variables, rest
 
 
+_ORIGINATION_UUID = re.compile(r"origination_uuid=([0-9A-Za-z-]+)")
+_MARK = "\x00"  # stands for the call's uuid in a kept originate form (never in a command)
+_ORIGINATE_FORMS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...], str]] = {}
+_ORIGINATE_FORMS_KEPT = 256
+
+
+def parse_originate(arg: str) -> tuple[list[str], dict[str, str], str] | None:
+    """The originate's arguments, its dial string's {variables} and its target --
+    `split_args(arg, keep_quotes=True)` and `parse_dial_string` of the first -- or None when
+    there are fewer than two arguments. Parsed once per form: every call of a client sends the
+    same text but for its `origination_uuid`, so the form is the text with that value replaced
+    by a mark, and a call's parse is the form's with the value put back. (Exact: the parsers
+    only split at spaces, quotes, braces, commas and `=`, none of which the value nor the mark
+    holds; the mark is never in a command.) A bounded table; new lists and dict each call."""
+    if _MARK in arg:
+        return _parse_originate(arg)
+    found = _ORIGINATION_UUID.search(arg)
+    value = found.group(1) if found is not None else ""
+    form = arg.replace(value, _MARK) if value else arg
+    kept = _ORIGINATE_FORMS.get(form)
+    if kept is None:
+        parsed = _parse_originate(form)
+        if parsed is None:
+            return None
+        kept = (tuple(parsed[0]), tuple(parsed[1].items()), parsed[2])
+        if len(_ORIGINATE_FORMS) >= _ORIGINATE_FORMS_KEPT:
+            _ORIGINATE_FORMS.clear()
+        _ORIGINATE_FORMS[form] = kept
+    args, pairs, target = kept
+    if not value:
+        return list(args), dict(pairs), target
+    return (
+        [word.replace(_MARK, value) if _MARK in word else word for word in args],
+        {
+            name.replace(_MARK, value): text.replace(_MARK, value) if _MARK in text else text
+            for name, text in pairs
+        },
+        target.replace(_MARK, value) if _MARK in target else target,
+    )
+
+
+def _parse_originate(arg: str) -> tuple[list[str], dict[str, str], str] | None:
+    args = split_args(arg, keep_quotes=True)
+    if len(args) < 2:
+        return None
+    variables, target = parse_dial_string(args[0])
+    return args, variables, target
+
+
 def parse_cause(text: str | None, default: str = "ALLOTTED_TIMEOUT") -> str:
     """A hangup cause as FreeSWITCH reads it: name (any case) or Q.850 number; else
     NORMAL_CLEARING."""
@@ -563,10 +612,10 @@ class Switch:
     # -- originate ---------------------------------------------------------------------------
 
     async def _api_originate(self, arg: str) -> str:
-        args = split_args(arg, keep_quotes=True)
-        if len(args) < 2:
+        parsed = parse_originate(arg)
+        if parsed is None:
             return ORIGINATE_USAGE
-        variables, target = parse_dial_string(args[0])
+        args, variables, target = parsed
         routed = self._dial_target(target)
         if isinstance(routed, str):
             return routed
