@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 import re
 
-from confguard.sim import wire
 from confguard.sim import switch as switch_module
+from confguard.sim import wire
 from confguard.sim.switch import parse_dial_string, parse_originate, split_args
 
 

@@ -451,6 +451,11 @@ class Switch:
         self._event_wanted = wanted
         self.events.wants = wanted
 
+    def _wants(self, name: str) -> bool:
+        """Whether a client takes events `name` (as the event factory asks)."""
+        wanted = self._event_wanted
+        return wanted is None or wanted(name, None)
+
     # -- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -912,7 +917,8 @@ class Switch:
         channel.application_data = data
         if name in _DTMF_READERS:
             channel.queued_dtmf.clear()  # it reads (and drops) the keys that waited
-        channel.application_uuid = new_uuid()
+        # Application-UUID is only ever seen in the app's two events: none drawn for nobody.
+        channel.application_uuid = new_uuid() if self._wants("CHANNEL_EXECUTE") else ""
         channel.last_app, channel.last_arg = name, data
         # As switch_core_session_exec: the name, the arguments (none clears the previous
         # app's: park after play_and_get_digits, transcript 18), no response; the event; the
@@ -1006,10 +1012,11 @@ class Switch:
         # The response is the channel's last one: park interrupted by a broadcast's playback
         # completes with the playback's (transcript 13: FILE PLAYED / FILE NOT FOUND).
         response = channel.facts.variables.get("current_application_response", "_none_")
+        app_uuid = channel.application_uuid  # "" when nobody took the CHANNEL_EXECUTE
+        if not app_uuid and self._wants("CHANNEL_EXECUTE_COMPLETE"):
+            app_uuid = channel.application_uuid = new_uuid()
         self.publish(
-            self.events.channel_execute_complete(
-                channel.facts, name, data, channel.application_uuid, response
-            )
+            self.events.channel_execute_complete(channel.facts, name, data, app_uuid, response)
         )
 
     def _execute_app(self, channel: Channel, spec: str) -> None:
