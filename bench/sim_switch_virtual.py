@@ -7,7 +7,8 @@ time. Runs are deterministic (seeded scheduler, fixed start), so
 * ``cpu N``: N invites of bench/sim_load.py's ``rate`` mode (300 a second, the inline waiting
   app, a key 0.5 s after the answer, the kill on add-member) cost the CPU they cost and nothing
   else -- no client, no server, no encoding, and, with ``--unwanted``, only the events the
-  driver needs are built (CUSTOM, BACKGROUND_JOB). Prints CPU microseconds per invite and clock
+  driver needs are built (CUSTOM, BACKGROUND_JOB); with ``--daemon``, those confguard's engine
+  subscribes to (as in bench/sim_load.py). Prints CPU microseconds per invite and clock
   timers per invite. Noise is the machine's only (compare interleaved runs of two trees).
 * ``events OUT``: a mixed script (the rate invites, every callee mode, broadcasts, transfers,
   sched_* commands, conference kicks, a coasting play_and_get_digits read while it coasts)
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import confguard.sim.clock as clock_module
+from confguard.engine import SUBSCRIBED_EVENTS
 from confguard.sim import wire
 from confguard.sim.clock import SimClock
 from confguard.sim.config import SimConfig
@@ -117,11 +119,16 @@ class Driver:
     """One switch, its published events, and the client's one reaction: the kill on the
     add-member of a rate invite (uuids starting with `b`)."""
 
-    def __init__(self, *, all_wanted: bool, keep: bool) -> None:
+    def __init__(self, *, all_wanted: bool, keep: bool, daemon: bool = False) -> None:
         self.clock = SimClock(1.0)
         self.switch = Switch(SimConfig(port=0, seed=1, heartbeat_interval=20), self.clock,
                              self.publish)  # fmt: skip
-        if not all_wanted:
+        if daemon:  # what confguard's engine subscribes to (CUSTOM: conference::maintenance)
+            wanted = frozenset(SUBSCRIBED_EVENTS)
+            self.switch.event_wanted = lambda name, sub: name in wanted and (
+                name != "CUSTOM" or sub in wanted
+            )
+        elif not all_wanted:
             self.switch.event_wanted = lambda name, _sub: name in ("CUSTOM", "BACKGROUND_JOB")
         self.keep = keep
         self.events: list[SimEvent] = []
@@ -152,8 +159,8 @@ class Driver:
         return reply
 
 
-async def run_cpu(count: int, all_wanted: bool) -> str:
-    driver = Driver(all_wanted=all_wanted, keep=False)
+async def run_cpu(count: int, all_wanted: bool, daemon: bool = False) -> str:
+    driver = Driver(all_wanted=all_wanted, keep=False, daemon=daemon)
     switch, sleep = driver.switch, driver.clock.sleep
     await switch.start()
     for number in range(200):  # warm-up
@@ -271,6 +278,9 @@ def main() -> int:
     cpu = modes.add_parser("cpu", help="CPU per invite of the switch alone")
     cpu.add_argument("count", type=int)
     cpu.add_argument("--unwanted", action="store_true", help="build only the events needed")
+    cpu.add_argument(
+        "--daemon", action="store_true", help="build the events confguard's engine subscribes to"
+    )
     events = modes.add_parser("events", help="write the event stream of a mixed script")
     events.add_argument("out", type=Path)
     args = parser.parse_args()
@@ -279,7 +289,7 @@ def main() -> int:
     asyncio.set_event_loop(loop)
     try:
         if args.mode == "cpu":
-            print(loop.run_until_complete(run_cpu(args.count, not args.unwanted)))
+            print(loop.run_until_complete(run_cpu(args.count, not args.unwanted, args.daemon)))
         else:
             print(loop.run_until_complete(run_events(args.out)))
     finally:

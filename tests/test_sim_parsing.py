@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 import re
 
+from confguard.sim import switch as switch_module
 from confguard.sim import wire
-from confguard.sim.switch import parse_dial_string, split_args
+from confguard.sim.switch import parse_dial_string, parse_originate, split_args
 
 
 def reference_split_args(text: str, *, keep_quotes: bool = False) -> list[str]:
@@ -100,6 +101,41 @@ def test_split_args_and_dial_strings_match_the_character_loops() -> None:
         assert parse_dial_string(dial) == reference_parse_dial_string(dial), dial
     first = split_args(ORIGINATE, keep_quotes=True)[0]
     assert parse_dial_string(first)[0]["origination_caller_id_name"] == "A, B"
+
+
+def plain_parse_originate(arg: str) -> tuple[list[str], dict[str, str], str] | None:
+    args = reference_split_args(arg, keep_quotes=True)
+    if len(args) < 2:
+        return None
+    variables, target = reference_parse_dial_string(args[0])
+    return args, variables, target
+
+
+def test_originate_forms_parse_as_the_plain_text() -> None:
+    """`parse_originate` keeps one parse per form (the text with its origination_uuid masked):
+    on random commands whose uuids differ while the rest repeats, and whose uuid value also
+    turns up elsewhere (in quotes, in names, in the target), it gives what parsing the text
+    itself gives -- order of the variables included -- and a caller's changes do not leak."""
+    ops = random.Random(17)
+    alphabet = [" ", "'", "{", "}", ",", "=", "a", "b", "-", "1", "\t", "user/1 park"]
+    forms = ["".join(ops.choice(alphabet) for _ in range(ops.randrange(24))) for _ in range(300)]
+    forms += ["{origination_uuid=U,a='x U,y'}user/1 park", "{U=U}loopback/U/x U", ORIGINATE]
+    for _ in range(6000):
+        form = ops.choice(forms)
+        uuid = "".join(ops.choice("0123456789abcdef-") for _ in range(ops.randrange(1, 12)))
+        if "origination_uuid" not in form:
+            cut = ops.randrange(len(form) + 1)
+            form = form[:cut] + "{origination_uuid=U," + form[cut:]
+        arg = form.replace("U", uuid)
+        got = parse_originate(arg)
+        want = plain_parse_originate(arg)
+        assert got == want, arg
+        if got is not None:
+            assert list(got[1]) == list(want[1]), arg  # the variables' order
+            got[0].append("extra")
+            got[1]["extra"] = "1"
+            assert parse_originate(arg) == want, arg
+    assert len(switch_module._ORIGINATE_FORMS) <= switch_module._ORIGINATE_FORMS_KEPT
 
 
 class ReferenceCommandParser:

@@ -88,6 +88,34 @@ async def test_delete_counts_then_zero_and_sweeps_with_del_schedule() -> None:
         await scheduler.stop()
 
 
+async def test_a_del_schedule_nobody_takes_is_a_stand_in_with_its_sequence_number() -> None:
+    """DEL_SCHEDULE is published at once: when no client takes it, the factory's stand-in is
+    (headers never built), which still takes its Event-Sequence number; taken, it is built."""
+    scheduler, published, clock = make_scheduler()
+    factory = scheduler.events()
+    factory.wants = lambda name, _subclass: name != "DEL_SCHEDULE"
+    await scheduler.start()
+    try:
+        first = scheduler.add("x", "grp", int(clock.now()) + 20, None)
+        scheduler.add("y", "other", int(clock.now()) + 20, None)
+        await clock.sleep(0.1)  # both ADD_SCHEDULE out
+        assert scheduler.delete(str(first.task_id)) == 1
+        await clock.sleep(1.0)
+        (stand_in,) = [e for e in published if e.name == "DEL_SCHEDULE"]
+        assert stand_in.unsent and stand_in.get("Task-ID") is None
+        factory.wants = None
+        assert scheduler.delete("other") == 1
+        await clock.sleep(1.0)
+        built = [e for e in published if e.name == "DEL_SCHEDULE"][-1]
+        assert not built.unsent and built.get("Task-Desc") == "y"
+        adds = [e for e in published if e.name == "ADD_SCHEDULE"]
+        sequences = [int(e.get("Event-Sequence") or 0) for e in (*adds, built)]
+        # ADD x, ADD y, the stand-in, then the built DEL: the stand-in took the number between.
+        assert sequences[1] - sequences[0] == 1 and sequences[2] - sequences[1] == 2, sequences
+    finally:
+        await scheduler.stop()
+
+
 class ManualClock(SimClock):
     """Simulated time that moves only in `advance()`: the timers due run in deadline order
     (then in the order set), each at its own deadline, so no real-time jitter (a loaded

@@ -668,3 +668,46 @@ def test_variable_headers_keep_the_order_and_prefix_past_the_names_table() -> No
         ]
     assert len(events._VARIABLE_HEADER_NAMES) <= events._PREFIXED_NAMES_KEPT
     assert events.variable_headers({}) == []
+
+
+def test_event_wanted_reaches_every_event_factory() -> None:
+    """The switch hands `event_wanted` to its event factory, the current run's and the next
+    one's (a restart makes a new factory): events no client takes are not built in either."""
+    switch = Switch(SimConfig(port=0, seed=1), SimClock(1.0), lambda event: None)
+    assert switch.events._unwanted("DTMF") is None  # nobody said: everything is built
+    switch.event_wanted = lambda name, _subclass: name != "DTMF"
+    assert switch.events._unwanted("DTMF") is not None
+    assert switch.events._unwanted("CHANNEL_ANSWER") is None
+    switch.restart()
+    stand_in = switch.events._unwanted("DTMF")
+    assert stand_in is not None and stand_in.unsent
+    switch.event_wanted = None
+    assert switch.event_wanted is None
+    assert switch.events._unwanted("DTMF") is None
+
+
+@pytest.mark.parametrize("execute_wanted", [True, False])
+async def test_application_uuid_drawn_only_for_a_client(switch, execute_wanted: bool) -> None:
+    """An app's Application-UUID is one uuid in its CHANNEL_EXECUTE and _COMPLETE; when no
+    client takes CHANNEL_EXECUTE none is drawn for it, and the COMPLETE still carries one."""
+    sw, published = switch
+    if not execute_wanted:
+        sw.event_wanted = lambda name, _subclass: name != "CHANNEL_EXECUTE"
+    reply = await sw.api(
+        f"originate {{origination_uuid={U},sim_dtmf=}}user/1001 "
+        "sched_cancel,sched_cancel,park inline"
+    )
+    assert reply == f"+OK {U}\n"
+    await until(sw, lambda: sum(e.name == "CHANNEL_EXECUTE_COMPLETE" for e in published) >= 2)
+    await sw.api(f"uuid_kill {U}")
+    await until(sw, lambda: U not in sw.channels)
+    shape = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+    executes = [e for e in published if e.name == "CHANNEL_EXECUTE"]
+    completes = [e for e in published if e.name == "CHANNEL_EXECUTE_COMPLETE"]
+    assert [e.get("Application") for e in completes] == ["sched_cancel", "sched_cancel", "park"]
+    uuids = [e.get("Application-UUID") or "" for e in completes]
+    assert all(shape.fullmatch(value) for value in uuids) and len(set(uuids)) == 3
+    if execute_wanted:
+        assert [e.get("Application-UUID") for e in executes] == uuids
+    else:
+        assert len(executes) == 3 and all(e.unsent for e in executes)

@@ -303,16 +303,7 @@ class Scheduler:
             row = self._mirror.get(task.task_id)
             if row is not None:
                 row.runtime = task.runtime
-            self.publish(
-                self.events().schedule(
-                    "RE_SCHEDULE",
-                    task.task_id,
-                    task.desc,
-                    task.group,
-                    task.runtime,
-                    origin="DEL_SCHEDULE",
-                )
-            )
+            self._publish_now("RE_SCHEDULE", task, origin="DEL_SCHEDULE")
             return
         if task.callback is not None:
             task.callback(task)
@@ -331,17 +322,26 @@ class Scheduler:
             # deleted early would keep its entry for as long: rebuild from the live tasks.
             self._due = [(live.runtime, live.task_id) for live in self.tasks.values()]
             heapq.heapify(self._due)
-        self.publish(
-            self.events().schedule(
-                "DEL_SCHEDULE", task.task_id, task.desc, task.group, task.runtime
-            )
-        )
+        self._publish_now("DEL_SCHEDULE", task)
         row = self._mirror.get(task.task_id)
         if row is not None:
             now = self.clock.monotonic()
             row.gone_at = now + self.rng.uniform(*self.mirror_lag)
             heapq.heappush(self._mirror_going, (row.gone_at, task.task_id))
             self._forget_gone_rows(now)
+
+    def _publish_now(self, name: str, task: Task, origin: str = "") -> None:
+        """Publish a DEL_/RE_SCHEDULE of `task` at once. Nobody subscribed to it: the factory's
+        stand-in (it takes its Event-Sequence number, as the full event would), headers never
+        built. (ADD_SCHEDULE is built at the add but published 1-15 ms later, when a client
+        may have subscribed since: it is always built in full.)"""
+        factory = self.events()
+        event = factory._unwanted(name)
+        if event is None:
+            event = factory.schedule(
+                name, task.task_id, task.desc, task.group, task.runtime, origin=origin
+            )
+        self.publish(event)
 
     def _forget_gone_rows(self, now: float) -> None:
         going = self._mirror_going

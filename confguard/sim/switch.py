@@ -206,6 +206,55 @@ def parse_dial_string(dial: str) -> tuple[dict[str, str], str]:
     return variables, rest
 
 
+_ORIGINATION_UUID = re.compile(r"origination_uuid=([0-9A-Za-z-]+)")
+_MARK = "\x00"  # stands for the call's uuid in a kept originate form (never in a command)
+_ORIGINATE_FORMS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...], str]] = {}
+_ORIGINATE_FORMS_KEPT = 256
+
+
+def parse_originate(arg: str) -> tuple[list[str], dict[str, str], str] | None:
+    """The originate's arguments, its dial string's {variables} and its target --
+    `split_args(arg, keep_quotes=True)` and `parse_dial_string` of the first -- or None when
+    there are fewer than two arguments. Parsed once per form: every call of a client sends the
+    same text but for its `origination_uuid`, so the form is the text with that value replaced
+    by a mark, and a call's parse is the form's with the value put back. (Exact: the parsers
+    only split at spaces, quotes, braces, commas and `=`, none of which the value nor the mark
+    holds; the mark is never in a command.) A bounded table; new lists and dict each call."""
+    if _MARK in arg:
+        return _parse_originate(arg)
+    found = _ORIGINATION_UUID.search(arg)
+    value = found.group(1) if found is not None else ""
+    form = arg.replace(value, _MARK) if value else arg
+    kept = _ORIGINATE_FORMS.get(form)
+    if kept is None:
+        parsed = _parse_originate(form)
+        if parsed is None:
+            return None
+        kept = (tuple(parsed[0]), tuple(parsed[1].items()), parsed[2])
+        if len(_ORIGINATE_FORMS) >= _ORIGINATE_FORMS_KEPT:
+            _ORIGINATE_FORMS.clear()
+        _ORIGINATE_FORMS[form] = kept
+    args, pairs, target = kept
+    if not value:
+        return list(args), dict(pairs), target
+    return (
+        [word.replace(_MARK, value) if _MARK in word else word for word in args],
+        {
+            name.replace(_MARK, value): text.replace(_MARK, value) if _MARK in text else text
+            for name, text in pairs
+        },
+        target.replace(_MARK, value) if _MARK in target else target,
+    )
+
+
+def _parse_originate(arg: str) -> tuple[list[str], dict[str, str], str] | None:
+    args = split_args(arg, keep_quotes=True)
+    if len(args) < 2:
+        return None
+    variables, target = parse_dial_string(args[0])
+    return args, variables, target
+
+
 def parse_cause(text: str | None, default: str = "ALLOTTED_TIMEOUT") -> str:
     """A hangup cause as FreeSWITCH reads it: name (any case) or Q.850 number; else
     NORMAL_CLEARING."""
@@ -321,8 +370,7 @@ class Switch:
         self.config = config
         self.clock = clock
         self._publish = publish
-        # Set by the Simulator to its server's `wants`: events no client takes are not built.
-        self.event_wanted: Callable[[str, str | None], bool] | None = None
+        self._event_wanted: Callable[[str, str | None], bool] | None = None
         self.events = self._event_factory()
         self.scheduler = Scheduler(
             clock,
@@ -388,9 +436,25 @@ class Switch:
             hostname=config.hostname,
             ipv4=config.ipv4,
             ipv6=config.ipv6,
-            wants=lambda name, subclass: self.event_wanted is None
-            or self.event_wanted(name, subclass),
+            wants=self._event_wanted,
         )
+
+    @property
+    def event_wanted(self) -> Callable[[str, str | None], bool] | None:
+        """Set by the Simulator to its server's `wants`: events no client takes are not built
+        (None: every event is). Handed to the event factory itself, this one's and every later
+        run's, so that its check is one call, not one through the switch."""
+        return self._event_wanted
+
+    @event_wanted.setter
+    def event_wanted(self, wanted: Callable[[str, str | None], bool] | None) -> None:
+        self._event_wanted = wanted
+        self.events.wants = wanted
+
+    def _wants(self, name: str) -> bool:
+        """Whether a client takes events `name` (as the event factory asks)."""
+        wanted = self._event_wanted
+        return wanted is None or wanted(name, None)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -553,10 +617,10 @@ class Switch:
     # -- originate ---------------------------------------------------------------------------
 
     async def _api_originate(self, arg: str) -> str:
-        args = split_args(arg, keep_quotes=True)
-        if len(args) < 2:
+        parsed = parse_originate(arg)
+        if parsed is None:
             return ORIGINATE_USAGE
-        variables, target = parse_dial_string(args[0])
+        args, variables, target = parsed
         routed = self._dial_target(target)
         if isinstance(routed, str):
             return routed
@@ -853,7 +917,8 @@ class Switch:
         channel.application_data = data
         if name in _DTMF_READERS:
             channel.queued_dtmf.clear()  # it reads (and drops) the keys that waited
-        channel.application_uuid = new_uuid()
+        # Application-UUID is only ever seen in the app's two events: none drawn for nobody.
+        channel.application_uuid = new_uuid() if self._wants("CHANNEL_EXECUTE") else ""
         channel.last_app, channel.last_arg = name, data
         # As switch_core_session_exec: the name, the arguments (none clears the previous
         # app's: park after play_and_get_digits, transcript 18), no response; the event; the
@@ -947,10 +1012,11 @@ class Switch:
         # The response is the channel's last one: park interrupted by a broadcast's playback
         # completes with the playback's (transcript 13: FILE PLAYED / FILE NOT FOUND).
         response = channel.facts.variables.get("current_application_response", "_none_")
+        app_uuid = channel.application_uuid  # "" when nobody took the CHANNEL_EXECUTE
+        if not app_uuid and self._wants("CHANNEL_EXECUTE_COMPLETE"):
+            app_uuid = channel.application_uuid = new_uuid()
         self.publish(
-            self.events.channel_execute_complete(
-                channel.facts, name, data, channel.application_uuid, response
-            )
+            self.events.channel_execute_complete(channel.facts, name, data, app_uuid, response)
         )
 
     def _execute_app(self, channel: Channel, spec: str) -> None:
