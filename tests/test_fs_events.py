@@ -795,7 +795,9 @@ async def test_an_adopted_event_invite_still_answers_with_its_request_id(
     first, task = await start_daemon(peer, link, tmp_path, invites="true", allowed_rooms="test1")
     try:
         await sender.sendevent("CUSTOM", invite_event(ext="1001", room="test1",
-                                                      timeout=str(peer.secs(3)),
+                                                      # the restart must fit in it (a call
+                                                      # gone before adoption is `lost`)
+                                                      timeout=str(peer.secs(8)),
                                                       request_id="before-restart"))
         deadline = time.monotonic() + 15
         while not first.engine.active():
