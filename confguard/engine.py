@@ -98,8 +98,6 @@ class Session(Protocol):
     def events(self) -> AsyncIterator[Any]: ...
 
 
-
-
 @dataclass
 class AdoptedMember:
     """What the observers get for the `state: left` update of a member a restarted daemon
