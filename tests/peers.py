@@ -13,6 +13,9 @@ with one set of assertions runs unchanged on both.
 sockets closed at once, as a firewall reset does; the daemon reconnects through it), and it keeps
 what crossed it: every command the daemon sent and every frame the peer sent back (`Traffic`),
 for the differential check between the peers.
+
+`start_daemon` runs a `Daemon` in the test's event loop on a peer, through a link, with its
+socket and journal in a folder the test keeps (so a second one adopts what the first left).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
+from confguard.config import load_config
+from confguard.daemon import Daemon
 from confguard.esl import EslSession, EslSettings
 from confguard.realswitch import RealSwitch
 from confguard.sim import SimConfig, Simulator, wire
@@ -384,3 +389,29 @@ def normalise_command(line: str, call_uuid: str) -> str:
     line = _INVITE_ID.sub("confguard_invite=I", line)
     line = _UUID.sub("J", line)
     return _NUMBER.sub("N", line)
+
+
+def daemon_overrides(peer: Peer, link: EslLink, tmp_path: Path) -> dict[str, object]:
+    """The settings of a test daemon on `peer` through `link` (socket and journal in tmp_path)."""
+    return {
+        "esl.host": "127.0.0.1",
+        "esl.port": link.port,
+        "esl.password_file": str(peer.password_file),
+        "esl.reconnect_initial": 0.2,
+        "esl.reconnect_max": 1.0,
+        "api.socket": str(tmp_path / "confguard.sock"),
+        "journal.path": str(tmp_path / "journal.sqlite3"),
+        "invite.prompt": "tone_stream://%(200,100,440)",
+    }
+
+
+async def start_daemon(
+    peer: Peer, link: EslLink, tmp_path: Path, **overrides: object
+) -> tuple[Daemon, asyncio.Task[int]]:
+    """A daemon on the peer (`overrides`: more settings by dotted key), once it is linked."""
+    config = load_config(None, env={}, overrides={**daemon_overrides(peer, link, tmp_path),
+                                                  **overrides})
+    running = Daemon(config, handle_signals=False)
+    task = asyncio.create_task(running.run())
+    await asyncio.wait_for(running.linked.wait(), 15)
+    return running, task

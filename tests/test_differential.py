@@ -22,8 +22,16 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from peers import EslLink, Peer, RealPeer, SimPeer, event_name, normalise_command
-from test_e2e import ROOM, invite, start_daemon, until_idle
+from peers import (
+    EslLink,
+    Peer,
+    RealPeer,
+    SimPeer,
+    event_name,
+    normalise_command,
+    start_daemon,
+)
+from test_e2e import ROOM, invite, until_idle
 
 from confguard.sim import wire
 

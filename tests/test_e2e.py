@@ -27,10 +27,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from peers import EslLink, Peer
+from peers import EslLink, Peer, start_daemon
 
 from confguard import cli
-from confguard.config import load_config
 from confguard.daemon import Daemon
 
 ROOM = "test1"
@@ -57,30 +56,6 @@ async def daemon(peer: Peer, link: EslLink, tmp_path: Path) -> AsyncIterator[Dae
     finally:
         running.stopping.set()
         await asyncio.wait_for(task, 10)
-
-
-def daemon_overrides(peer: Peer, link: EslLink, tmp_path: Path) -> dict[str, object]:
-    return {
-        "esl.host": "127.0.0.1",
-        "esl.port": link.port,
-        "esl.password_file": str(peer.password_file),
-        "esl.reconnect_initial": 0.2,
-        "esl.reconnect_max": 1.0,
-        "api.socket": str(tmp_path / "confguard.sock"),
-        "journal.path": str(tmp_path / "journal.sqlite3"),
-        "invite.prompt": "tone_stream://%(200,100,440)",
-    }
-
-
-async def start_daemon(
-    peer: Peer, link: EslLink, tmp_path: Path
-) -> tuple[Daemon, asyncio.Task[int]]:
-    """A daemon on the peer, its socket and journal in `tmp_path` (kept across restarts)."""
-    config = load_config(None, env={}, overrides=daemon_overrides(peer, link, tmp_path))
-    running = Daemon(config, handle_signals=False)
-    task = asyncio.create_task(running.run())
-    await asyncio.wait_for(running.linked.wait(), 15)
-    return running, task
 
 
 async def wait_state(daemon: Daemon, call_uuid: str, state: str, seconds: float = 10) -> None:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import test_e2e
-from peers import EslLink, Peer
-from test_e2e import ROOM, invite, run_cli, socket_of, start_daemon
+from peers import EslLink, Peer, start_daemon
+from test_e2e import ROOM, invite, run_cli, socket_of
 
 from confguard.daemon import Daemon
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import peers
 import pytest
 import structlog.testing
 from custom_events import RECORDING, RawEsl, comparable, next_custom, scenario, watcher
@@ -275,22 +276,9 @@ async def test_the_simulator_hands_an_event_with_a_live_unique_id_to_the_call() 
 
 async def start_daemon(peer: Peer, link: EslLink, tmp_path: Path,
                        **events: object) -> tuple[Daemon, asyncio.Task[int]]:
-    overrides: dict[str, object] = {
-        "esl.host": "127.0.0.1",
-        "esl.port": link.port,
-        "esl.password_file": str(peer.password_file),
-        "esl.reconnect_initial": 0.2,
-        "esl.reconnect_max": 1.0,
-        "api.socket": str(tmp_path / "confguard.sock"),
-        "journal.path": str(tmp_path / "journal.sqlite3"),
-        "invite.prompt": "tone_stream://%(200,100,440)",
-        **{f"events.{k}": v for k, v in events.items()},
-    }
-    config = load_config(None, env={}, overrides=overrides)
-    running = Daemon(config, handle_signals=False)
-    task = asyncio.create_task(running.run())
-    await asyncio.wait_for(running.linked.wait(), 15)
-    return running, task
+    """peers.start_daemon with `events` as its [events] settings."""
+    return await peers.start_daemon(peer, link, tmp_path,
+                                    **{f"events.{k}": v for k, v in events.items()})
 
 
 @pytest.fixture

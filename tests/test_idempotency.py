@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import EslLink, Peer, RealPeer, SimPeer
-from test_e2e import ROOM, ServeProcess, daemon_overrides, run_cli
+from peers import EslLink, Peer, RealPeer, SimPeer, start_daemon
+from test_e2e import ROOM, ServeProcess, run_cli
 
 from confguard import cli
 from confguard.api import ApiError, ControlClient, ControlServer, specs_from_request
@@ -260,17 +260,6 @@ async def link(sim_peer: SimPeer) -> AsyncIterator[GatedLink]:
     finally:
         relay.gate.set()
         await relay.stop()
-
-
-async def start_daemon(
-    peer: Peer, link: EslLink, tmp_path: Path, **extra: object
-) -> tuple[Daemon, asyncio.Task[int]]:
-    overrides = {**daemon_overrides(peer, link, tmp_path), **extra}
-    config = load_config(None, env={}, overrides=overrides)
-    running = Daemon(config, handle_signals=False)
-    task = asyncio.create_task(running.run())
-    await asyncio.wait_for(running.linked.wait(), 15)
-    return running, task
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import EslLink, Peer, SimPeer
+from peers import EslLink, Peer, SimPeer, daemon_overrides
 from structlog.testing import capture_logs
-from test_e2e import ROOM, ServeProcess, daemon_overrides, run_cli
+from test_e2e import ROOM, ServeProcess, run_cli
 from webhook_receiver import Receiver, check_lanes, outcome_delivered
 
 from confguard import config as config_module
