@@ -230,7 +230,8 @@ class EventFilters:
                 del self._by_name[key]
         if key not in self._by_name:
             self._last_match = None
-        self._vetoes = any(kept.negative for kept in self._by_name.values())
+        if self._vetoes:  # (a delete cannot set one)
+            self._vetoes = any(kept.negative for kept in self._by_name.values())
 
     def clear(self) -> None:
         self._by_name.clear()
@@ -252,7 +253,17 @@ class EventFilters:
         if not self._count:
             return True
         if not self._vetoes:
-            return self._any_matches(event)
+            # The first positive match decides: the header that matched last is tried first.
+            last = self._last_match
+            if last is not None:
+                actual = event.first_value(last[0])
+                if actual is not None:
+                    filters = last[1]
+                    if actual.lower() in filters.positive or (
+                        filters.patterns and _any_pattern_matches(filters, actual)
+                    ):
+                        return True
+            return self._any_matches(event, last)
         send = False
         for name, filters in self._by_name.items():
             if send and not filters.negative:
@@ -265,24 +276,21 @@ class EventFilters:
                 return False
             if send:
                 continue
-            send = lowered in filters.positive or _any_pattern_matches(filters, actual)
+            send = lowered in filters.positive or (
+                bool(filters.patterns) and _any_pattern_matches(filters, actual)
+            )
         return send
 
-    def _any_matches(self, event: SimEvent) -> bool:
-        """`allows` when no filter is negative: does some filter match?"""
-        last = self._last_match
-        if last is not None:
-            actual = event.first_value(last[0])
-            if actual is not None and (
-                actual.lower() in last[1].positive or _any_pattern_matches(last[1], actual)
-            ):
-                return True
+    def _any_matches(self, event: SimEvent, last: tuple[str, _HeaderFilters] | None) -> bool:
+        """`allows` when no filter is negative and the header that matched `last` did not:
+        does a filter on another header match?"""
         for name, filters in self._by_name.items():
             if last is not None and filters is last[1]:
                 continue  # looked at already
             actual = event.first_value(name)
             if actual is not None and (
-                actual.lower() in filters.positive or _any_pattern_matches(filters, actual)
+                actual.lower() in filters.positive
+                or (filters.patterns and _any_pattern_matches(filters, actual))
             ):
                 self._last_match = (name, filters)
                 return True
@@ -290,8 +298,6 @@ class EventFilters:
 
 
 def _any_pattern_matches(filters: _HeaderFilters, actual: str) -> bool:
-    if not filters.patterns:
-        return False
     return any(_regex_matches(pattern, actual) for pattern in filters.patterns)
 
 
@@ -344,9 +350,12 @@ class _Subscription:
             return False
         if self.all_events:
             return True
-        name = event_name if event_name in self.types else event_name.upper()
-        if name not in self.types:
-            return False
+        types = self.types
+        name = event_name
+        if name not in types:
+            name = name.upper()
+            if name not in types:
+                return False
         if name != "CUSTOM" or not subclass:
             return True
         return subclass in self.subclasses
@@ -483,7 +492,11 @@ class Connection(asyncio.Protocol):
 
     def offer(self, event: SimEvent) -> None:
         """Queue `event` if this connection is subscribed to it and its filters let it through."""
-        if self.closed or not self.authed or not self.subscription.wants(event):
+        if (
+            self.closed
+            or not self.authed
+            or not self.subscription.wants_type(event.name, event.subclass)
+        ):
             return
         if event.unsent:  # a stand-in: EslServer.wants said no one would take it
             log.error("event %s was not built but %s takes it", event.name, self.peer)
@@ -537,7 +550,10 @@ class Connection(asyncio.Protocol):
         (what this writes goes out now: no other pass is asked for meanwhile)."""
         try:
             if not self.closed:
-                self._resume()
+                if self._pending or not self._greeted or self._client_done:
+                    self._resume()
+                elif not self._held() and (self.events or self._close_after_flush):
+                    self._flush_events()  # what `_resume` comes to in nearly every pass
                 self._send_out()
         finally:
             self._pass_scheduled = False
@@ -581,9 +597,15 @@ class Connection(asyncio.Protocol):
         events = self.events
         out = self._out
         size = self._out_size
+        event_format = self.subscription.event_format
         while events:
             item = events.popleft()
-            frame = item if isinstance(item, bytes) else self._frame(item)
+            if isinstance(item, bytes):
+                frame = item
+            else:  # encoded once per event and format: the connections taking it share it
+                frame = item.derived.get(event_format)  # type: ignore[assignment]
+                if frame is None:
+                    frame = item.derived[event_format] = item.frame(event_format)
             out.append(frame)
             size += len(frame)
             if size >= WRITE_BATCH_BYTES:
@@ -598,15 +620,6 @@ class Connection(asyncio.Protocol):
             self._loop.call_soon(self._pass)
         if self._close_after_flush:
             self.close()
-
-    def _frame(self, event: SimEvent) -> bytes:
-        """The event's frame in this connection's format, encoded once per event and format
-        (every connection that takes the event shares it)."""
-        event_format = self.subscription.event_format
-        frame = event.derived.get(event_format)
-        if frame is None:
-            frame = event.derived[event_format] = event.frame(event_format)
-        return frame  # type: ignore[return-value]
 
     def _write(self, data: bytes) -> None:
         """Queue `data` for the socket: it goes out at the end of this pass of the loop with
@@ -689,7 +702,7 @@ class Connection(asyncio.Protocol):
     def _handle(self, command: wire.ClientCommand) -> None:
         """Answer one command (its reply written; an `api` that waits holds the connection)."""
         line = command.line
-        lowered = line.lower()
+        lowered = line[:9].lower()  # the longest name compared is 9 long (an originate is long)
         if lowered.startswith("exit") or lowered.startswith("..."):
             self._reply("+OK bye")
             self._goodbye(wire.GOODBYE_TEXT)
@@ -881,6 +894,9 @@ class EslServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stalled_until = 0.0
+        # Whether a `stall` fault is (or was) set: `stall_remaining` has something to say. An
+        # attribute, not a property: every connection reads it before each answer and flush.
+        self.stalled = False
         self.port: int = config.port
         self._wanted_names: dict[str, bool] = {}  # `wants`' answers, by name (no subclass)
         self._wanted: dict[tuple[str, str | None], bool] = {}  # and by name and subclass
@@ -975,6 +991,8 @@ class EslServer:
     def publish(self, event: SimEvent) -> None:
         """Offer one switch event to every connection that listens (each applies its
         subscription and filters)."""
+        if event.unsent and not self.wants(event.name, event.subclass):
+            return  # a stand-in no connection takes (each would say no in `offer`)
         listeners = self._listeners
         if listeners is None:
             listeners = self._listeners = tuple(
@@ -1022,11 +1040,6 @@ class EslServer:
 
     # ----------------------------------------------------------------- faults
 
-    @property
-    def stalled(self) -> bool:
-        """Whether a `stall` fault is (or was) set: `stall_remaining` has something to say."""
-        return self._stalled_until > 0.0
-
     def stall_remaining(self) -> float:
         """Real seconds left of the `stall` fault in force (0 or less: none)."""
         return self._stalled_until - time.monotonic()
@@ -1034,6 +1047,7 @@ class EslServer:
     def stall(self, seconds: float) -> None:
         """Delay every reply and event on every connection for `seconds` real seconds."""
         self._stalled_until = max(self._stalled_until, time.monotonic() + max(0.0, seconds))
+        self.stalled = self._stalled_until > 0.0
 
     def drop_connections(self) -> None:
         """Close every client socket at once, without a notice."""
