@@ -328,9 +328,9 @@ class Channel:
     application_uuid: str = ""
     conference: Conference | None = None
     member_id: int = 0
-    answered_event: asyncio.Event = field(default_factory=asyncio.Event)
     answer_waiter: asyncio.Future[None] | None = None  # the originate waiting for the answer
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False  # destroyed, CHANNEL_HANGUP_COMPLETE fired (or lost in a restart)
+    _ended_event: asyncio.Event | None = None  # made only when something waits for `ended`
     timers: list[Timer] = field(default_factory=list)  # pending (and some spent)
     timers_pruned_at: int = TIMERS_PRUNE_ABOVE  # `timers` is swept of spent ones past this
     digits_dialed: list[str] = field(default_factory=list)
@@ -352,9 +352,21 @@ class Channel:
 
     def answered_or_gone(self) -> None:
         """The channel was answered or hung up: the originate waiting for that goes on."""
-        self.answered_event.set()
         if self.answer_waiter is not None:
             _resolve(self.answer_waiter)
+
+    def set_ended(self) -> None:
+        self.ended = True
+        if self._ended_event is not None:
+            self._ended_event.set()
+
+    async def wait_ended(self) -> None:
+        """Until the channel has ended (at once when it has: no suspension)."""
+        if self.ended:
+            return
+        if self._ended_event is None:
+            self._ended_event = asyncio.Event()
+        await self._ended_event.wait()
 
     @property
     def alive(self) -> bool:
@@ -497,7 +509,7 @@ class Switch:
         for channel in list(self.channels.values()):
             self._cancel_timers(channel)
             channel.hung_up = channel.destroyed = True
-            channel.ended.set()
+            channel.set_ended()
             channel.answered_or_gone()
         self.channels.clear()
         self.conferences.clear()
@@ -524,7 +536,7 @@ class Switch:
             self.hangup(channel, "SYSTEM_SHUTDOWN", fire_hangup_event=True, delay=0.0)
         for channel in live:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(channel.ended.wait(), timeout=5.0)
+                await asyncio.wait_for(channel.wait_ended(), timeout=5.0)
         self.is_shut_down = True
         self._running = False
 
@@ -659,7 +671,7 @@ class Switch:
             await self.clock.sleep(STEP)
             if channel.alive:
                 self.hangup(channel, failure)
-            await channel.ended.wait()
+            await channel.wait_ended()
             return f"-ERR {channel.facts.hangup_cause}\n"
 
         if spec.mode is CalleeMode.ANSWER and spec.answer_after <= 0:
@@ -675,7 +687,7 @@ class Switch:
                 # the channel's CHANNEL_HANGUP_COMPLETE (transcript 16).
                 self.hangup(channel, "NO_ANSWER")
                 return "-ERR NO_ANSWER\n"
-            await channel.ended.wait()
+            await channel.wait_ended()
             return f"-ERR {channel.facts.hangup_cause}\n"
         # The user/ endpoint originated the channel itself (the run above); once it returns the
         # answered channel, the outer originate runs api_on_originate again, at once: a second
@@ -695,7 +707,7 @@ class Switch:
     async def _until_answered(self, channel: Channel, ring_limit: float) -> None:
         """Wait until the channel is answered or hung up, or until `ring_limit` (simulated
         epoch seconds): one future and one of the clock's timers, no task per originate."""
-        if channel.answered_event.is_set():
+        if channel.answered or channel.hung_up:  # answered_or_gone has been
             await asyncio.sleep(0)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -1181,7 +1193,7 @@ class Switch:
         self.publish(self.events.channel_hangup_complete(facts))
         self.channels.pop(channel.uuid, None)
         self.scheduler.delete_group(channel.uuid, channel_bound_only=True)
-        channel.ended.set()
+        channel.set_ended()
 
     # -- conferences -------------------------------------------------------------------------
 
