@@ -2283,6 +2283,42 @@ class _Originating:
             self.child.stop()
 
 
+_CollectorArgs = tuple[int, int, str, str, str, str, str, tuple[str, ...]]
+_COLLECTOR_ARGS: dict[str, _CollectorArgs] = {}  # play_and_get_digits' data -> its arguments
+_COLLECTOR_ARGS_KEPT = 256
+
+
+def _collector_args(data: str) -> _CollectorArgs:
+    """`play_and_get_digits MIN MAX TRIES MS TERMINATORS PROMPT INVALID VAR REGEX DIGIT_TIMEOUT
+    [<failure target>]` as DigitCollector reads them: tries, timeout ms, terminators, prompt,
+    invalid, var, regex, and everything after the digit timeout -- `<ext> [<dialplan>
+    [<context>]]` to transfer to once the tries are spent (switch_play_and_get_digits'
+    transfer_on_failure). Parsed once per text (the daemon's calls all send the same; a bounded
+    table)."""
+    known = _COLLECTOR_ARGS.get(data)
+    if known is not None:
+        return known
+    args = data.split()
+
+    def arg(index: int, default: str) -> str:
+        return args[index] if len(args) > index else default
+
+    parsed = (
+        max(0, _atoi(arg(2, "1"))),
+        max(1000, _atoi(arg(3, "0"))),
+        arg(4, "#"),
+        arg(5, "silence"),
+        arg(6, ""),
+        arg(7, ""),
+        arg(8, ""),
+        tuple(args[10:]),
+    )
+    if len(_COLLECTOR_ARGS) >= _COLLECTOR_ARGS_KEPT:
+        _COLLECTOR_ARGS.clear()
+    _COLLECTOR_ARGS[data] = parsed
+    return parsed
+
+
 class DigitCollector:
     """`play_and_get_digits MIN MAX TRIES MS TERMINATORS PROMPT INVALID VAR REGEX` on one
     channel, as switch_play_and_get_digits / switch_ivr_read run it (transcript 18).
@@ -2303,24 +2339,20 @@ class DigitCollector:
     it, so one run of it stands for many."""
 
     def __init__(self, switch: Switch, channel: Channel, data: str) -> None:
-        args = data.split()
-
-        def arg(index: int, default: str) -> str:
-            return args[index] if len(args) > index else default
-
         self.switch = switch
         self.channel = channel
         self.facts: ChannelFacts = channel.facts  # a channel's facts are its own for life
-        self.tries = max(0, _atoi(arg(2, "1")))
-        self.timeout_ms = max(1000, _atoi(arg(3, "0")))
-        self.terminators = arg(4, "#")
-        self.prompt = arg(5, "silence")
-        self.invalid = arg(6, "")
-        self.var_name = arg(7, "")
-        self.regex = arg(8, "")
-        # Everything after the digit timeout: `<ext> [<dialplan> [<context>]]` to transfer to
-        # once the tries are spent (switch_play_and_get_digits' transfer_on_failure).
-        self.failure_target = args[10:]
+        (
+            self.tries,
+            self.timeout_ms,
+            self.terminators,
+            self.prompt,
+            self.invalid,
+            self.var_name,
+            self.regex,
+            failure_target,
+        ) = _collector_args(data)
+        self.failure_target = list(failure_target)
         self.phase = ""  # prompt | wait | invalid | done
         self.queued: list[str] = []
         self.timer: Timer | None = None
