@@ -24,7 +24,7 @@ import random
 import re
 import threading
 import wave
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -132,19 +132,11 @@ def new_uuid() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-def _set_vars(facts: ChannelFacts, pairs: Sequence[tuple[str, str]]) -> None:
+def _set_vars(facts: ChannelFacts, pairs: Iterable[tuple[str, str]]) -> None:
     """`facts.set_var(name, value)` for each pair in order (a variable set again moves to the
     end), looking at the variables once. Only where no application advances lazily
-    (`ChannelFacts.catch_up`) in the middle: it is brought up to now once, before the first.
-    When no name comes twice, in bulk: the names set again leave their places, then all go at
-    the end in order -- the same dict."""
+    (`ChannelFacts.catch_up`) in the middle: it is brought up to now once, before the first."""
     variables = facts.variables
-    new = dict(pairs)
-    if len(new) == len(pairs):
-        for name in variables.keys() & new.keys():
-            del variables[name]
-        variables.update(new)
-        return
     for name, value in pairs:
         variables.pop(name, None)
         variables[name] = value
