@@ -681,8 +681,8 @@ class Switch:
     # -- originate ---------------------------------------------------------------------------
 
     async def _api_originate(self, arg: str) -> str:
-        """`api originate` (and a bgapi one nested in another's api_on_originate): its steps
-        (`_originate_steps`), waiting in between as they ask."""
+        """`api originate` (a bgapi one runs on callbacks, `_Originating`): its steps
+        (`_originate_steps`), awaiting in between what they ask for."""
         steps = self._originate_steps(arg)
         while not isinstance(wait := _next_step(steps), str):
             kind, what = wait
