@@ -837,7 +837,8 @@ class Switch:
         loaded = self.modules()
         return sorted(
             (name, module)
-            for module, names in ENDPOINTS.items() if module in loaded
+            for module, names in ENDPOINTS.items()
+            if module in loaded
             for name in names
         )
 
@@ -1278,8 +1279,13 @@ class Switch:
 
     def _member(self, channel: Channel, *, floor: bool = False) -> MemberFacts:
         flags = channel.member_flags
-        return MemberFacts(channel.member_id, floor=floor, hear="deaf" not in flags,
-                           speak="mute" not in flags, moderator="moderator" in flags)
+        return MemberFacts(
+            channel.member_id,
+            floor=floor,
+            hear="deaf" not in flags,
+            speak="mute" not in flags,
+            moderator="moderator" in flags,
+        )
 
     def _join_conference(self, channel: Channel, target: str) -> None:
         # As mod_conference's app: `+flags{a|b}` (or a,b) is cut off first, then room@profile.
@@ -1865,12 +1871,14 @@ class Switch:
         # conference_list's order: hear, speak, (talking, hold, video), floor, moderator.
         has_floor = bool(conference.members) and member is conference.members[0]
         words = [
-            word for word, on in (
+            word
+            for word, on in (
                 ("hear", "deaf" not in member.member_flags),
                 ("speak", "mute" not in member.member_flags),
                 ("floor", has_floor),
                 ("moderator", "moderator" in member.member_flags),
-            ) if on
+            )
+            if on
         ]
         flags = "|".join(words)
         return (
@@ -2096,9 +2104,11 @@ def _stream_length_ms(path: str) -> int:
 def _substitute_groups(data: str, found: re.Match[str]) -> str:
     """mod_dialplan_xml: `$1`... in an action's data are its condition's regex groups."""
     groups = ("", *(g or "" for g in found.groups()))
-    return re.sub(r"\$([1-9])",
-                  lambda m: groups[int(m.group(1))] if int(m.group(1)) < len(groups) else "",
-                  data)
+    return re.sub(
+        r"\$([1-9])",
+        lambda m: groups[int(m.group(1))] if int(m.group(1)) < len(groups) else "",
+        data,
+    )
 
 
 _VARIABLE_REF = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
