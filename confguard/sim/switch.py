@@ -24,7 +24,7 @@ import random
 import re
 import threading
 import wave
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -286,6 +286,24 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+# What an originate's steps (`Switch._originate_steps`) wait for between them: (kind, what).
+_API = "api"  # the api command `what` run (an originate's waits; any other's at once)
+_SLEEP = "sleep"  # `what` simulated seconds on the clock
+_ENDED = "ended"  # the channel `what` to end
+_ANSWERED = "answered"  # (channel, ring limit): its answer or hangup, at most until the limit
+_PASS = "pass"  # one pass of the event loop (asyncio.sleep(0))
+_Wait = tuple[str, Any]
+
+
+def _next_step(steps: Generator[_Wait, None, str]) -> _Wait | str:
+    """The next wait of an originate's steps, or its reply once they are done."""
+    try:
+        return next(steps)
+    except StopIteration as done:
+        reply: str = done.value
+        return reply
+
+
 def _atoi(text: str) -> int:
     """C's atoi: leading digits (with an optional sign), 0 when none."""
     if text.isascii() and text.isdigit():  # only ASCII digits: what int() reads the same
@@ -328,9 +346,9 @@ class Channel:
     application_uuid: str = ""
     conference: Conference | None = None
     member_id: int = 0
-    answered_event: asyncio.Event = field(default_factory=asyncio.Event)
-    answer_waiter: asyncio.Future[None] | None = None  # the originate waiting for the answer
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    answer_waiter: Callable[[], None] | None = None  # wakes the originate waiting for the answer
+    ended: bool = False  # destroyed, CHANNEL_HANGUP_COMPLETE fired (or lost in a restart)
+    ended_waiters: list[Callable[[], None]] | None = None  # called once `ended` (made on demand)
     timers: list[Timer] = field(default_factory=list)  # pending (and some spent)
     timers_pruned_at: int = TIMERS_PRUNE_ABOVE  # `timers` is swept of spent ones past this
     digits_dialed: list[str] = field(default_factory=list)
@@ -352,9 +370,29 @@ class Channel:
 
     def answered_or_gone(self) -> None:
         """The channel was answered or hung up: the originate waiting for that goes on."""
-        self.answered_event.set()
         if self.answer_waiter is not None:
-            _resolve(self.answer_waiter)
+            self.answer_waiter()
+
+    def when_ended(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` once the channel has ended (as asyncio.Event.set wakes its waiters:
+        in order, at that moment)."""
+        if self.ended_waiters is None:
+            self.ended_waiters = []
+        self.ended_waiters.append(wake)
+
+    def set_ended(self) -> None:
+        self.ended = True
+        waiters, self.ended_waiters = self.ended_waiters, None
+        for wake in waiters or ():
+            wake()
+
+    async def wait_ended(self) -> None:
+        """Until the channel has ended (at once when it has: no suspension)."""
+        if self.ended:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.when_ended(functools.partial(_resolve, waiter))
+        await waiter
 
     @property
     def alive(self) -> bool:
@@ -391,6 +429,7 @@ class Switch:
         self._next_session_id = 1
         self._next_member_id = 1
         self._background: set[asyncio.Task[object]] = set()
+        self._originating: set[_Originating] = set()  # the bgapi originates under way
         self._endpoints_for: tuple[str, ...] | None = None  # the modules `_endpoints_named` is of
         self._endpoints_named: frozenset[str] = frozenset()
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -476,6 +515,7 @@ class Switch:
         await self.scheduler.stop()
         for channel in list(self.channels.values()):
             self._cancel_timers(channel)
+        self._stop_originating()
         for background in list(self._background):
             background.cancel()
         for background in list(self._background):
@@ -497,10 +537,11 @@ class Switch:
         for channel in list(self.channels.values()):
             self._cancel_timers(channel)
             channel.hung_up = channel.destroyed = True
-            channel.ended.set()
+            channel.set_ended()
             channel.answered_or_gone()
         self.channels.clear()
         self.conferences.clear()
+        self._stop_originating()
         for background in list(self._background):
             background.cancel()
         self._background.clear()
@@ -524,7 +565,7 @@ class Switch:
             self.hangup(channel, "SYSTEM_SHUTDOWN", fire_hangup_event=True, delay=0.0)
         for channel in live:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(channel.ended.wait(), timeout=5.0)
+                await asyncio.wait_for(channel.wait_ended(), timeout=5.0)
         self.is_shut_down = True
         self._running = False
 
@@ -546,14 +587,32 @@ class Switch:
             return f"-ERR {error}\n"
 
     def background_job(self, job_uuid: str, command: str) -> None:
-        """Run `command` in a task, then publish BACKGROUND_JOB with its result."""
+        """Run `command` -- an originate on callbacks (`_Originating`), anything else in a
+        task -- then publish BACKGROUND_JOB with its result."""
         name, _, arg = command.strip().partition(" ")
+        if name == "originate":
+            # Its first step runs where the task's would have.
+            job = _Originating(self, command.strip("\r\n"), arg.strip(), job_uuid=job_uuid)
+            self._originating.add(job)
+            asyncio.get_running_loop().call_soon(job.step)
+            return
 
         async def run() -> None:
             body = await self.api(command)
             self.publish(self.events.background_job(job_uuid, name, arg.strip(), body))
 
         self._spawn(run())
+
+    def _api_at_once(self, command: str) -> None:
+        """Run an api command that answers without waiting -- any but originate -- and drop
+        its reply (an api_on_originate's)."""
+        running = self.api(command)
+        try:
+            running.send(None)
+        except StopIteration:
+            return
+        running.close()
+        raise RuntimeError(f"api {command!r} waited: only originate may")
 
     def send_event(
         self, command_line: str, headers: Sequence[tuple[str, str]], body: str | None
@@ -574,6 +633,11 @@ class Switch:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+    def _stop_originating(self) -> None:
+        for run in list(self._originating):
+            run.stop()
+        self._originating.clear()
 
     def _later(self, channel: Channel | None, sim_seconds: float, fn: Callable[[], None]) -> None:
         handle = self.clock.call_later(sim_seconds, fn)
@@ -617,6 +681,27 @@ class Switch:
     # -- originate ---------------------------------------------------------------------------
 
     async def _api_originate(self, arg: str) -> str:
+        """`api originate` (a bgapi one runs on callbacks, `_Originating`): its steps
+        (`_originate_steps`), awaiting in between what they ask for."""
+        steps = self._originate_steps(arg)
+        while not isinstance(wait := _next_step(steps), str):
+            kind, what = wait
+            if kind == _API:
+                await self.api(what)
+            elif kind == _SLEEP:
+                await self.clock.sleep(what)
+            elif kind == _ENDED:
+                await what.wait_ended()
+            elif kind == _ANSWERED:
+                await self._until_answered(*what)
+            else:  # _PASS
+                await asyncio.sleep(0)
+        return wait
+
+    def _originate_steps(self, arg: str) -> Generator[_Wait, None, str]:
+        """The originate, step by step: yields what it waits for next (see `_Wait`), returns
+        its reply. Run by `_api_originate` (a coroutine) and `_Originating` (a bgapi's, on
+        callbacks), which wait in the same way: the steps run at the same moments."""
         parsed = parse_originate(arg)
         if parsed is None:
             return ORIGINATE_USAGE
@@ -648,18 +733,19 @@ class Switch:
             if value and name.startswith("api_on_originate")
         ]  # fmt: skip
         for command in on_originate:
-            await self.api(command)
-        await self.clock.sleep(STEP)
+            yield _API, command
+        yield _SLEEP, STEP
         if channel.destroyed:
             return f"-ERR {channel.facts.hangup_cause or 'ORIGINATOR_CANCEL'}\n"
         self.publish(self.events.channel_create(channel.facts))
 
         failure = refused or FAILURE_CAUSES.get(spec.mode)
         if failure is not None:
-            await self.clock.sleep(STEP)
+            yield _SLEEP, STEP
             if channel.alive:
                 self.hangup(channel, failure)
-            await channel.ended.wait()
+            if not channel.ended:
+                yield _ENDED, channel
             return f"-ERR {channel.facts.hangup_cause}\n"
 
         if spec.mode is CalleeMode.ANSWER and spec.answer_after <= 0:
@@ -668,14 +754,18 @@ class Switch:
             self._ring(channel)
             if spec.mode is CalleeMode.ANSWER:
                 self._later(channel, spec.answer_after, lambda: self._answer(channel))
-        await self._until_answered(channel, ring_limit)
+        if channel.answered or channel.hung_up:
+            yield _PASS, None  # (the answer came at once: one pass of the loop, no wait)
+        else:
+            yield _ANSWERED, (channel, ring_limit)
         if not channel.answered:
             if channel.alive:
                 # The originate gives up: it hangs the channel up and answers at once, before
                 # the channel's CHANNEL_HANGUP_COMPLETE (transcript 16).
                 self.hangup(channel, "NO_ANSWER")
                 return "-ERR NO_ANSWER\n"
-            await channel.ended.wait()
+            if not channel.ended:
+                yield _ENDED, channel
             return f"-ERR {channel.facts.hangup_cause}\n"
         # The user/ endpoint originated the channel itself (the run above); once it returns the
         # answered channel, the outer originate runs api_on_originate again, at once: a second
@@ -685,8 +775,8 @@ class Switch:
         # `sched_del` sent on that key is swept half a second later, as on the real switch.
         if channel.alive:
             for command in on_originate:
-                await self.api(command)
-        await self.clock.sleep(STEP)
+                yield _API, command
+        yield _SLEEP, STEP
         if not channel.alive:
             return f"-ERR {channel.facts.hangup_cause}\n"
         self._after_answer(channel, variables, args[1:])
@@ -695,11 +785,8 @@ class Switch:
     async def _until_answered(self, channel: Channel, ring_limit: float) -> None:
         """Wait until the channel is answered or hung up, or until `ring_limit` (simulated
         epoch seconds): one future and one of the clock's timers, no task per originate."""
-        if channel.answered_event.is_set():
-            await asyncio.sleep(0)
-            return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        channel.answer_waiter = waiter
+        channel.answer_waiter = functools.partial(_resolve, waiter)
         handle = self.clock.call_later(
             max(0.0, ring_limit - self.clock.now()), functools.partial(_resolve, waiter)
         )
@@ -750,7 +837,8 @@ class Switch:
         loaded = self.modules()
         return sorted(
             (name, module)
-            for module, names in ENDPOINTS.items() if module in loaded
+            for module, names in ENDPOINTS.items()
+            if module in loaded
             for name in names
         )
 
@@ -834,12 +922,16 @@ class Switch:
         facts.call_state = "DOWN"
         self.publish(self.events.channel_answer(facts))
         channel.answered_or_gone()
-        # execute_on_answer / api_on_answer run inside the switch at this moment.
-        hooks = [
-            (name, value)
-            for name, value in facts.variables.items()
-            if value and name.startswith(("api_on_answer", "execute_on_answer"))
-        ]
+        # execute_on_answer / api_on_answer run inside the switch at this moment. (Most calls
+        # have none: one search of the names joined says so, not a look at each.)
+        variables = facts.variables
+        hooks: list[tuple[str, str]] = []
+        if "_on_answer" in "\n".join(variables):
+            hooks = [
+                (name, value)
+                for name, value in variables.items()
+                if value and name.startswith(("api_on_answer", "execute_on_answer"))
+            ]
         for name, value in hooks:
             if name.startswith("api_on_answer"):
                 self._spawn(self.api(value))
@@ -1181,14 +1273,19 @@ class Switch:
         self.publish(self.events.channel_hangup_complete(facts))
         self.channels.pop(channel.uuid, None)
         self.scheduler.delete_group(channel.uuid, channel_bound_only=True)
-        channel.ended.set()
+        channel.set_ended()
 
     # -- conferences -------------------------------------------------------------------------
 
     def _member(self, channel: Channel, *, floor: bool = False) -> MemberFacts:
         flags = channel.member_flags
-        return MemberFacts(channel.member_id, floor=floor, hear="deaf" not in flags,
-                           speak="mute" not in flags, moderator="moderator" in flags)
+        return MemberFacts(
+            channel.member_id,
+            floor=floor,
+            hear="deaf" not in flags,
+            speak="mute" not in flags,
+            moderator="moderator" in flags,
+        )
 
     def _join_conference(self, channel: Channel, target: str) -> None:
         # As mod_conference's app: `+flags{a|b}` (or a,b) is cut off first, then room@profile.
@@ -1774,12 +1871,14 @@ class Switch:
         # conference_list's order: hear, speak, (talking, hold, video), floor, moderator.
         has_floor = bool(conference.members) and member is conference.members[0]
         words = [
-            word for word, on in (
+            word
+            for word, on in (
                 ("hear", "deaf" not in member.member_flags),
                 ("speak", "mute" not in member.member_flags),
                 ("floor", has_floor),
                 ("moderator", "moderator" in member.member_flags),
-            ) if on
+            )
+            if on
         ]
         flags = "|".join(words)
         return (
@@ -2005,9 +2104,11 @@ def _stream_length_ms(path: str) -> int:
 def _substitute_groups(data: str, found: re.Match[str]) -> str:
     """mod_dialplan_xml: `$1`... in an action's data are its condition's regex groups."""
     groups = ("", *(g or "" for g in found.groups()))
-    return re.sub(r"\$([1-9])",
-                  lambda m: groups[int(m.group(1))] if int(m.group(1)) < len(groups) else "",
-                  data)
+    return re.sub(
+        r"\$([1-9])",
+        lambda m: groups[int(m.group(1))] if int(m.group(1)) < len(groups) else "",
+        data,
+    )
 
 
 _VARIABLE_REF = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
@@ -2075,6 +2176,155 @@ _PLAYBACK_NAMES = (
 _PLAYBACK_VALUES: dict[int, tuple[str, str, str, str]] = {}  # length ms -> those values
 
 
+class _Originating:
+    """A bgapi originate run on callbacks: `Switch._originate_steps` resumed by the clock's
+    timers and by the channel's answer and end, each through one `call_soon` -- where they
+    would have woken the task running `api originate`'s coroutine -- so that the steps run at
+    the same moments and in the same order, without a task, futures and a chain of coroutines
+    per call. An api_on_originate that is itself an originate runs as another of these (its
+    `parent` this one), whose reply resumes this one at once, as an awaited coroutine's return
+    would. The top one publishes BACKGROUND_JOB with the reply."""
+
+    __slots__ = ("arg", "channel", "child", "command", "job_uuid", "loop", "parent", "steps",
+                 "stopped", "switch", "timer", "woken")  # fmt: skip
+
+    def __init__(
+        self,
+        switch: Switch,
+        command: str,
+        arg: str,
+        *,
+        job_uuid: str = "",
+        parent: _Originating | None = None,
+    ) -> None:
+        self.switch = switch
+        self.command = command  # for the log, as Switch.api's
+        self.arg = arg
+        self.job_uuid = job_uuid
+        self.parent = parent
+        self.steps = switch._originate_steps(arg)
+        self.loop = asyncio.get_running_loop()
+        self.timer: Timer | None = None  # the sleep's, or the ring limit's
+        self.channel: Channel | None = None  # whose answer_waiter `wake` is
+        self.child: _Originating | None = None
+        self.woken = False
+        self.stopped = False
+
+    def wake(self) -> None:
+        """What it waits for came (once: a ring limit after the answer is nothing)."""
+        if not self.woken and not self.stopped:
+            self.woken = True
+            self.loop.call_soon(self.step)
+
+    def step(self) -> None:
+        if self.stopped:
+            return
+        self.woken = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.channel is not None:
+            self.channel.answer_waiter = None
+            self.channel = None
+        self._run()
+
+    def _run(self) -> None:
+        """The steps up to their next wait, or to their end. Stopped meanwhile, they still run
+        up to the next wait, as a cancelled task's coroutine does."""
+        switch = self.switch
+        while True:
+            try:
+                wait = _next_step(self.steps)
+            except Exception as error:  # as Switch.api
+                log.exception("api %r failed", self.command)
+                wait = f"-ERR {error}\n"
+            if isinstance(wait, str):
+                self._done(wait)
+                return
+            if self.stopped:
+                return
+            kind, what = wait
+            if kind == _API:
+                command = what.strip("\r\n")
+                name, _, arg = command.strip().partition(" ")
+                if name != "originate":
+                    switch._api_at_once(command)
+                    continue
+                self.child = _Originating(switch, command, arg.strip(), parent=self)
+                self.child._run()
+            elif kind == _SLEEP:
+                self.timer = switch.clock.call_later(what, self.wake)
+            elif kind == _ENDED:
+                what.when_ended(self.wake)
+            elif kind == _ANSWERED:
+                channel, ring_limit = what
+                self.channel = channel
+                channel.answer_waiter = self.wake
+                clock = switch.clock
+                self.timer = clock.call_later(max(0.0, ring_limit - clock.now()), self.wake)
+            else:  # _PASS
+                self.wake()
+            return
+
+    def _done(self, reply: str) -> None:
+        parent = self.parent
+        if parent is not None:
+            parent.child = None
+            parent._run()
+            return
+        switch = self.switch
+        switch._originating.discard(self)
+        switch.publish(switch.events.background_job(self.job_uuid, "originate", self.arg, reply))
+
+    def stop(self) -> None:
+        """The switch stops or restarts: nothing more runs, no BACKGROUND_JOB."""
+        self.stopped = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.channel is not None:
+            self.channel.answer_waiter = None
+            self.channel = None
+        if self.child is not None:
+            self.child.stop()
+
+
+_CollectorArgs = tuple[int, int, str, str, str, str, str, tuple[str, ...]]
+_COLLECTOR_ARGS: dict[str, _CollectorArgs] = {}  # play_and_get_digits' data -> its arguments
+_COLLECTOR_ARGS_KEPT = 256
+
+
+def _collector_args(data: str) -> _CollectorArgs:
+    """`play_and_get_digits MIN MAX TRIES MS TERMINATORS PROMPT INVALID VAR REGEX DIGIT_TIMEOUT
+    [<failure target>]` as DigitCollector reads them: tries, timeout ms, terminators, prompt,
+    invalid, var, regex, and everything after the digit timeout -- `<ext> [<dialplan>
+    [<context>]]` to transfer to once the tries are spent (switch_play_and_get_digits'
+    transfer_on_failure). Parsed once per text (the daemon's calls all send the same; a bounded
+    table)."""
+    known = _COLLECTOR_ARGS.get(data)
+    if known is not None:
+        return known
+    args = data.split()
+
+    def arg(index: int, default: str) -> str:
+        return args[index] if len(args) > index else default
+
+    parsed = (
+        max(0, _atoi(arg(2, "1"))),
+        max(1000, _atoi(arg(3, "0"))),
+        arg(4, "#"),
+        arg(5, "silence"),
+        arg(6, ""),
+        arg(7, ""),
+        arg(8, ""),
+        tuple(args[10:]),
+    )
+    if len(_COLLECTOR_ARGS) >= _COLLECTOR_ARGS_KEPT:
+        _COLLECTOR_ARGS.clear()
+    _COLLECTOR_ARGS[data] = parsed
+    return parsed
+
+
 class DigitCollector:
     """`play_and_get_digits MIN MAX TRIES MS TERMINATORS PROMPT INVALID VAR REGEX` on one
     channel, as switch_play_and_get_digits / switch_ivr_read run it (transcript 18).
@@ -2095,24 +2345,20 @@ class DigitCollector:
     it, so one run of it stands for many."""
 
     def __init__(self, switch: Switch, channel: Channel, data: str) -> None:
-        args = data.split()
-
-        def arg(index: int, default: str) -> str:
-            return args[index] if len(args) > index else default
-
         self.switch = switch
         self.channel = channel
         self.facts: ChannelFacts = channel.facts  # a channel's facts are its own for life
-        self.tries = max(0, _atoi(arg(2, "1")))
-        self.timeout_ms = max(1000, _atoi(arg(3, "0")))
-        self.terminators = arg(4, "#")
-        self.prompt = arg(5, "silence")
-        self.invalid = arg(6, "")
-        self.var_name = arg(7, "")
-        self.regex = arg(8, "")
-        # Everything after the digit timeout: `<ext> [<dialplan> [<context>]]` to transfer to
-        # once the tries are spent (switch_play_and_get_digits' transfer_on_failure).
-        self.failure_target = args[10:]
+        (
+            self.tries,
+            self.timeout_ms,
+            self.terminators,
+            self.prompt,
+            self.invalid,
+            self.var_name,
+            self.regex,
+            failure_target,
+        ) = _collector_args(data)
+        self.failure_target = list(failure_target)
         self.phase = ""  # prompt | wait | invalid | done
         self.queued: list[str] = []
         self.timer: Timer | None = None
