@@ -90,6 +90,21 @@ def timer_pending(handle: Timer) -> bool:
 class SimClock:
     """Scaled time: `now()` simulated epoch seconds, `sleep()`/`call_later()` in simulated s."""
 
+    __slots__ = (
+        "_compact_at",
+        "_deadlines",
+        "_epoch_start",
+        "_loop",
+        "_pending",
+        "_real_start",
+        "_running_due",
+        "_taking",
+        "_timers",
+        "_wakeup",
+        "_wakeup_at",
+        "time_scale",
+    )
+
     def __init__(self, time_scale: float = 1.0, *, start_epoch: float | None = None) -> None:
         if not time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale!r}")

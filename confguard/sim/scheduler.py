@@ -71,7 +71,7 @@ class _MirrorRow:
     gone_at: float = math.inf
 
 
-@dataclass
+@dataclass(slots=True)
 class Scheduler:
     """The task table and its loop; publishes ADD_/DEL_/RE_SCHEDULE through `publish`."""
 
