@@ -46,7 +46,7 @@ FIRST_TASK_ID = 3
 TaskCallback = Callable[["Task"], None]
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     """One scheduled task."""
 
@@ -61,7 +61,7 @@ class Task:
     done: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _MirrorRow:
     task_id: int
     desc: str
@@ -71,7 +71,7 @@ class _MirrorRow:
     gone_at: float = math.inf
 
 
-@dataclass
+@dataclass(slots=True)
 class Scheduler:
     """The task table and its loop; publishes ADD_/DEL_/RE_SCHEDULE through `publish`."""
 
@@ -326,9 +326,12 @@ class Scheduler:
         row = self._mirror.get(task.task_id)
         if row is not None:
             now = self.clock.monotonic()
-            row.gone_at = now + self.rng.uniform(*self.mirror_lag)
-            heapq.heappush(self._mirror_going, (row.gone_at, task.task_id))
-            self._forget_gone_rows(now)
+            low, high = self.mirror_lag  # rng.uniform(low, high), the same draw and arithmetic
+            row.gone_at = now + (low + (high - low) * self.rng.random())
+            going = self._mirror_going
+            heapq.heappush(going, (row.gone_at, task.task_id))
+            if going[0][0] <= now:
+                self._forget_gone_rows(now)
 
     def _publish_now(self, name: str, task: Task, origin: str = "") -> None:
         """Publish a DEL_/RE_SCHEDULE of `task` at once. Nobody subscribed to it: the factory's
