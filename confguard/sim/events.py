@@ -737,9 +737,10 @@ class _JsonEvent:
 
     The object is kept as two lists: `keys[i]`, the encoded text before the i-th value (one
     `,"name":`, or a layout's whole run of fixed headers), and `values[i]`, the value itself.
-    Nearly always no value needs escaping (one check on them all, `wire.json_as_is`): then
-    the object is the lists interleaved and joined with `"`, a few C calls for the whole event;
-    otherwise the values are encoded one by one. The first values of the KNOWN_NAMES are
+    Nearly always no value needs escaping (one check on them all: their bytes translated by
+    `wire.JSON_ESCAPES_TO_NUL`, no NUL): then the object is the lists interleaved and joined
+    with `"`, a few C calls for the whole event; otherwise the values that need it are encoded
+    one by one. The first values of the KNOWN_NAMES are
     kept aside as the headers are added."""
 
     __slots__ = ("keys", "known", "values")
@@ -812,8 +813,9 @@ class _JsonEvent:
     def finish(self, name: str, body: str | None = None, subclass: str | None = None) -> SimEvent:
         keys, values = self.keys, self.values
         joined = _VALUE_SEPARATOR.join(values)
-        if not wire.json_as_is(joined):
-            encoded = _escaped_values(joined, values)
+        marked = joined.encode("utf-8", "surrogateescape").translate(wire.JSON_ESCAPES_TO_NUL)
+        if 0 in marked or wire.ARRAY_PREFIX in joined:  # a superset check for arrays
+            encoded = _escaped_values(joined, marked, values)
             if encoded is None or body is not None:
                 # Arrays, or the body: what serialize_json writes, from the pairs (rare).
                 data = wire.to_bytes("".join(map(str.__add__, keys, map(wire.json_value, values))))
@@ -831,13 +833,27 @@ class _JsonEvent:
 _VALUE_SEPARATOR = "\x7f"
 
 
-def _escaped_values(joined: str, values: list[str]) -> list[str] | None:
-    """Each value as json writes it between its quotes, from one encoding of `joined` (the
-    values joined by _VALUE_SEPARATOR, which json keeps as it is); None when some value holds
-    the separator itself or could be an array."""
+def _escaped_values(joined: str, marked: bytes, values: list[str]) -> list[str] | None:
+    """Each value as json writes it between its quotes: from `joined` (the values joined by
+    _VALUE_SEPARATOR, which json keeps as it is) and `marked` (its bytes with a NUL where json
+    escapes one, see wire.JSON_ESCAPES_TO_NUL), only the values that hold a NUL are encoded.
+    None when some value holds the separator itself or could be an array."""
     if wire.ARRAY_PREFIX in joined or joined.count(_VALUE_SEPARATOR) != len(values) - 1:
         return None
-    return wire.json_string(joined)[1:-1].split(_VALUE_SEPARATOR)
+    encoded = values.copy()
+    index = start = 0
+    at = marked.find(0)
+    while at >= 0:
+        index += marked.count(_SEPARATOR_BYTE, start, at)
+        encoded[index] = wire.json_string(values[index])[1:-1]
+        start = marked.find(_SEPARATOR_BYTE, at)  # the end of that value
+        if start < 0:
+            break
+        at = marked.find(0, start)
+    return encoded
+
+
+_SEPARATOR_BYTE = _VALUE_SEPARATOR.encode()
 
 
 class _PairsEvent:
