@@ -598,6 +598,34 @@ def _common_layout(
     return _layout(fixed, opening=True)
 
 
+class _CommonBlock:
+    """The common block of one (name, origin, subclass) as a json event opens with it: `head`,
+    the encoded text of all of it up to the Event-Sequence value, made for the instant `now`
+    (again when an event of that kind fires at another one), and `known`, its KNOWN_NAMES
+    values (see `_JsonEvent.common`)."""
+
+    __slots__ = ("factory", "head", "keys", "known", "now", "origin")
+
+    def __init__(
+        self, factory: EventFactory, name: str, origin: Origin, subclass: str | None
+    ) -> None:
+        self.factory = factory
+        self.origin = origin
+        self.keys = _common_layout(factory, name, origin, subclass).keys
+        self.known = _NO_KNOWN_VALUES.copy()
+        self.known["event-name"] = name
+        if subclass is not None:
+            self.known["event-subclass"] = subclass
+        self.now: float | None = None
+        self.head = ""
+
+    def head_at(self, now: float) -> None:
+        local, gmt, stamp = self.factory.dates(now)
+        keys = self.keys
+        self.head = keys[0] + local + keys[1] + gmt + keys[2] + stamp + keys[3]
+        self.now = now
+
+
 # The channel block's optional headers, in the bits of its layout key (see _channel_values).
 _PRESENCE, _HANGUP, _CALLER_NAME, _ORIG_NUMBER, _CALLEE_NAME, _CALLEE_NUMBER = (1, 2, 4, 8, 16, 32)
 _TRANSFER_SOURCE, _RDNIS = 64, 128
@@ -736,19 +764,19 @@ class _JsonEvent:
     for its headers), never as header pairs.
 
     The object is kept as two lists: `keys[i]`, the encoded text before the i-th value (one
-    `,"name":`, or a layout's whole run of fixed headers), and `values[i]`, the value itself.
-    Nearly always no value needs escaping (one check on them all: their bytes translated by
+    `,"name":`, a layout's whole run of fixed headers, or the common block up to its
+    Event-Sequence, dates included), and `values[i]`, the value itself. Nearly always no value
+    needs escaping (one check on them all: their bytes translated by
     `wire.JSON_ESCAPES_TO_NUL`, no NUL): then the object is the lists interleaved and joined
     with `"`, a few C calls for the whole event; otherwise the values that need it are encoded
-    one by one. The first values of the KNOWN_NAMES are
-    kept aside as the headers are added."""
+    one by one. The first values of the KNOWN_NAMES are kept aside as the headers are added."""
 
     __slots__ = ("keys", "known", "values")
+    known: dict[str, str | None]  # set by common(), which every event opens with
 
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.values: list[str] = []
-        self.known = _NO_KNOWN_VALUES.copy()
 
     def common(
         self,
@@ -759,13 +787,12 @@ class _JsonEvent:
         now: float,
         sequence: int,
     ) -> None:
-        self.keys += factory._common_layout(name, origin, subclass).keys
-        self.values += (
-            stamp_local(now), stamp_gmt(now), str(int(now * 1_000_000)), str(sequence)
-        )
-        self.known["event-name"] = name
-        if subclass is not None:
-            self.known["event-subclass"] = subclass
+        common = factory._common(name, origin, subclass)
+        if common.now != now:
+            common.head_at(now)
+        self.keys.append(common.head)  # the dates are in it: only the sequence is a value
+        self.values.append(str(sequence))
+        self.known = common.known.copy()
 
     def pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Headers named by the factory; none is one of the KNOWN_NAMES unless `know` says so."""
@@ -935,16 +962,29 @@ class EventFactory:
         self._builder: type[_JsonEvent | _PairsEvent] = _PairsEvent if as_pairs else _JsonEvent
         # (name, origin, subclass) -> the common block's layout (Core-UUID etc. never change).
         # Keyed by the origin's identity (its dataclass hash is a Python call); the origin is
-        # kept beside its layout, so an id is never taken for another origin's.
-        self._common_layouts: dict[tuple[str, int, str | None], tuple[Origin, _Layout]] = {}
+        # kept in its entry, so an id is never taken for another origin's.
+        self._commons: dict[tuple[str, int, str | None], _CommonBlock] = {}
+        self._dates_now: float | None = None
+        self._dates = ("", "", "")
 
-    def _common_layout(self, name: str, origin: Origin, subclass: str | None) -> _Layout:
+    def _common(self, name: str, origin: Origin, subclass: str | None) -> _CommonBlock:
         key = (name, id(origin), subclass)
-        kept = self._common_layouts.get(key)
-        if kept is None or kept[0] is not origin:
-            layout = _common_layout(self, name, origin, subclass)
-            kept = self._common_layouts[key] = (origin, layout)
-        return kept[1]
+        common = self._commons.get(key)
+        if common is None or common.origin is not origin:
+            common = self._commons[key] = _CommonBlock(self, name, origin, subclass)
+        return common
+
+    def dates(self, now: float) -> tuple[str, str, str]:
+        """Event-Date-Local, -GMT and -Timestamp at `now`, each encoded as a json string (most
+        events fire at the same instant as the one before: made once per instant)."""
+        if now != self._dates_now:
+            self._dates = (
+                wire.json_string(stamp_local(now)),
+                wire.json_string(stamp_gmt(now)),
+                '"' + str(int(now * 1_000_000)) + '"',
+            )
+            self._dates_now = now
+        return self._dates
 
     def _unwanted(self, name: str, subclass: str | None = None) -> SimEvent | None:
         """For a channel or conference event that no client is subscribed to: a stand-in that
