@@ -851,10 +851,11 @@ class _JsonEvent:
                 data = wire.to_bytes("".join(map(str.__add__, keys, map(wire.json_value, values))))
                 return SimEvent(name, wire.json_headers(data), body, subclass)
             values = encoded
-        interleaved: list[str] = [""] * (2 * len(keys))
-        interleaved[::2] = keys
+        # key, value, ..., key, value, "": joined with `"`, the last value's closing quote too.
+        interleaved: list[str] = [""] * (2 * len(keys) + 1)
+        interleaved[:-1:2] = keys
         interleaved[1::2] = values
-        data = ('"'.join(interleaved) + '"').encode("utf-8", "surrogateescape")  # wire.to_bytes
+        data = '"'.join(interleaved).encode("utf-8", "surrogateescape")  # wire.to_bytes
         return SimEvent(name, body=body, subclass=subclass, json_object=data, known=self.known)
 
 
