@@ -602,7 +602,7 @@ class _CommonBlock:
     """The common block of one (name, origin, subclass) as a json event opens with it: `head`,
     the encoded text of all of it up to the Event-Sequence value, made for the instant `now`
     (again when an event of that kind fires at another one), and `known`, its KNOWN_NAMES
-    values (see `_JsonEvent.common`)."""
+    values (see `_JsonEvent.__init__`)."""
 
     __slots__ = ("factory", "head", "keys", "known", "now", "origin")
 
