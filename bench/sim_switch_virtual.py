@@ -6,15 +6,18 @@ time. Runs are deterministic (seeded scheduler, fixed start), so
 
 * ``cpu N``: N invites of bench/sim_load.py's ``rate`` mode (300 a second, the inline waiting
   app, a key 0.5 s after the answer, the kill on add-member) cost the CPU they cost and nothing
-  else -- no client, no server, no encoding, and, with ``--unwanted``, only the events the
-  driver needs are built (CUSTOM, BACKGROUND_JOB); with ``--daemon``, those confguard's engine
-  subscribes to (as in bench/sim_load.py). Prints CPU microseconds per invite and clock
+  else -- no client, no server, no encoding unless asked, and, with ``--unwanted``, only the
+  events the driver needs are built (CUSTOM, BACKGROUND_JOB); with ``--daemon``, those
+  confguard's engine subscribes to (as in bench/sim_load.py); with ``--encode json`` (or
+  plain, xml) every event built is also encoded as the server encodes it for a client of that
+  format (``SimEvent.frame``, kept in ``derived``). Prints CPU microseconds per invite and clock
   timers per invite. Noise is the machine's only (compare interleaved runs of two trees).
 * ``events OUT``: a mixed script (the rate invites, every callee mode, broadcasts, transfers,
   sched_* commands, conference kicks, a coasting play_and_get_digits read while it coasts)
   written as every published event in the plain wire format plus every api reply with its
-  virtual time, uuids numbered in order of appearance. Two trees that behave the same write the
-  same file byte for byte: `cmp` tells whether a change moved any event, value or timing.
+  virtual time, uuids numbered in order of appearance (``--format json`` or xml: every event
+  as the frame the server sends in that format instead). Two trees that behave the same write
+  the same file byte for byte: `cmp` tells whether a change moved any event, value or timing.
 
 Run from the tree to measure: ``PYTHONPATH=$PWD .venv/bin/python bench/sim_switch_virtual.py
 cpu 3000``. Nothing here asserts a speed.
@@ -119,31 +122,51 @@ class Driver:
     """One switch, its published events, and the client's one reaction: the kill on the
     add-member of a rate invite (uuids starting with `b`)."""
 
-    def __init__(self, *, all_wanted: bool, keep: bool, daemon: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        all_wanted: bool,
+        keep: bool,
+        daemon: bool = False,
+        encode: wire.EventFormat | None = None,
+    ) -> None:
         self.clock = SimClock(1.0)
         self.switch = Switch(SimConfig(port=0, seed=1, heartbeat_interval=20), self.clock,
                              self.publish)  # fmt: skip
         if daemon:  # what confguard's engine subscribes to (CUSTOM: conference::maintenance)
             wanted = frozenset(SUBSCRIBED_EVENTS)
-            self.switch.event_wanted = lambda name, sub: name in wanted and (
-                name != "CUSTOM" or sub in wanted
+            self.switch.event_wanted = lambda name, sub: (
+                name in wanted and (name != "CUSTOM" or sub in wanted)
             )
         elif not all_wanted:
             self.switch.event_wanted = lambda name, _sub: name in ("CUSTOM", "BACKGROUND_JOB")
         self.keep = keep
+        self.encode = encode
         self.events: list[SimEvent] = []
         self.replies: list[tuple[float, str, str]] = []
         self.ended = 0
         self._tasks: set[asyncio.Task[object]] = set()
 
     def publish(self, event: SimEvent) -> None:
+        frame = None
+        if self.encode is not None and not event.unsent:
+            # What the server's Connection._frame does for a subscriber of that format.
+            frame = event.derived.get(self.encode)
+            if frame is None:
+                frame = event.derived[self.encode] = event.frame(self.encode)
         if self.keep:
             self.events.append(event)
         if event.name == "CHANNEL_HANGUP_COMPLETE":
             self.ended += 1
         if event.unsent or event.name != "CUSTOM":
             return
-        if event.first_value("action") == "add-member":
+        if self.encode == "json" and frame is not None:
+            # The client reads the Action off the frame: reading the headers back from the
+            # json (first_value of a name the builder does not keep aside) is no server's work.
+            added = b'"Action":"add-member"' in frame
+        else:
+            added = event.first_value("action") == "add-member"
+        if added:
             member = event.first_value("unique-id") or ""
             if member.startswith("b"):
                 self.spawn(self.api(f"uuid_kill {member}"))
@@ -159,8 +182,10 @@ class Driver:
         return reply
 
 
-async def run_cpu(count: int, all_wanted: bool, daemon: bool = False) -> str:
-    driver = Driver(all_wanted=all_wanted, keep=False, daemon=daemon)
+async def run_cpu(
+    count: int, all_wanted: bool, daemon: bool = False, encode: wire.EventFormat | None = None
+) -> str:
+    driver = Driver(all_wanted=all_wanted, keep=False, daemon=daemon, encode=encode)
     switch, sleep = driver.switch, driver.clock.sleep
     await switch.start()
     for number in range(200):  # warm-up
@@ -193,7 +218,7 @@ async def run_cpu(count: int, all_wanted: bool, daemon: bool = False) -> str:
     )
 
 
-async def run_events(out: Path) -> str:
+async def run_events(out: Path, event_format: wire.EventFormat = "plain") -> str:
     driver = Driver(all_wanted=True, keep=True)
     switch, sleep, api = driver.switch, driver.clock.sleep, driver.api
     await switch.start()
@@ -262,8 +287,11 @@ async def run_events(out: Path) -> str:
             if event.unsent:
                 sink.write(f"UNSENT {event.name} {event.subclass}\n")
                 continue
-            plain = wire.serialize_plain(event.headers, event.body)
-            sink.write(numbered(plain.decode("utf-8", "replace")) + "\n====\n")
+            if event_format == "plain":
+                data = wire.serialize_plain(event.headers, event.body)
+            else:
+                data = event.frame(event_format)
+            sink.write(numbered(data.decode("utf-8", "replace")) + "\n====\n")
         for at, command, reply in driver.replies:
             sink.write(numbered(f"REPLY {at} {command!r} -> {reply!r}\n"))
     return f"events {len(driver.events)} replies {len(driver.replies)} -> {out}"
@@ -281,17 +309,24 @@ def main() -> int:
     cpu.add_argument(
         "--daemon", action="store_true", help="build the events confguard's engine subscribes to"
     )
+    cpu.add_argument(
+        "--encode", choices=wire.EVENT_FORMATS, help="encode every event built, as the server does"
+    )
     events = modes.add_parser("events", help="write the event stream of a mixed script")
     events.add_argument("out", type=Path)
+    events.add_argument(
+        "--format", choices=wire.EVENT_FORMATS, default="plain", help="plain: the event payloads"
+    )
     args = parser.parse_args()
     clock_module.time = _TimeModule  # type: ignore[assignment]
     loop = VirtualLoop()
     asyncio.set_event_loop(loop)
     try:
         if args.mode == "cpu":
-            print(loop.run_until_complete(run_cpu(args.count, not args.unwanted, args.daemon)))
+            run = run_cpu(args.count, not args.unwanted, args.daemon, args.encode)
+            print(loop.run_until_complete(run))
         else:
-            print(loop.run_until_complete(run_events(args.out)))
+            print(loop.run_until_complete(run_events(args.out, args.format)))
     finally:
         loop.close()
     return 0

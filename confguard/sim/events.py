@@ -598,7 +598,35 @@ def _common_layout(
     return _layout(fixed, opening=True)
 
 
-# The channel block's optional headers, in the bits of its layout key (see _channel_values).
+class _CommonBlock:
+    """The common block of one (name, origin, subclass) as a json event opens with it: `head`,
+    the encoded text of all of it up to the Event-Sequence value, made for the instant `now`
+    (again when an event of that kind fires at another one), and `known`, its KNOWN_NAMES
+    values (see `_JsonEvent.__init__`)."""
+
+    __slots__ = ("factory", "head", "keys", "known", "now", "origin")
+
+    def __init__(
+        self, factory: EventFactory, name: str, origin: Origin, subclass: str | None
+    ) -> None:
+        self.factory = factory
+        self.origin = origin
+        self.keys = _common_layout(factory, name, origin, subclass).keys
+        self.known = _NO_KNOWN_VALUES.copy()
+        self.known["event-name"] = name
+        if subclass is not None:
+            self.known["event-subclass"] = subclass
+        self.now: float | None = None
+        self.head = ""
+
+    def head_at(self, now: float) -> None:
+        local, gmt, stamp = self.factory.dates(now)
+        keys = self.keys
+        self.head = keys[0] + local + keys[1] + gmt + keys[2] + stamp + keys[3]
+        self.now = now
+
+
+# The channel block's optional headers, in the bits of its layout key (see _JsonEvent.channel).
 _PRESENCE, _HANGUP, _CALLER_NAME, _ORIG_NUMBER, _CALLEE_NAME, _CALLEE_NUMBER = (1, 2, 4, 8, 16, 32)
 _TRANSFER_SOURCE, _RDNIS = 64, 128
 
@@ -667,68 +695,19 @@ def _channel_layout(optional: int) -> _Layout:
 _CHANNEL_LAYOUTS = [_channel_layout(optional) for optional in range(256)]
 
 
-def _channel_values(ch: ChannelFacts) -> tuple[int, list[str]]:
-    """The layout key and the open values of `ch`'s channel block (see `_channel_layout`)."""
-    number = ch.state_number if ch.state_number is not None else STATE_NUMBERS.get(ch.state, 0)
-    uuid = ch.uuid
-    direction = ch.direction
-    values = [
-        ch.state,
-        ch.call_state,
-        str(number),
-        ch.name,
-        uuid,
-        direction,
-        direction,
-        "true" if ch.hit_dialplan else "false",
-    ]
-    optional = 0
-    if ch.presence_id:
-        optional = _PRESENCE
-        values.append(ch.presence_id)
-    values += (uuid, ch.answer_state)
-    if ch.hangup_cause is not None:
-        optional |= _HANGUP
-        values.append(ch.hangup_cause)
-    values += (direction, ch.logical_direction, ch.dialplan)
-    if ch.caller_id_name is not None:
-        optional |= _CALLER_NAME
-        values.append(ch.caller_id_name)
-    values.append(ch.caller_id_number)
-    if ch.orig_caller_id_number is not None:
-        optional |= _ORIG_NUMBER
-        values.append(ch.orig_caller_id_number)
-    if ch.callee_id_name is not None:
-        optional |= _CALLEE_NAME
-        values.append(ch.callee_id_name)
-    if ch.callee_id_number is not None:
-        optional |= _CALLEE_NUMBER
-        values.append(ch.callee_id_number)
-    values += (ch.ani, ch.destination_number, uuid, ch.source)
-    if ch.transfer_source is not None:
-        optional |= _TRANSFER_SOURCE
-        values.append(ch.transfer_source)
-    values.append(ch.context)
-    if ch.rdnis is not None:
-        optional |= _RDNIS
-        values.append(ch.rdnis)
-    created = ch.created
-    profile_created = ch.profile_created or created
-    answered, progress, progress_media, hungup = (
-        ch.answered, ch.progress, ch.progress_media, ch.hungup
-    )
-    values += (
-        ch.name,
-        str(ch.profile_index),
-        str(int(profile_created * 1_000_000)) if profile_created else "0",
-        str(int(created * 1_000_000)) if created else "0",
-        str(int(answered * 1_000_000)) if answered else "0",
-        str(int(progress * 1_000_000)) if progress else "0",
-        str(int(progress_media * 1_000_000)) if progress_media else "0",
-        str(int(hungup * 1_000_000)) if hungup else "0",
-        "false",
-    )
-    return optional, values
+class _MicrosTexts(dict[float, str]):
+    """Epoch seconds -> the `micros` text of a channel block's time ("0" for 0: not yet), made
+    on first use: a channel shows each of its times in every event (a bounded table)."""
+
+    def __missing__(self, seconds: float) -> str:
+        text = str(int(seconds * 1_000_000)) if seconds else "0"
+        if len(self) >= _STAMPS_KEPT:
+            self.clear()
+        self[seconds] = text
+        return text
+
+
+_MICROS_TEXTS = _MicrosTexts()
 
 
 class _JsonEvent:
@@ -736,35 +715,30 @@ class _JsonEvent:
     for its headers), never as header pairs.
 
     The object is kept as two lists: `keys[i]`, the encoded text before the i-th value (one
-    `,"name":`, or a layout's whole run of fixed headers), and `values[i]`, the value itself.
-    Nearly always no value needs escaping (one check on them all, `wire.json_as_is`): then
-    the object is the lists interleaved and joined with `"`, a few C calls for the whole event;
-    otherwise the values are encoded one by one. The first values of the KNOWN_NAMES are
-    kept aside as the headers are added."""
+    `,"name":`, a layout's whole run of fixed headers, or the common block up to its
+    Event-Sequence, dates included), and `values[i]`, the value itself. Nearly always no value
+    needs escaping (one check on them all: their bytes translated by
+    `wire.JSON_ESCAPES_TO_NUL`, no NUL): then the object is the lists interleaved and joined
+    with `"`, a few C calls for the whole event; otherwise the values that need it are encoded
+    one by one. The first values of the KNOWN_NAMES are kept aside as the headers are added."""
 
     __slots__ = ("keys", "known", "values")
 
-    def __init__(self) -> None:
-        self.keys: list[str] = []
-        self.values: list[str] = []
-        self.known = _NO_KNOWN_VALUES.copy()
-
-    def common(
-        self,
-        factory: EventFactory,
-        name: str,
-        origin: Origin,
-        subclass: str | None,
-        now: float,
-        sequence: int,
+    def __init__(
+        self, factory: EventFactory, name: str, origin: Origin, subclass: str | None = None
     ) -> None:
-        self.keys += factory._common_layout(name, origin, subclass).keys
-        self.values += (
-            stamp_local(now), stamp_gmt(now), str(int(now * 1_000_000)), str(sequence)
-        )
-        self.known["event-name"] = name
-        if subclass is not None:
-            self.known["event-subclass"] = subclass
+        """A new event with the block every event opens with (it takes its Event-Sequence)."""
+        now = factory.clock.now()
+        key = (name, id(origin), subclass)
+        common = factory._commons.get(key)
+        if common is None or common.origin is not origin:
+            common = factory._commons[key] = _CommonBlock(factory, name, origin, subclass)
+        if common.now != now:
+            common.head_at(now)
+        # The dates are in the head: only the sequence is a value.
+        self.keys = [common.head]
+        self.values = [str(next(factory._sequence))]
+        self.known = common.known.copy()
 
     def pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Headers named by the factory; none is one of the KNOWN_NAMES unless `know` says so."""
@@ -777,11 +751,68 @@ class _JsonEvent:
         self.known[lowered_name] = value
 
     def channel(self, ch: ChannelFacts) -> None:
-        optional, values = _channel_values(ch)
+        """`channel_block`'s headers: the values not fixed in the layout of the optional
+        headers `ch` shows (see `_channel_layout`)."""
+        number = ch.state_number if ch.state_number is not None else STATE_NUMBERS.get(ch.state, 0)
+        uuid = ch.uuid
+        direction = ch.direction
+        values = self.values
+        values += (
+            ch.state,
+            ch.call_state,
+            str(number),
+            ch.name,
+            uuid,
+            direction,
+            direction,
+            "true" if ch.hit_dialplan else "false",
+        )
+        optional = 0
+        if ch.presence_id:
+            optional = _PRESENCE
+            values.append(ch.presence_id)
+        values += (uuid, ch.answer_state)
+        if ch.hangup_cause is not None:
+            optional |= _HANGUP
+            values.append(ch.hangup_cause)
+        values += (direction, ch.logical_direction, ch.dialplan)
+        if ch.caller_id_name is not None:
+            optional |= _CALLER_NAME
+            values.append(ch.caller_id_name)
+        values.append(ch.caller_id_number)
+        if ch.orig_caller_id_number is not None:
+            optional |= _ORIG_NUMBER
+            values.append(ch.orig_caller_id_number)
+        if ch.callee_id_name is not None:
+            optional |= _CALLEE_NAME
+            values.append(ch.callee_id_name)
+        if ch.callee_id_number is not None:
+            optional |= _CALLEE_NUMBER
+            values.append(ch.callee_id_number)
+        values += (ch.ani, ch.destination_number, uuid, ch.source)
+        if ch.transfer_source is not None:
+            optional |= _TRANSFER_SOURCE
+            values.append(ch.transfer_source)
+        values.append(ch.context)
+        if ch.rdnis is not None:
+            optional |= _RDNIS
+            values.append(ch.rdnis)
+        micros_text = _MICROS_TEXTS
+        created = ch.created
+        values += (
+            ch.name,
+            str(ch.profile_index),
+            micros_text[ch.profile_created or created],
+            micros_text[created],
+            micros_text[ch.answered],
+            micros_text[ch.progress],
+            micros_text[ch.progress_media],
+            micros_text[ch.hungup],
+            "false",
+        )
         self.keys += _CHANNEL_LAYOUTS[optional].keys
-        self.values += values
         if self.known["unique-id"] is None:
-            self.known["unique-id"] = ch.uuid
+            self.known["unique-id"] = uuid
 
     def variables(self, variables: Mapping[str, str]) -> None:
         self.keys += map(_VARIABLE_KEYS.__getitem__, variables)
@@ -812,17 +843,19 @@ class _JsonEvent:
     def finish(self, name: str, body: str | None = None, subclass: str | None = None) -> SimEvent:
         keys, values = self.keys, self.values
         joined = _VALUE_SEPARATOR.join(values)
-        if not wire.json_as_is(joined):
-            encoded = _escaped_values(joined, values)
+        marked = joined.encode("utf-8", "surrogateescape").translate(wire.JSON_ESCAPES_TO_NUL)
+        if 0 in marked or wire.ARRAY_PREFIX in joined:  # a superset check for arrays
+            encoded = _escaped_values(joined, marked, values)
             if encoded is None or body is not None:
                 # Arrays, or the body: what serialize_json writes, from the pairs (rare).
                 data = wire.to_bytes("".join(map(str.__add__, keys, map(wire.json_value, values))))
                 return SimEvent(name, wire.json_headers(data), body, subclass)
             values = encoded
-        interleaved: list[str] = [""] * (2 * len(keys))
-        interleaved[::2] = keys
+        # key, value, ..., key, value, "": joined with `"`, the last value's closing quote too.
+        interleaved: list[str] = [""] * (2 * len(keys) + 1)
+        interleaved[:-1:2] = keys
         interleaved[1::2] = values
-        data = ('"'.join(interleaved) + '"').encode("utf-8", "surrogateescape")  # wire.to_bytes
+        data = '"'.join(interleaved).encode("utf-8", "surrogateescape")  # wire.to_bytes
         return SimEvent(name, body=body, subclass=subclass, json_object=data, known=self.known)
 
 
@@ -831,13 +864,27 @@ class _JsonEvent:
 _VALUE_SEPARATOR = "\x7f"
 
 
-def _escaped_values(joined: str, values: list[str]) -> list[str] | None:
-    """Each value as json writes it between its quotes, from one encoding of `joined` (the
-    values joined by _VALUE_SEPARATOR, which json keeps as it is); None when some value holds
-    the separator itself or could be an array."""
+def _escaped_values(joined: str, marked: bytes, values: list[str]) -> list[str] | None:
+    """Each value as json writes it between its quotes: from `joined` (the values joined by
+    _VALUE_SEPARATOR, which json keeps as it is) and `marked` (its bytes with a NUL where json
+    escapes one, see wire.JSON_ESCAPES_TO_NUL), only the values that hold a NUL are encoded.
+    None when some value holds the separator itself or could be an array."""
     if wire.ARRAY_PREFIX in joined or joined.count(_VALUE_SEPARATOR) != len(values) - 1:
         return None
-    return wire.json_string(joined)[1:-1].split(_VALUE_SEPARATOR)
+    encoded = values.copy()
+    index = start = 0
+    at = marked.find(0)
+    while at >= 0:
+        index += marked.count(_SEPARATOR_BYTE, start, at)
+        encoded[index] = wire.json_string(values[index])[1:-1]
+        start = marked.find(_SEPARATOR_BYTE, at)  # the end of that value
+        if start < 0:
+            break
+        at = marked.find(0, start)
+    return encoded
+
+
+_SEPARATOR_BYTE = _VALUE_SEPARATOR.encode()
 
 
 class _PairsEvent:
@@ -847,19 +894,10 @@ class _PairsEvent:
 
     __slots__ = ("headers",)
 
-    def __init__(self) -> None:
-        self.headers: Headers = []
-
-    def common(
-        self,
-        factory: EventFactory,
-        name: str,
-        origin: Origin,
-        subclass: str | None,
-        now: float,
-        sequence: int,
+    def __init__(
+        self, factory: EventFactory, name: str, origin: Origin, subclass: str | None = None
     ) -> None:
-        self.headers += common_headers(factory, name, origin, subclass, now, sequence)
+        self.headers = factory.common(name, origin, subclass=subclass)
 
     def pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
         self.headers += pairs
@@ -916,19 +954,26 @@ class EventFactory:
         # Does anyone take events of this name (and CUSTOM subclass)? None: everyone does.
         self.wants = wants
         self._sequence = itertools.count(1)
+        # Making a builder opens an event: `self._builder(self, name, origin[, subclass])`.
         self._builder: type[_JsonEvent | _PairsEvent] = _PairsEvent if as_pairs else _JsonEvent
         # (name, origin, subclass) -> the common block's layout (Core-UUID etc. never change).
         # Keyed by the origin's identity (its dataclass hash is a Python call); the origin is
-        # kept beside its layout, so an id is never taken for another origin's.
-        self._common_layouts: dict[tuple[str, int, str | None], tuple[Origin, _Layout]] = {}
+        # kept in its entry, so an id is never taken for another origin's.
+        self._commons: dict[tuple[str, int, str | None], _CommonBlock] = {}
+        self._dates_now: float | None = None
+        self._dates = ("", "", "")
 
-    def _common_layout(self, name: str, origin: Origin, subclass: str | None) -> _Layout:
-        key = (name, id(origin), subclass)
-        kept = self._common_layouts.get(key)
-        if kept is None or kept[0] is not origin:
-            layout = _common_layout(self, name, origin, subclass)
-            kept = self._common_layouts[key] = (origin, layout)
-        return kept[1]
+    def dates(self, now: float) -> tuple[str, str, str]:
+        """Event-Date-Local, -GMT and -Timestamp at `now`, each encoded as a json string (most
+        events fire at the same instant as the one before: made once per instant)."""
+        if now != self._dates_now:
+            self._dates = (
+                wire.json_string(stamp_local(now)),
+                wire.json_string(stamp_gmt(now)),
+                '"' + str(int(now * 1_000_000)) + '"',
+            )
+            self._dates_now = now
+        return self._dates
 
     def _unwanted(self, name: str, subclass: str | None = None) -> SimEvent | None:
         """For a channel or conference event that no client is subscribed to: a stand-in that
@@ -940,14 +985,6 @@ class EventFactory:
         return SimEvent(name, [("Event-Name", name)], subclass=subclass, unsent=True)
 
     # -- common block ------------------------------------------------------------------------
-
-    def _open(
-        self, name: str, origin: Origin, subclass: str | None = None
-    ) -> _JsonEvent | _PairsEvent:
-        """A new event's builder with the block every event opens with."""
-        event = self._builder()
-        event.common(self, name, origin, subclass, self.clock.now(), next(self._sequence))
-        return event
 
     def common(self, name: str, origin: Origin, *, subclass: str | None = None) -> Headers:
         """The block every event opens with, as header pairs."""
@@ -965,7 +1002,7 @@ class EventFactory:
         session_peak: int,
     ) -> SimEvent:
         """HEARTBEAT (switch_core.c send_heartbeat)."""
-        event = self._open("HEARTBEAT", ORIGINS["HEARTBEAT"])
+        event = self._builder(self, "HEARTBEAT", ORIGINS["HEARTBEAT"])
         event.pairs(
             [
                 ("Event-Info", "System Ready"),
@@ -988,13 +1025,13 @@ class EventFactory:
 
     def shutdown(self) -> SimEvent:
         """SHUTDOWN (transcript 12)."""
-        event = self._open("SHUTDOWN", ORIGINS["SHUTDOWN"])
+        event = self._builder(self, "SHUTDOWN", ORIGINS["SHUTDOWN"])
         event.pairs([("Event-Info", "System Shutting Down")])
         return event.finish("SHUTDOWN")
 
     def background_job(self, job_uuid: str, command: str, arg: str, body: str) -> SimEvent:
         """BACKGROUND_JOB: Job-UUID, Job-Command, Job-Command-Arg (if any), the result as body."""
-        event = self._open("BACKGROUND_JOB", ORIGINS["BACKGROUND_JOB"])
+        event = self._builder(self, "BACKGROUND_JOB", ORIGINS["BACKGROUND_JOB"])
         pairs = [("Job-UUID", job_uuid), ("Job-Command", command)]
         if arg:
             pairs.append(("Job-Command-Arg", arg))
@@ -1008,7 +1045,7 @@ class EventFactory:
         self, name: str, task_id: int, desc: str, group: str, runtime: int, origin: str = ""
     ) -> SimEvent:
         """ADD_SCHEDULE / DEL_SCHEDULE with Task-ID, Task-Desc, Task-Group, Task-Runtime."""
-        event = self._open(name, ORIGINS[origin or name])
+        event = self._builder(self, name, ORIGINS[origin or name])
         event.task(str(task_id), desc, group, str(runtime))
         return event.finish(name)
 
@@ -1028,12 +1065,18 @@ class EventFactory:
             stand_in = self._unwanted(name)
             if stand_in is not None:
                 return stand_in
-        event = self._open(name, ORIGINS[name])
+        return self._channel_event(name, ch, with_variables, extra)
+
+    def _channel_event(
+        self, name: str, ch: ChannelFacts, with_variables: bool, extra: Headers | None
+    ) -> SimEvent:
+        """`channel_event` once it is known to be wanted."""
+        event = self._builder(self, name, ORIGINS[name])
         if name == "CHANNEL_HANGUP_COMPLETE" and ch.hangup_cause is not None:
             event.pairs([("Hangup-Cause", ch.hangup_cause)])
         event.channel(ch)
         if with_variables:
-            event.variables(ch.variables)
+            event.variables(ch.own_variables if ch.catch_up is None else ch.variables)  # no call
         if extra:
             event.pairs(extra)
         return event.finish(name)
@@ -1050,11 +1093,14 @@ class EventFactory:
     def channel_execute(
         self, ch: ChannelFacts, application: str, data: str | None, app_uuid: str
     ) -> SimEvent:
+        stand_in = self._unwanted("CHANNEL_EXECUTE")
+        if stand_in is not None:
+            return stand_in
         extra: Headers = [("Application", application)]
         if data:
             extra.append(("Application-Data", data))
         extra.append(("Application-UUID", app_uuid))
-        return self.channel_event("CHANNEL_EXECUTE", ch, extra=extra)
+        return self._channel_event("CHANNEL_EXECUTE", ch, True, extra)
 
     def channel_execute_complete(
         self,
@@ -1064,20 +1110,26 @@ class EventFactory:
         app_uuid: str,
         response: str = "_none_",
     ) -> SimEvent:
+        stand_in = self._unwanted("CHANNEL_EXECUTE_COMPLETE")
+        if stand_in is not None:
+            return stand_in
         extra: Headers = [("Application", application)]
         if data:
             extra.append(("Application-Data", data))
         extra += [("Application-Response", response), ("Application-UUID", app_uuid)]
-        return self.channel_event("CHANNEL_EXECUTE_COMPLETE", ch, extra=extra)
+        return self._channel_event("CHANNEL_EXECUTE_COMPLETE", ch, True, extra)
 
     def dtmf(self, ch: ChannelFacts, digit: str, duration_samples: int = 2000) -> SimEvent:
         """DTMF: the channel block and the digit, no `variable_*` headers."""
+        stand_in = self._unwanted("DTMF")
+        if stand_in is not None:
+            return stand_in
         extra: Headers = [
             ("DTMF-Digit", digit),
             ("DTMF-Duration", str(duration_samples)),
             ("DTMF-Source", "UNKNOWN"),
         ]
-        return self.channel_event("DTMF", ch, with_variables=False, extra=extra)
+        return self._channel_event("DTMF", ch, False, extra)
 
     def channel_hangup(self, ch: ChannelFacts) -> SimEvent:
         return self.channel_event("CHANNEL_HANGUP", ch)
@@ -1166,7 +1218,7 @@ class EventFactory:
         stand_in = self._unwanted("CUSTOM", CONFERENCE_SUBCLASS)
         if stand_in is not None:
             return stand_in
-        event = self._open("CUSTOM", ORIGINS["floor-change"], CONFERENCE_SUBCLASS)
+        event = self._builder(self, "CUSTOM", ORIGINS["floor-change"], CONFERENCE_SUBCLASS)
         event.conference(conf)
         event.pairs([("Action", "floor-change"), ("Old-ID", "none")])
         if member is not None and ch is not None:
@@ -1189,7 +1241,7 @@ class EventFactory:
         stand_in = self._unwanted("CUSTOM", CONFERENCE_SUBCLASS)
         if stand_in is not None:
             return stand_in
-        event = self._open("CUSTOM", ORIGINS[action], CONFERENCE_SUBCLASS)
+        event = self._builder(self, "CUSTOM", ORIGINS[action], CONFERENCE_SUBCLASS)
         event.conference(conf)
         if member is not None and ch is not None:
             event.member(member, ch)

@@ -168,16 +168,6 @@ def encode_json_event(json_object: bytes, body: str | None) -> bytes:
     return _event_frame(json_object + _json_body_tail(body), "json")
 
 
-def json_as_is(values: str) -> bool:
-    """True when json writes each of the header values joined in `values` as the value between
-    two quotes: no `"`, `\\` or control character among them, and none could be an
-    `ARRAY::` header (a superset check: the prefix anywhere)."""
-    data = to_bytes(values)
-    # Translating by a table that changes only the bytes to escape gives the same bytes back
-    # exactly when there are none: the table's no-deletion loop, cheaper than deleting.
-    return data.translate(_JSON_ESCAPED_CHANGED) == data and ARRAY_PREFIX not in values
-
-
 def json_headers(json_object: bytes) -> list[tuple[str, str]]:
     """The header pairs of an event's json object as `serialize_json` writes them (closing brace
     or not; repeated names kept in order; an array back to its `ARRAY::a|:b` form): the inverse
@@ -246,10 +236,9 @@ def _json_values_escaped(headers: Sequence[tuple[str, str]]) -> str | None:
 # Bytes a JSON string holds as they are (ensure_ascii=False): all but `"`, `\` and controls.
 _JSON_AS_IS = bytes(code for code in range(0x20, 0x100) if code not in b'"\\')
 _ARRAY_PREFIX_BYTES = ARRAY_PREFIX.encode()
-# Every byte to itself but those JSON escapes (`"`, `\\`, controls), which it changes.
-_JSON_ESCAPED_CHANGED = bytes(
-    code if code in _JSON_AS_IS else code ^ 1 for code in range(0x100)
-)
+# Every byte to itself but those JSON escapes in a string (`"`, `\\`, controls), to NUL: the
+# UTF-8 bytes of values translated by it hold a NUL exactly where a value needs escaping.
+JSON_ESCAPES_TO_NUL = bytes(code if code in _JSON_AS_IS else 0 for code in range(0x100))
 
 
 def serialize_json_escaped(headers: Sequence[tuple[str, str]], body: str | None) -> bytes:
