@@ -2220,12 +2220,7 @@ class _Originating:
         if self.stopped:
             return
         self.woken = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.channel is not None:
-            self.channel.answer_waiter = None
-            self.channel = None
+        self._stop_waiting()
         self._run()
 
     def _run(self) -> None:
@@ -2276,15 +2271,19 @@ class _Originating:
         switch._originating.discard(self)
         switch.publish(switch.events.background_job(self.job_uuid, "originate", self.arg, reply))
 
-    def stop(self) -> None:
-        """The switch stops or restarts: nothing more runs, no BACKGROUND_JOB."""
-        self.stopped = True
+    def _stop_waiting(self) -> None:
+        """Drop what the originate waited on: the ring limit's timer, the channel's answer."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if self.channel is not None:
             self.channel.answer_waiter = None
             self.channel = None
+
+    def stop(self) -> None:
+        """The switch stops or restarts: nothing more runs, no BACKGROUND_JOB."""
+        self.stopped = True
+        self._stop_waiting()
         if self.child is not None:
             self.child.stop()
 
