@@ -314,7 +314,7 @@ class ControlServer:
             if len(parts) == 2 and method == "GET":
                 now = asyncio.get_running_loop().time()
                 return await _send_json(
-                    conn, writer, 200, {**run.summary(now), "history": run.history}
+                    conn, writer, 200, {**run.summary(now), "history": list(run.history)}
                 )
             if len(parts) == 2 and method == "DELETE":
                 try:

@@ -6,7 +6,7 @@ It owns the I/O around `confguard.invite` — and nothing the machine decides:
 - execution: each invite has one worker that sends its commands in the order the machine produced
   them (filters before the originate, `sched_del` before `uuid_transfer`) and feeds every api reply
   back into the machine;
-- the clock: `WakeAt` becomes a loop timer that calls `tick`;
+- the clock: every invite's `WakeAt` goes on one loop timer (`Alarms`) that calls its `tick`;
 - the connection: a lost connection and the resync after a reconnect are passed to every machine;
 - the outside world: one log line per state change, the journal, metrics, and the update streams
   that the control API and `--direct` follow.
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import time
 import uuid as uuidlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import structlog
 
@@ -112,6 +114,114 @@ class AdoptedMember:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+class UpdateHistory:
+    """An invite's updates in order (`Engine.follow`, `GET /invites/<id>`), kept small: each
+    update is one tuple, the tuple of its keys first (one per shape, shared by every invite),
+    then its values; read back as new dicts. A waiting invite keeps three updates: as dicts they
+    were ~1.4 KB of the ~5.6 KB it held."""
+
+    __slots__ = ("_entries",)
+    _shapes: ClassVar[dict[tuple[str, ...], tuple[str, ...]]] = {}
+    MAX_SHAPES: ClassVar[int] = 1024  # the code makes a few dozen shapes; past this, not shared
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[Any, ...]] = []
+
+    def append(self, update: Mapping[str, Any]) -> None:
+        keys = tuple(update)
+        shared = self._shapes.get(keys)
+        if shared is None:
+            shared = keys
+            if len(self._shapes) < self.MAX_SHAPES:
+                self._shapes[keys] = keys
+        self._entries.append((shared, *update.values()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for entry in self._entries:
+            yield dict(zip(entry[0], entry[1:], strict=True))
+
+
+class Alarms:
+    """Every invite's wake-ups (`WakeAt`) on one loop timer: a heap of `[when, order, run]`
+    entries and one timer handle for the earliest. Thousands of invites wait at once, each with
+    a wake-up past its deadline; a loop timer each cost ~660 bytes under uvloop, an entry ~100.
+    A cancelled entry drops its run at once and leaves the heap when it comes up, or when the
+    cancelled are more than half of it."""
+
+    __slots__ = ("_armed_at", "_cancelled", "_fire", "_handle", "_heap", "_order")
+
+    def __init__(self, fire: Callable[[InviteRun, float], None]) -> None:
+        self._fire = fire
+        self._heap: list[list[Any]] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0
+        self._order = itertools.count()
+        self._cancelled = 0
+
+    def __len__(self) -> int:
+        """Entries not cancelled and not yet run."""
+        return len(self._heap) - self._cancelled
+
+    def add(self, when: float, run: InviteRun) -> list[Any]:
+        """Call `fire(run, when)` at loop time `when`; returns the entry, for `cancel`."""
+        entry = [when, next(self._order), run]
+        heapq.heappush(self._heap, entry)
+        if self._handle is None or when < self._armed_at:
+            self._arm(when)
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        if entry[2] is None:
+            return  # ran or cancelled already
+        entry[2] = None
+        if entry[1] < 0:
+            return  # taken off the heap to run in this pass: it will not
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+            self._heap = [e for e in self._heap if e[2] is not None]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = when
+        self._handle = asyncio.get_running_loop().call_at(when, self._run)
+
+    def _run(self) -> None:
+        """Fire every entry that is due: at or before the time this handle was set for (the
+        loop may run it up to its clock resolution early), or the loop's time. Wake-ups added
+        while they run wait for the next pass, as a loop timer would."""
+        self._handle = None
+        heap = self._heap
+        due_by = max(self._armed_at, asyncio.get_running_loop().time())
+        due = []
+        while heap and heap[0][0] <= due_by:
+            entry = heapq.heappop(heap)
+            if entry[2] is None:
+                self._cancelled -= 1
+                continue
+            entry[1] = -1  # off the heap (see `cancel`)
+            due.append(entry)
+        while heap and heap[0][2] is None:  # cancelled entries on top are not worth a wake-up
+            heapq.heappop(heap)
+            self._cancelled -= 1
+        if heap:
+            self._arm(heap[0][0])
+        for entry in due:
+            when, _, run = entry
+            if run is None:
+                continue  # cancelled by one that ran before it
+            entry[2] = None
+            try:
+                self._fire(run, when)
+            except Exception:  # one invite's bug must not stop the others' wake-ups
+                log.exception("engine.alarm_failed", uuid=run.call_uuid)
+
+
 @dataclass(slots=True)  # thousands at once (every waiting callee): no per-instance dict
 class InviteRun:
     """One invite inside the engine: its machine, its pending commands and its followers."""
@@ -122,11 +232,13 @@ class InviteRun:
     started: float  # loop time
     started_wall: float
     # Wire commands not yet sent, in order. A worker task sends them and ends when none is
-    # left, so an invite that waits for its callee holds no task and no queue.
-    pending: list[Any] = field(default_factory=list)  # a few at most: no deque
-    history: list[dict[str, Any]] = field(default_factory=list)
-    listeners: list[asyncio.Queue[dict[str, Any]]] = field(default_factory=list)  # 56 B, not 216
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    # left, so an invite that waits for its callee holds no task, no queue and no list.
+    pending: list[Any] | None = None  # a few at most: no deque
+    history: UpdateHistory = field(default_factory=UpdateHistory)
+    # The inboxes of `follow`: a tuple, replaced when one comes or goes (rare), so publishing
+    # needs no copy and an invite nobody follows holds no list.
+    listeners: tuple[asyncio.Queue[dict[str, Any]], ...] = ()
+    timers: list[list[Any]] = field(default_factory=list)  # its entries in the engine's Alarms
     worker: asyncio.Task[None] | None = None
     ended: bool = False  # the machine ended: forgotten once its last command is sent
     forgotten: bool = False  # unregistered: nothing more is sent for it
@@ -136,7 +248,7 @@ class InviteRun:
     # time.perf_counter() when the key's news reached the engine: the latency fields of the
     # joining/joined log lines (loop.time() under uvloop is cached, ms-coarse).
     key_mark: float | None = None
-    final: asyncio.Future[dict[str, Any]] | None = None
+    final: asyncio.Future[dict[str, Any]] | None = None  # made by final_update(), when asked
     # The originate reached the switch (its bgapi was answered, or the channel was found), or
     # there is none to send (adopted). Until then a resync has nothing to ask about.
     originate_out: bool = False
@@ -147,6 +259,15 @@ class InviteRun:
     @property
     def call_uuid(self) -> str:
         return self.machine.call_uuid
+
+    def final_update(self) -> asyncio.Future[dict[str, Any]]:
+        """A future of the invite's outcome update; made when first asked for (most invites are
+        never waited on this way), resolved at once when the outcome is known already."""
+        if self.final is None:
+            self.final = asyncio.get_running_loop().create_future()
+            if self.outcome is not None:
+                self.final.set_result(next(u for u in self.history if u.get("outcome")))
+        return self.final
 
     @property
     def job_uuid(self) -> str:
@@ -200,6 +321,7 @@ class Engine:
         self.members = Members(session=lambda: self.session, journal=journal, wall=wall,
                                publish=self._publish_left)
         self._taps: dict[str, Callable[[Any], None]] = {}
+        self._alarms = Alarms(self._tick)
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -302,7 +424,6 @@ class Engine:
             invite_id=invite_id,
             started=loop.time(),
             started_wall=self._wall(),
-            final=loop.create_future(),
             origin=dict(origin or {}),
         )
         self._register(run)
@@ -334,7 +455,6 @@ class Engine:
             invite_id=record.invite_id,
             started=loop.time() - age,
             started_wall=record.created_at,
-            final=loop.create_future(),
             originate_out=True,
             origin=_journaled_origin(record.detail),
         )
@@ -363,7 +483,7 @@ class Engine:
         """Every update of one invite from its start, then live ones, until its outcome."""
         run = self.get(key)
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        run.listeners.append(inbox)
+        run.listeners = (*run.listeners, inbox)
         try:
             # The inbox is registered first, so every update published from here on is in it;
             # the ones before are in this snapshot. Updates that arrive while the snapshot is
@@ -381,7 +501,7 @@ class Engine:
                 if update.get("outcome"):
                     return
         finally:
-            run.listeners.remove(inbox)
+            run.listeners = tuple(other for other in run.listeners if other is not inbox)
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -415,8 +535,8 @@ class Engine:
         self._by_id.pop(run.invite_id, None)
         self._by_uuid.pop(run.call_uuid, None)
         self._by_job.pop(run.job_uuid, None)
-        for handle in run.timers:
-            handle.cancel()
+        for entry in run.timers:
+            self._alarms.cancel(entry)
         run.timers.clear()
         self._finished[run.invite_id] = run
         while len(self._finished) > FINISHED_KEPT:
@@ -430,8 +550,8 @@ class Engine:
             run.worker.cancel()  # it forgets the invite
         else:
             self._forget(run)
-        for handle in run.timers:
-            handle.cancel()
+        for entry in run.timers:
+            self._alarms.cancel(entry)
         run.timers.clear()
 
     async def _route_events(self) -> None:
@@ -489,10 +609,9 @@ class Engine:
                     continue  # one line for the end, carrying the outcome (below)
                 self._publish_state(run, command, loop.time())
             elif isinstance(command, WakeAt):
-                now = loop.time()
-                # The handles that have run are no use (nothing cancels them): not kept.
-                run.timers = [h for h in run.timers if h.when() > now and not h.cancelled()]
-                run.timers.append(loop.call_at(command.when, self._tick, run, command.when))
+                # The entries that have run are no use (nothing cancels them): not kept.
+                run.timers = [entry for entry in run.timers if entry[2] is not None]
+                run.timers.append(self._alarms.add(command.when, run))
             elif isinstance(command, (SendApi, SendBgapi, AddFilter, DelFilter)):
                 self._send(run, command)
         if finished is not None:
@@ -509,7 +628,10 @@ class Engine:
         """Queue a wire command; a worker sends this invite's commands one after another."""
         if run.forgotten:
             return
-        run.pending.append(command)
+        if run.pending is None:
+            run.pending = [command]
+        else:
+            run.pending.append(command)
         if run.worker is None:
             run.worker = asyncio.create_task(
                 self._work(run), name=f"confguard-invite-{run.invite_id}"
@@ -541,6 +663,8 @@ class Engine:
             sent_all = True
         finally:
             run.worker = None
+            if not run.pending:
+                run.pending = None
             if run.ended or not sent_all:
                 self._forget(run)
 
@@ -643,7 +767,7 @@ class Engine:
 
     def _publish(self, run: InviteRun, update: dict[str, Any]) -> None:
         run.history.append(update)
-        for inbox in list(run.listeners):
+        for inbox in run.listeners:
             inbox.put_nowait(update)
         for observer in self._observers:
             try:
@@ -654,8 +778,8 @@ class Engine:
     def _publish_state(self, run: InviteRun, change: StateChanged, now: float) -> None:
         update = self._base_update(run, now)
         update.update(
-            state=str(change.state),
-            previous=str(change.previous),
+            state=change.state.value,  # the enum's own text, not a copy per update
+            previous=change.previous.value,
             seconds_left=round(max(0.0, run.machine.deadline - now), 1),
         )
         detail = {
@@ -686,9 +810,9 @@ class Engine:
         run.cause = done.cause
         update = self._base_update(run, now)
         update.update(
-            state=str(State.ENDED),
-            previous=str(ended.previous if ended else run.machine.state),
-            outcome=str(done.outcome),
+            state=State.ENDED.value,
+            previous=(ended.previous if ended else run.machine.state).value,
+            outcome=done.outcome.value,
             cause=done.cause,
         )
         for source in (ended.detail if ended else {}, done.detail):

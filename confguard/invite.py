@@ -778,7 +778,9 @@ class Invite:
         self.seen_alive = False
         self.channel_seen = False
         self.answered = False
-        self.timer_tasks: set[str] = set()  # live Task-IDs of our hangup timers (ADD_SCHEDULE)
+        # Live Task-IDs of our hangup timers (ADD_SCHEDULE): one or two, so a tuple (a set is
+        # 216 bytes, and thousands of invites wait at once).
+        self.timer_tasks: tuple[str, ...] = ()
         self.timer_task_seen = False  # any ADD_SCHEDULE of ours ever
         self.declined = False
         self.cancel_requested = False
@@ -1084,10 +1086,11 @@ class Invite:
         if name == "ADD_SCHEDULE":
             if self.state in (State.CANCELLING, State.JOINING, State.JOINED):
                 return []  # a late event of a task the switch already cancelled
-            self.timer_tasks.add(task_id)
+            if task_id not in self.timer_tasks:
+                self.timer_tasks += (task_id,)
             self.timer_task_seen = True
             return []
-        self.timer_tasks.discard(task_id)
+        self.timer_tasks = tuple(task for task in self.timer_tasks if task != task_id)
         # The switch deletes a hangup task when it fires (the hangup follows) or when the
         # waiting app cancels it after the key (sched_cancel; the join follows). Nothing to
         # do either way -- except to note that, after the key, the timers are gone.
@@ -1128,7 +1131,7 @@ class Invite:
     def _joined(self, now: float, **detail: object) -> list[Command]:
         """Into the room. Its timers were cancelled before the join (the waiting app's
         sched_cancel runs first), even when their DEL_SCHEDULE events come later or not at all."""
-        self.timer_tasks.clear()
+        self.timer_tasks = ()
         commands: list[Command] = []
         if self.state is State.CANCELLING:
             commands += self._fire(Input.DELETED, now, source="member")

@@ -69,8 +69,7 @@ async def wait_state(daemon: Daemon, call_uuid: str, state: str, seconds: float 
 
 async def final_of(daemon: Daemon, call_uuid: str, seconds: float) -> dict:  # type: ignore[type-arg]
     run = daemon.engine.get(call_uuid)
-    assert run.final is not None
-    return await asyncio.wait_for(asyncio.shield(run.final), seconds)
+    return await asyncio.wait_for(asyncio.shield(run.final_update()), seconds)
 
 
 async def run_cli(*argv: str) -> tuple[int, str]:

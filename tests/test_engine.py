@@ -181,8 +181,7 @@ async def test_adopted_call_whose_hangup_tail_beats_the_dump_is_lost() -> None:
                                        Hangup_Cause="NORMAL_CLEARING"))
         await settle()
         session.dump_reply.set_result("-ERR No such channel!\n")
-        assert run.final is not None
-        final = await asyncio.wait_for(asyncio.shield(run.final), 5)
+        final = await asyncio.wait_for(asyncio.shield(run.final_update()), 5)
         assert final["outcome"] == "lost", final
         await settle()
         assert running.active() == []
@@ -297,8 +296,7 @@ async def test_an_originate_never_sent_ends_failed_saying_so() -> None:
     async with link_engine(session, reconnect_wait=0.2) as running:
         run = await running.invite(InviteSpec(extension="1000", room="test1", timeout=30))
         session.drop()
-        assert run.final is not None
-        final = await asyncio.wait_for(asyncio.shield(run.final), 2)
+        final = await asyncio.wait_for(asyncio.shield(run.final_update()), 2)
         assert final["outcome"] == "failed" and "NOT_SENT" in final["cause"]
         assert bgapis(session) == []
 
@@ -442,7 +440,7 @@ async def test_a_waiting_invite_holds_no_worker_and_is_forgotten_after_its_last_
             session.queue.put_nowait(Event(Event_Name=name, Unique_ID=run.call_uuid))
         await settle()
         assert run.machine.state == "waiting_key"
-        assert run.worker is None and run.pending == []
+        assert run.worker is None and run.pending is None and run.listeners == ()
         assert [row["invite_id"] for row in running.active()] == [run.invite_id]
         assert running.active_count() == 1
 

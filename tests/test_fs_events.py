@@ -378,8 +378,7 @@ async def test_with_events_off_the_invite_event_is_ignored(
         run = await running.engine.invite(specs_from_request(
             {"extensions": ["1001"], "room": "test1", "timeout": peer.secs(1.5)},
             running.api.defaults)[0])
-        assert run.final is not None
-        await asyncio.wait_for(asyncio.shield(run.final), outcome_timeout(peer))
+        await asyncio.wait_for(asyncio.shield(run.final_update()), outcome_timeout(peer))
         originates = [c for c in link.commands() if c.startswith("bgapi originate")]
         assert len(originates) == 1 and run.call_uuid in originates[0]
         assert not any(c.startswith("sendevent") for c in link.commands())

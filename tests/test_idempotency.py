@@ -282,8 +282,7 @@ async def post(
 
 async def outcome_of(daemon: Daemon, invite_id: str) -> str:
     run = daemon.engine.get(invite_id)
-    assert run.final is not None
-    return str((await asyncio.wait_for(asyncio.shield(run.final), 15))["outcome"])
+    return str((await asyncio.wait_for(asyncio.shield(run.final_update()), 15))["outcome"])
 
 
 async def test_same_key_returns_the_same_invites_and_places_one_call(

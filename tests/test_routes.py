@@ -662,8 +662,7 @@ async def test_invite_via_a_route_joins_and_is_shown(peer: Peer, route_daemon: A
     assert len(originates) == 1
     assert "}loopback/1000/confguard_callee/XML 'm:~:" in originates[0]
     run = daemon.engine.get(call_uuid)
-    assert run.final is not None
-    final = await asyncio.wait_for(asyncio.shield(run.final), 30)
+    final = await asyncio.wait_for(asyncio.shield(run.final_update()), 30)
     assert final["outcome"] == "joined", final
     assert call_uuid in await peer.members("test1")
     _, history_out, _ = await asyncio.to_thread(run_cli, [
