@@ -98,12 +98,8 @@ async def peer(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     from peers import RealPeer, SimPeer
 
     if request.param == "sim":
-        simulated = SimPeer(tmp_path)
-        await simulated.start()
-        try:
+        async with SimPeer(tmp_path) as simulated:
             yield simulated
-        finally:
-            await simulated.stop()
         return
     switch = request.getfixturevalue("real_switch")
     if not switch.running:  # a scenario that stopped it failed half-way
@@ -140,3 +136,11 @@ async def link(peer: object) -> AsyncIterator[object]:
     finally:
         await relay.stop()
 
+
+@pytest.fixture
+async def sim_peer(tmp_path: Path) -> AsyncIterator[object]:
+    """The simulator, for a test that runs on it alone (peers.SimPeer)."""
+    from peers import SimPeer
+
+    async with SimPeer(tmp_path) as simulated:
+        yield simulated

@@ -173,6 +173,13 @@ class SimPeer(Peer):
         if self.sim is not None:
             await self.sim.stop()
 
+    async def __aenter__(self) -> SimPeer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     @property
     def port(self) -> int:
         return self._port

@@ -486,12 +486,8 @@ async def example_peer(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
                 config.extensions = dialplan_extensions(str(EXAMPLE_DIALPLAN))
                 return config
 
-        simulated = ExampleSimPeer(tmp_path)
-        await simulated.start()
-        try:
+        async with ExampleSimPeer(tmp_path) as simulated:
             yield simulated
-        finally:
-            await simulated.stop()
         return
     real = RealPeer(request.getfixturevalue("example_switch"))
     await real.clean()

@@ -242,16 +242,6 @@ async def originate_count(link: EslLink, expected: int) -> int:
 
 
 @pytest.fixture
-async def sim_peer(tmp_path: Path) -> AsyncIterator[SimPeer]:
-    peer = SimPeer(tmp_path)
-    await peer.start()
-    try:
-        yield peer
-    finally:
-        await peer.stop()
-
-
-@pytest.fixture
 async def link(sim_peer: SimPeer) -> AsyncIterator[GatedLink]:
     relay = GatedLink(sim_peer)
     await relay.start()

@@ -57,12 +57,8 @@ allowed_rooms = ["{room}"]
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    running = Receiver(SECRET)
-    await running.start()
-    try:
+    async with Receiver(SECRET) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture

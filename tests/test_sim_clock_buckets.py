@@ -11,7 +11,7 @@ import heapq
 import itertools
 import random
 import selectors
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -85,6 +85,16 @@ class _JumpingLoop(asyncio.SelectorEventLoop):
         return _Now.value
 
 
+def _run_jumping(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on a fresh `_JumpingLoop`, its clock set to 1,000 s."""
+    _Now.value = 1000.0
+    loop = _JumpingLoop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        loop.close()
+
+
 def _workload(clock: SimClock, seed: int, limit: int) -> list[tuple[float, int]]:
     """Timers that set and cancel others at random, and now and then a coroutine setting a
     thousand more: which ran, when, in what order."""
@@ -129,12 +139,7 @@ def _workload(clock: SimClock, seed: int, limit: int) -> list[tuple[float, int]]
             await asyncio.sleep(0)
             await clock.sleep(rng.choice([0.0, 0.01, 0.05]))  # a coroutine's sleep among them
 
-    _Now.value = 1000.0
-    loop = _JumpingLoop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    _run_jumping(main())
     return ran
 
 
@@ -161,12 +166,7 @@ def _sweep_mid_pass(clock: SimClock) -> list[tuple[float, str]]:
             clock.call_later(0.01, lambda: None)
         await clock.sleep(0.1)
 
-    _Now.value = 1000.0
-    loop = _JumpingLoop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    _run_jumping(main())
     return ran
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import subprocess
 import sys
@@ -960,3 +961,32 @@ def test_the_simulator_serves_on_uvloop(config: SimConfig) -> None:
     assert placed.startswith("+OK ") and armed.strip() == "+OK"
     assert gone.strip() == "false"
     assert refusal == wire.encode_rude_rejection()
+
+
+# ----------------------------------------------------------------------------- publish: stand-ins
+
+
+def stand_in(name: str) -> SimEvent:
+    return SimEvent(name, [("Event-Name", name)], unsent=True)
+
+
+async def test_a_stand_in_is_never_written_and_one_a_client_takes_is_logged(
+    stub_sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stand-in (`unsent`: `EslServer.wants` said no client takes it) reaches no client; if a
+    client does take its type after all, the server says so in its log and still writes
+    nothing."""
+    client = await Client.connect(stub_sim.port)
+    host, port = client.writer.get_extra_info("sockname")[:2]  # the server's peer
+    await client.command("event plain CHANNEL_ANSWER")
+    with caplog.at_level(logging.ERROR, logger="confguard.sim.server"):
+        stub_sim.server.publish(stand_in("CHANNEL_EXECUTE"))
+        assert not caplog.records
+        stub_sim.server.publish(stand_in("CHANNEL_ANSWER"))
+        assert [record.getMessage() for record in caplog.records] == [
+            f"event CHANNEL_ANSWER was not built but {host}:{port} takes it"
+        ]
+    stub_sim.server.publish(SimEvent("CHANNEL_ANSWER", [("Event-Name", "CHANNEL_ANSWER")]))
+    assert await client.event_names(1) == ["CHANNEL_ANSWER"]
+    assert await client.nothing_pending()
+    await client.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import EslLink, Peer, SimPeer, daemon_overrides
+from peers import EslLink, Peer, daemon_overrides
 from structlog.testing import capture_logs
 from test_e2e import ROOM, ServeProcess, run_cli
 from webhook_receiver import Receiver, check_lanes, outcome_delivered
@@ -230,16 +230,6 @@ def _cli(*argv: str) -> int:
 
 
 @pytest.fixture
-async def sim_peer(tmp_path: Path) -> AsyncIterator[Peer]:
-    simulated = SimPeer(tmp_path)
-    await simulated.start()
-    try:
-        yield simulated
-    finally:
-        await simulated.stop()
-
-
-@pytest.fixture
 async def link_to(sim_peer: Peer) -> AsyncIterator[EslLink]:
     relay = EslLink(sim_peer)
     await relay.start()
@@ -251,12 +241,8 @@ async def link_to(sim_peer: Peer) -> AsyncIterator[EslLink]:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    running = Receiver(SECRET)
-    await running.start()
-    try:
+    async with Receiver(SECRET) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 class HookedDaemon:

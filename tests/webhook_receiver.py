@@ -90,6 +90,13 @@ class Receiver:
         self.port = int(runner.addresses[0][1])
         self._runner = runner
 
+    async def __aenter__(self) -> Receiver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         """Down: nothing listens on the port any more (connections are refused)."""
         runner, self._runner = self._runner, None
