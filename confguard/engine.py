@@ -265,8 +265,11 @@ class InviteRun:
         never waited on this way), resolved at once when the outcome is known already."""
         if self.final is None:
             self.final = asyncio.get_running_loop().create_future()
-            if self.outcome is not None:
-                self.final.set_result(next(u for u in self.history if u.get("outcome")))
+            # Once the outcome update is in the history; before that (the outcome is set a
+            # moment before it is published) the engine resolves the future when it publishes.
+            done = next((u for u in self.history if u.get("outcome")), None)
+            if done is not None:
+                self.final.set_result(done)
         return self.final
 
     @property
