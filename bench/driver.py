@@ -179,3 +179,25 @@ async def wait_for(predicate, seconds: float, interval: float = 0.1) -> bool:  #
             return True
         await asyncio.sleep(interval)
     return predicate()
+
+
+async def fill_waiting(
+    client: ControlClient, log: DaemonLog, ids: set[str], target: int, rate: float
+) -> None:
+    """Place waiting invites at `rate`/s until `ids` holds `target` of them (their ids are added
+    to it), then wait until every one waits for its key; say so when some do not."""
+    missing = target - len(ids)
+    if missing <= 0:
+        return
+    step = await offer(client, log, rate, missing / rate, ext=WAIT_EXT, body=WAIT_BODY,
+                       watch_backlog=False)
+    ids.update(step.ids)
+    if step.errors:
+        print(f"  waiting invites: {len(step.errors)} errors, e.g. {step.errors[0]}")
+
+    def all_waiting() -> bool:
+        log.poll()
+        return log.in_state(ids, "waiting_key") >= len(ids)
+
+    if not await wait_for(all_waiting, 30 + target / 50, 0.5):
+        print(f"  only {log.in_state(ids, 'waiting_key')} of {len(ids)} invites waiting")

@@ -32,20 +32,7 @@ from confguard.logs import configure_logging
 
 PACKAGE = str(Path(__file__).resolve().parent.parent / "confguard") + "/"
 FRAMES = 25  # deep enough to reach a confguard frame from inside asyncio and genesis
-
-
-async def place_waiting(client: ControlClient, log: driver.DaemonLog, count: int) -> int:
-    """`count` waiting invites; how many reached waiting_key within a minute."""
-    step = await driver.offer(client, log, 400, count / 400, ext=driver.WAIT_EXT,
-                              body=driver.WAIT_BODY, watch_backlog=False)
-    waiting = 0
-    for _ in range(600):
-        log.poll()
-        waiting = log.in_state(step.ids, "waiting_key")
-        if waiting >= count:
-            break
-        await asyncio.sleep(0.1)
-    return waiting
+FILL_RATE = 400  # waiting invites placed per second
 
 
 Growth = dict[tuple[str, int], list[int]]  # (file, line) -> [bytes, blocks]
@@ -86,10 +73,12 @@ async def measure(count: int, top: int, work: Path) -> int:
         await asyncio.wait_for(daemon.linked.wait(), 15)
         client = ControlClient(str(work / "confguard.sock"))
         log = driver.DaemonLog(work / "daemon.log")
-        await place_waiting(client, log, 50)
+        await driver.fill_waiting(client, log, set(), 50, FILL_RATE)
         gc.collect()
         before = tracemalloc.take_snapshot()
-        waiting = await place_waiting(client, log, count)
+        ids: set[str] = set()
+        await driver.fill_waiting(client, log, ids, count, FILL_RATE)
+        waiting = log.in_state(ids, "waiting_key")
         await asyncio.sleep(2)  # the journal's batch, the last filters
         log.invites.clear()
         gc.collect()

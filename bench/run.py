@@ -170,22 +170,7 @@ class Bench:
     # --------------------------------------------------------------------- waiting and rates
     async def fill_waiting(self, ids: set[str], target: int, rate: float) -> None:
         assert self.client is not None and self.log is not None
-        missing = target - len(ids)
-        if missing <= 0:
-            return
-        step = await driver.offer(self.client, self.log, rate, missing / rate,
-                                  ext=driver.WAIT_EXT, body=driver.WAIT_BODY, watch_backlog=False)
-        ids.update(step.ids)
-        if step.errors:
-            print(f"  waiting invites: {len(step.errors)} errors, e.g. {step.errors[0]}")
-        log = self.log
-
-        def all_waiting() -> bool:
-            log.poll()
-            return log.in_state(ids, "waiting_key") >= len(ids)
-
-        if not await driver.wait_for(all_waiting, 30 + target / 50, 0.5):
-            print(f"  only {log.in_state(ids, 'waiting_key')} of {len(ids)} invites waiting")
+        await driver.fill_waiting(self.client, self.log, ids, target, rate)
 
     async def idle(self, waiting: int) -> dict[str, Any]:
         assert self.daemon is not None

@@ -22,73 +22,75 @@ class Run:
         self.call_uuid = name
 
 
-def recorder() -> tuple[list[tuple[str, float, float]], Any]:
-    fired: list[tuple[str, float, float]] = []
+class Recorded:
+    """Alarms whose wake-ups record (name, when, loop time) as they fire, set by delay from
+    the moment the test began."""
 
-    def fire(run: Any, when: float) -> None:
-        fired.append((run.name, when, asyncio.get_running_loop().time()))
+    def __init__(self) -> None:
+        self.fired: list[tuple[str, float, float]] = []
+        self.alarms = Alarms(self._record)
+        self.now = asyncio.get_running_loop().time()
 
-    return fired, fire
+    def _record(self, run: Any, when: float) -> None:
+        self.fired.append((run.name, when, asyncio.get_running_loop().time()))
+
+    def at(self, delay: float, run: Run | str) -> list[Any]:
+        return self.alarms.add(self.now + delay, run if isinstance(run, Run) else Run(run))  # type: ignore[arg-type]
+
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.fired]
 
 
 async def test_wake_ups_fire_in_time_order_never_before_their_time() -> None:
-    fired, fire = recorder()
-    alarms = Alarms(fire)
-    now = asyncio.get_running_loop().time()
+    wake = Recorded()
     for name, delay in (("c", 0.09), ("a", 0.03), ("b", 0.06), ("a2", 0.03)):
-        alarms.add(now + delay, Run(name))  # type: ignore[arg-type]
-    assert len(alarms) == 4
+        wake.at(delay, name)
+    assert len(wake.alarms) == 4
     await asyncio.sleep(0.2)
-    assert [name for name, _, _ in fired] == ["a", "a2", "b", "c"]
+    assert wake.names() == ["a", "a2", "b", "c"]
     # The loop may run its timer up to its clock resolution early; the time handed on is the
     # one asked for, and never more than that resolution early.
     resolution = asyncio.get_running_loop()._clock_resolution  # type: ignore[attr-defined]
-    assert all(ran >= when - resolution - 1e-9 for _, when, ran in fired)
-    assert len(alarms) == 0
+    assert all(ran >= when - resolution - 1e-9 for _, when, ran in wake.fired)
+    assert len(wake.alarms) == 0
 
 
 async def test_an_earlier_wake_up_rearms_the_one_timer() -> None:
-    fired, fire = recorder()
-    alarms = Alarms(fire)
-    now = asyncio.get_running_loop().time()
-    alarms.add(now + 5.0, Run("late"))  # type: ignore[arg-type]
-    alarms.add(now + 0.02, Run("soon"))  # type: ignore[arg-type]
+    wake = Recorded()
+    wake.at(5.0, "late")
+    wake.at(0.02, "soon")
     await asyncio.sleep(0.1)
-    assert [name for name, _, _ in fired] == ["soon"]
-    assert len(alarms) == 1
+    assert wake.names() == ["soon"]
+    assert len(wake.alarms) == 1
 
 
 async def test_a_cancelled_wake_up_never_fires_and_lets_go_of_its_run() -> None:
-    fired, fire = recorder()
-    alarms = Alarms(fire)
-    now = asyncio.get_running_loop().time()
+    wake = Recorded()
     run = Run("gone")
     ref = weakref.ref(run)
-    entry = alarms.add(now + 3600.0, run)  # type: ignore[arg-type]
-    alarms.add(now + 0.02, Run("kept"))  # type: ignore[arg-type]
-    alarms.cancel(entry)
-    alarms.cancel(entry)  # twice: no harm, counted once
+    entry = wake.at(3600.0, run)
+    wake.at(0.02, "kept")
+    wake.alarms.cancel(entry)
+    wake.alarms.cancel(entry)  # twice: no harm, counted once
     del run
     gc.collect()
     assert ref() is None  # an hour-long wake-up must not keep an ended invite alive
-    assert len(alarms) == 1
+    assert len(wake.alarms) == 1
     await asyncio.sleep(0.1)
-    assert [name for name, _, _ in fired] == ["kept"]
-    assert len(alarms) == 0
+    assert wake.names() == ["kept"]
+    assert len(wake.alarms) == 0
 
 
 async def test_cancelled_entries_are_swept_once_they_are_most_of_the_heap() -> None:
-    fired, fire = recorder()
-    alarms = Alarms(fire)
-    now = asyncio.get_running_loop().time()
-    entries = [alarms.add(now + 3600.0 + i, Run(f"r{i}")) for i in range(300)]  # type: ignore[arg-type]
+    wake = Recorded()
+    entries = [wake.at(3600.0 + i, f"r{i}") for i in range(300)]
     for entry in entries[:200]:
-        alarms.cancel(entry)
-    assert len(alarms) == 100
-    assert len(alarms._heap) < 200  # swept: not 300 entries kept for 100 live ones
-    alarms.add(now + 0.02, Run("soon"))  # type: ignore[arg-type]
+        wake.alarms.cancel(entry)
+    assert len(wake.alarms) == 100
+    assert len(wake.alarms._heap) < 200  # swept: not 300 entries kept for 100 live ones
+    wake.at(0.02, "soon")
     await asyncio.sleep(0.1)
-    assert [name for name, _, _ in fired] == ["soon"] and len(alarms) == 100
+    assert wake.names() == ["soon"] and len(wake.alarms) == 100
 
 
 async def test_a_wake_up_added_while_others_run_waits_for_the_next_pass() -> None:
