@@ -728,7 +728,7 @@ class Switch:
 
         channel = self._new_channel(call_uuid, extension, domain, spec, variables)
         # api_on_originate runs on the new channel before CHANNEL_CREATE reaches the wire (the
-        # quiet switch's order; on the real one the two race, FACTS.md).
+        # quiet switch's order; on the real one these and CHANNEL_PROGRESS race, FACTS.md).
         on_originate = [
             value for name, value in variables.items()
             if value and name.startswith("api_on_originate")
